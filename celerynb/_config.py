@@ -1,0 +1,36 @@
+"""Names and lookups shared by both sides: environment variables, secret, URL masking."""
+
+from __future__ import annotations
+
+import os
+
+from kombu.utils.url import maybe_sanitize_url
+
+from ._errors import CelerynbError
+
+SECRET_ENV = "CELERYNB_SECRET"
+BROKER_ENV = "CELERYNB_BROKER_URL"
+BACKEND_ENV = "CELERYNB_RESULT_BACKEND"
+SHIPPED_TASK_NAME = "celerynb.run_shipped"
+
+
+class MissingSecretError(CelerynbError):
+    """No shared secret is configured for signing shipped callables."""
+
+
+def secret_from_env(explicit: str | bytes | None = None) -> bytes:
+    """The shared signing secret: ``explicit``, else ``$CELERYNB_SECRET``."""
+    value = explicit if explicit is not None else os.environ.get(SECRET_ENV)
+    if not value:
+        raise MissingSecretError(
+            f"no signing secret: set {SECRET_ENV} to the same value on the kernel and the "
+            "workers (LocalCluster makes one for you)"
+        )
+    return value.encode() if isinstance(value, str) else value
+
+
+def mask_url(url: str | None) -> str:
+    """``url`` with its password replaced by ``**``, safe to print."""
+    if not url:
+        return str(url)
+    return maybe_sanitize_url(url, mask="**")

@@ -1,0 +1,209 @@
+"""Showing jobs: a live ipywidgets widget in Jupyter, a tqdm text bar elsewhere.
+
+Renderers only draw a Job's state. The watcher thread marks them dirty; one render
+thread draws each at most ``MAX_DRAWS_PER_SECOND`` times a second, so widget traffic
+stays bounded however fast progress arrives.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import threading
+import time
+from typing import Any
+
+from celery import states
+
+from ._format import bar_line, job_status_line, meter_text
+
+MAX_DRAWS_PER_SECOND = 10
+_TICK_SECONDS = 1.0  # redraw running jobs this often so elapsed time moves
+
+_BADGE_COLOURS = {
+    states.PENDING: "#6c757d",
+    states.RECEIVED: "#6c757d",
+    states.STARTED: "#0d6efd",
+    "PROGRESS": "#0d6efd",
+    states.RETRY: "#fd7e14",
+    states.SUCCESS: "#198754",
+    states.FAILURE: "#dc3545",
+    states.REVOKED: "#fd7e14",
+}
+_BAR_STYLES = {states.SUCCESS: "success", states.FAILURE: "danger", states.REVOKED: "warning"}
+
+
+class RenderScheduler:
+    """One daemon thread drawing dirty renderers, throttled."""
+
+    def __init__(self) -> None:
+        self._dirty: set[Any] = set()
+        self._live: set[Any] = set()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def mark(self, renderer: Any) -> None:
+        with self._cv:
+            self._dirty.add(renderer)
+            self._live.add(renderer)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="celerynb-render", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._dirty:
+                    self._cv.wait(_TICK_SECONDS)
+                    self._dirty.update(self._live)
+                batch, self._dirty = self._dirty, set()
+            for renderer in batch:
+                try:
+                    finished = renderer.draw()
+                except Exception:
+                    finished = True
+                if finished:
+                    with self._cv:
+                        self._live.discard(renderer)
+            time.sleep(1.0 / MAX_DRAWS_PER_SECOND)
+
+
+_scheduler = RenderScheduler()
+
+
+class WidgetRenderer:
+    """An ipywidgets view of a job: state, description, bar, n/total, rate, ETA,
+    elapsed, cancel button; the traceback on failure, the result on success."""
+
+    def __init__(self, job: Any) -> None:
+        import ipywidgets as w
+
+        self.job = job
+        self.draws = 0
+        self.badge = w.HTML()
+        self.label = w.HTML(layout=w.Layout(min_width="8em"))
+        self.bar = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="35%"))
+        self.stats = w.HTML()
+        self.cancel_button = w.Button(
+            description="Cancel",
+            icon="stop",
+            tooltip=f"revoke task {job.id}",
+            layout=w.Layout(width="auto"),
+        )
+        self.cancel_button.on_click(lambda _button: self.job.cancel())
+        self.details = w.HTML()
+        self.widget = w.VBox(
+            [
+                w.HBox([self.badge, self.label, self.bar, self.stats, self.cancel_button]),
+                self.details,
+            ]
+        )
+        self.widget.add_class("celerynb-job")
+        self.draw()
+
+    def draw(self) -> bool:
+        job = self.job
+        progress = job.progress
+        state = job.state
+        colour = _BADGE_COLOURS.get(state, "#6c757d")
+        badge = (
+            f'<span class="celerynb-state" style="background:{colour};color:white;'
+            f'padding:1px 6px;border-radius:4px;font-size:85%">{state}</span>'
+        )
+        label = html.escape(progress.desc or job.name)
+        if progress.total:
+            value, bar_style = min(progress.n / progress.total, 1.0), ""
+        else:
+            value, bar_style = (1.0 if job.done() else 0.0), "info"
+        if state == states.SUCCESS:
+            value = 1.0 if progress.total is None else value
+        stats = html.escape(
+            meter_text(progress, job.elapsed) if progress.bars else f"{job.elapsed:.1f}s"
+        )
+        self.badge.value = badge
+        self.label.value = f"<b>{label}</b>"
+        self.bar.value = value
+        self.bar.bar_style = _BAR_STYLES.get(state, bar_style)
+        self.stats.value = f"<code>{stats}</code>"
+        self.cancel_button.disabled = job.done()
+        self.details.value = self._details_html()
+        self.draws += 1
+        return job.done()
+
+    def _details_html(self) -> str:
+        job = self.job
+        parts = []
+        if len(job.progress.bars) > 1:
+            lines = "\n".join(bar_line(b, 70) for b in job.progress.bars[1:])
+            parts.append(f"<pre class='celerynb-bars'>{html.escape(lines)}</pre>")
+        if job.done() and not job.cancelled():
+            error = job.exception(timeout=0)
+            if error is not None:
+                tb = job.remote_traceback or ""
+                text = f"{tb}\n{type(error).__name__}: {error}" if tb else job.short_result_repr()
+                parts.append(
+                    "<pre class='celerynb-traceback' style='color:#b02a37;white-space:pre-wrap'>"
+                    f"{html.escape(text)}</pre>"
+                )
+            else:
+                parts.append(
+                    f"<code class='celerynb-result'>→ {html.escape(job.short_result_repr())}</code>"
+                )
+        return "".join(parts)
+
+
+class TextRenderer:
+    """A tqdm text bar on stderr, for terminals and scripts; a final line when done."""
+
+    def __init__(self, job: Any, file: Any = None) -> None:
+        from tqdm.std import tqdm as std_tqdm
+
+        self.job = job
+        self.file = file or sys.stderr
+        self.bar = std_tqdm(
+            total=None, desc=job.name, file=self.file, leave=False, dynamic_ncols=True
+        )
+        self.draw()
+
+    def draw(self) -> bool:
+        job, bar = self.job, self.bar
+        progress = job.progress
+        bar.desc = progress.desc or job.name
+        bar.total = progress.total
+        bar.n = progress.n
+        bar.unit = progress.unit
+        bar.set_postfix_str(job.state, refresh=False)
+        if not job.done():
+            bar.refresh()
+            return False
+        bar.close()
+        print(f"{job_status_line(job)} -> {job.short_result_repr()}", file=self.file)
+        return True
+
+
+def widgets_available() -> bool:
+    """True in a Jupyter kernel (widgets can render), False in terminals and scripts."""
+    ipython_module = sys.modules.get("IPython")
+    if ipython_module is None:
+        return False
+    shell = ipython_module.get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def display_job(job: Any) -> Any:
+    """Show ``job`` live: a widget in Jupyter, a text bar elsewhere."""
+    if widgets_available():
+        from IPython.display import display
+
+        renderer: Any = WidgetRenderer(job)
+        bundle = renderer.widget._repr_mimebundle_()
+        bundle["text/plain"] = job_status_line(job)
+        display(bundle, raw=True)
+    else:
+        renderer = TextRenderer(job)
+    job.add_listener(lambda _job: _scheduler.mark(renderer))
+    _scheduler.mark(renderer)
+    return renderer

@@ -1,0 +1,49 @@
+"""Pure text formatting of progress, reusing tqdm's formatters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.std import tqdm as std_tqdm
+
+from ._schema import BarSnapshot, ProgressSnapshot
+
+_WITH_TOTAL = "{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_WITHOUT_TOTAL = "{n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+
+
+def meter_text(snapshot: ProgressSnapshot | BarSnapshot, elapsed: float) -> str:
+    """``n/total [elapsed<eta, rate]`` as tqdm writes it."""
+    bar = snapshot.primary if isinstance(snapshot, ProgressSnapshot) else snapshot
+    return std_tqdm.format_meter(
+        bar.n,
+        bar.total,
+        elapsed,
+        unit=bar.unit,
+        rate=bar.rate,
+        postfix=bar.postfix or None,
+        bar_format=_WITH_TOTAL if bar.total else _WITHOUT_TOTAL,
+    )
+
+
+def bar_line(bar: BarSnapshot, ncols: int = 80) -> str:
+    """A full tqdm text bar for one reported bar (nested bars, text display)."""
+    return std_tqdm.format_meter(
+        bar.n,
+        bar.total,
+        bar.elapsed,
+        ncols=ncols,
+        prefix=bar.desc,
+        unit=bar.unit,
+        rate=bar.rate,
+        postfix=bar.postfix or None,
+    )
+
+
+def job_status_line(job: Any) -> str:
+    """``simulate: PROGRESS 45% 4500/10000 [00:02<00:02, 2.1kit/s]``."""
+    progress = job.progress
+    label = progress.desc or job.name
+    percent = f" {progress.percent:.0f}%" if progress.percent is not None else ""
+    meter = f" {meter_text(progress, job.elapsed)}" if progress.bars else ""
+    return f"{label}: {job.state}{percent}{meter}"

@@ -1,0 +1,167 @@
+"""Worker side: progress from inside a running Celery task.
+
+``tqdm`` is a drop-in ``tqdm.auto.tqdm`` subclass. Inside a task it forwards its
+state to the result backend as Celery's PROGRESS state (schema in ``_schema``);
+outside a task it is plain ``tqdm.auto.tqdm``. Writes are throttled per task.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from celery import current_task
+from celery.signals import task_postrun
+from tqdm.auto import tqdm as _auto_tqdm
+
+from ._schema import PROGRESS, bar_meta, task_meta
+
+DEFAULT_MAX_WRITES_PER_SECOND = 10.0
+
+
+class TaskProgress:
+    """The bars of one running task and the throttled writes of their state."""
+
+    def __init__(self, task: Any, max_writes_per_second: float = DEFAULT_MAX_WRITES_PER_SECOND):
+        self.task = task
+        self.task_id: str = task.request.id
+        self.hostname = getattr(task.request, "hostname", None) or socket.gethostname()
+        self.min_interval = 1.0 / max_writes_per_second if max_writes_per_second > 0 else 0.0
+        self.bars: dict[int, dict[str, Any]] = {}
+        self.writes = 0
+        self._last_write = float("-inf")
+        self._pending = False
+        self._lock = threading.Lock()
+
+    def update_bar(self, key: int, meta: dict[str, Any], *, force: bool = False) -> None:
+        """Record one bar's state; write if the throttle allows or ``force``."""
+        with self._lock:
+            self.bars[key] = meta
+            self._pending = True
+            now = time.monotonic()
+            if not force and now - self._last_write < self.min_interval:
+                return
+            self._last_write = now
+            self._pending = False
+            bars = list(self.bars.values())
+        self._write(bars)
+
+    def close_bar(self, key: int, meta: dict[str, Any]) -> None:
+        """Final write for a bar; the bar stays in the meta (it finished, not vanished)."""
+        self.update_bar(key, meta, force=True)
+
+    def _write(self, bars: list[dict[str, Any]]) -> None:
+        meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
+        self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
+        self.writes += 1
+
+
+_registry_lock = threading.Lock()
+_registry: dict[str, TaskProgress] = {}
+
+
+def running_task() -> Any | None:
+    """The Celery task running in this thread, or None outside a task."""
+    task = current_task._get_current_object() if current_task else None
+    if task is None or not getattr(task.request, "id", None):
+        return None
+    return task
+
+
+def progress_for(task: Any) -> TaskProgress:
+    """The one TaskProgress of a running task (created on first use)."""
+    task_id = task.request.id
+    with _registry_lock:
+        progress = _registry.get(task_id)
+        if progress is None:
+            progress = _registry[task_id] = TaskProgress(task)
+        return progress
+
+
+@task_postrun.connect(weak=False)
+def _forget_finished_task(task_id: str | None = None, **_: Any) -> None:
+    with _registry_lock:
+        _registry.pop(task_id, None)
+
+
+class tqdm(_auto_tqdm):  # noqa: N801 - a drop-in for tqdm keeps its name
+    """``tqdm.auto.tqdm`` that, inside a Celery task, reports to the task's state.
+
+    Inside a task the bar draws nothing locally (workers have no terminal) and
+    writes at most ``max_writes_per_second`` PROGRESS updates for the task,
+    plus a final one when it closes. Outside a task it is plain tqdm.
+    """
+
+    def __init__(self, *args: Any, max_writes_per_second: float | None = None, **kwargs: Any):
+        task = running_task()
+        self._celerynb_progress: TaskProgress | None = None
+        if task is not None:
+            kwargs["disable"] = False
+            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+            kwargs.setdefault("mininterval", 0.1)
+            progress = progress_for(task)
+            if max_writes_per_second is not None:
+                progress.min_interval = 1.0 / max_writes_per_second
+            self._celerynb_progress = progress
+        super().__init__(*args, **kwargs)
+        if self._celerynb_progress is not None:
+            self._celerynb_progress.update_bar(id(self), self._celerynb_bar_meta(), force=True)
+
+    def _celerynb_bar_meta(self) -> dict[str, Any]:
+        d = self.format_dict
+        rate = d.get("rate")
+        if rate is None and d["elapsed"]:
+            rate = d["n"] / d["elapsed"]
+        return bar_meta(
+            n=d["n"],
+            total=d["total"],
+            desc=d.get("prefix"),
+            unit=d.get("unit", "it"),
+            rate=rate,
+            elapsed=d["elapsed"],
+            postfix=d.get("postfix"),
+        )
+
+    def display(self, *args: Any, **kwargs: Any) -> Any:
+        if self._celerynb_progress is None:
+            return super().display(*args, **kwargs)
+        self._celerynb_progress.update_bar(id(self), self._celerynb_bar_meta())
+        return None
+
+    def close(self) -> None:
+        progress = getattr(self, "_celerynb_progress", None)
+        if progress is None or self.disable:
+            super().close()
+            return
+        super().close()
+        progress.close_bar(id(self), self._celerynb_bar_meta())
+        self.fp.close()
+
+
+def report(
+    current: float,
+    total: float | None = None,
+    desc: str | None = None,
+    *,
+    force: bool = False,
+) -> bool:
+    """Report progress of code that is not a loop; returns False outside a task.
+
+    ``report(3, 10, "fitting")`` sets the task's progress to 3 of 10, throttled
+    like ``tqdm`` unless ``force``.
+    """
+    task = running_task()
+    if task is None:
+        return False
+    progress = progress_for(task)
+    started = getattr(progress, "report_started", None)
+    if started is None:
+        started = progress.report_started = time.monotonic()
+    elapsed = time.monotonic() - started
+    rate = current / elapsed if elapsed > 0 and current else None
+    meta = bar_meta(current, total, desc, rate=rate, elapsed=elapsed)
+    progress.update_bar(-1, meta, force=force or (total is not None and current >= total))
+    return True

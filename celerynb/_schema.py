@@ -1,0 +1,213 @@
+"""The PROGRESS meta schema, shared by the worker side and the kernel side (pure).
+
+A task reporting progress stores Celery state ``PROGRESS`` with this meta::
+
+    {
+      "schema": "celerynb.progress/1",
+      "n": 450, "total": 1000, "desc": "simulate", "unit": "it",
+      "rate": 2110.5, "elapsed": 0.21, "postfix": "loss=0.3",
+      "bars": [{"n":..., "total":..., "desc":..., "unit":..., "rate":...,
+                "elapsed":..., "postfix":...}, ...],        # every bar, outermost first
+      "current": 450, "percent": 45.0, "description": "simulate",   # celery-progress keys
+      "updated": 1764000000.123, "hostname": "celery@host", "pid": 4242
+    }
+
+The top-level bar fields repeat the outermost open bar. ``current``, ``total``,
+``percent`` and ``description`` are the keys celery-progress writes, so either tool
+reads the other's progress.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROGRESS = "PROGRESS"
+SCHEMA = "celerynb.progress/1"
+BAR_FIELDS = ("n", "total", "desc", "unit", "rate", "elapsed", "postfix")
+
+
+def percent_of(n: float, total: float | None) -> float | None:
+    """Percentage done, or None when the total is unknown."""
+    if not total:
+        return None
+    return round(100.0 * n / total, 2)
+
+
+def bar_meta(
+    n: float,
+    total: float | None,
+    desc: str | None = None,
+    unit: str = "it",
+    rate: float | None = None,
+    elapsed: float = 0.0,
+    postfix: str | None = None,
+) -> dict[str, Any]:
+    """One bar's part of the meta, with JSON-safe numbers."""
+    return {
+        "n": _number(n),
+        "total": _number(total),
+        "desc": desc or "",
+        "unit": unit,
+        "rate": _number(rate),
+        "elapsed": round(float(elapsed), 3),
+        "postfix": postfix or "",
+    }
+
+
+def task_meta(
+    bars: list[dict[str, Any]],
+    hostname: str | None = None,
+    pid: int | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The whole PROGRESS meta for a task's bars (outermost first)."""
+    primary = bars[0] if bars else bar_meta(0, None)
+    meta: dict[str, Any] = {"schema": SCHEMA, **primary, "bars": bars}
+    meta["current"] = primary["n"]
+    meta["percent"] = percent_of(primary["n"], primary["total"]) or 0.0
+    meta["description"] = primary["desc"]
+    meta["updated"] = time.time() if now is None else now
+    meta["hostname"] = hostname
+    meta["pid"] = pid
+    return meta
+
+
+@dataclass(frozen=True)
+class BarSnapshot:
+    """One progress bar as last reported by a task."""
+
+    n: float = 0
+    total: float | None = None
+    desc: str = ""
+    unit: str = "it"
+    rate: float | None = None
+    elapsed: float = 0.0
+    postfix: str = ""
+
+    @property
+    def percent(self) -> float | None:
+        return percent_of(self.n, self.total)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate, or None when unknown."""
+        if not self.total or not self.rate:
+            return None
+        return max(self.total - self.n, 0) / self.rate
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """What a job's progress was at one moment, whatever tool reported it.
+
+    ``n``, ``total``, ``desc``... describe the outermost bar; ``bars`` holds them all.
+    """
+
+    state: str = "PENDING"
+    bars: tuple[BarSnapshot, ...] = ()
+    updated: float | None = None
+    hostname: str | None = None
+    pid: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> BarSnapshot:
+        return self.bars[0] if self.bars else BarSnapshot()
+
+    @property
+    def n(self) -> float:
+        return self.primary.n
+
+    @property
+    def total(self) -> float | None:
+        return self.primary.total
+
+    @property
+    def desc(self) -> str:
+        return self.primary.desc
+
+    @property
+    def unit(self) -> str:
+        return self.primary.unit
+
+    @property
+    def rate(self) -> float | None:
+        return self.primary.rate
+
+    @property
+    def elapsed(self) -> float:
+        return self.primary.elapsed
+
+    @property
+    def postfix(self) -> str:
+        return self.primary.postfix
+
+    @property
+    def percent(self) -> float | None:
+        return self.primary.percent
+
+    @property
+    def eta(self) -> float | None:
+        return self.primary.eta
+
+    def with_state(self, state: str) -> ProgressSnapshot:
+        return ProgressSnapshot(state, self.bars, self.updated, self.hostname, self.pid, self.extra)
+
+
+def parse_meta(state: str, meta: Any, previous: ProgressSnapshot | None = None) -> ProgressSnapshot:
+    """Read a task's state and meta into a snapshot.
+
+    Understands celerynb's schema, celery-progress's ``current/total/description``
+    and Celery's STARTED meta (``pid``, ``hostname``). States without progress
+    meta (SUCCESS, FAILURE...) keep the previous snapshot's bars.
+    """
+    previous = previous or ProgressSnapshot()
+    if not isinstance(meta, Mapping):
+        return ProgressSnapshot(
+            state, previous.bars, previous.updated, previous.hostname, previous.pid
+        )
+    hostname = meta.get("hostname") or previous.hostname
+    pid = meta.get("pid") or previous.pid
+    if meta.get("schema") == SCHEMA and isinstance(meta.get("bars"), list):
+        bars = tuple(_bar_from(b) for b in meta["bars"] if isinstance(b, Mapping))
+    elif "current" in meta and "total" in meta:
+        bars = (
+            BarSnapshot(
+                n=_number(meta.get("current")) or 0,
+                total=_number(meta.get("total")),
+                desc=str(meta.get("description") or ""),
+            ),
+        )
+    else:
+        bars = previous.bars
+    updated = _number(meta.get("updated")) or previous.updated
+    return ProgressSnapshot(state, bars, updated, hostname, pid, dict(meta))
+
+
+def _bar_from(raw: Mapping[str, Any]) -> BarSnapshot:
+    return BarSnapshot(
+        n=_number(raw.get("n")) or 0,
+        total=_number(raw.get("total")),
+        desc=str(raw.get("desc") or ""),
+        unit=str(raw.get("unit") or "it"),
+        rate=_number(raw.get("rate")),
+        elapsed=_number(raw.get("elapsed")) or 0.0,
+        postfix=str(raw.get("postfix") or ""),
+    )
+
+
+def _number(value: Any) -> float | None:
+    """A finite int/float, or None (NaN and inf do not survive JSON)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if number.is_integer() else number

@@ -1,0 +1,176 @@
+"""Kernel side: where task states come from. One interface, two implementations.
+
+``RedisPushSource`` listens to the messages Celery's Redis backend already
+publishes on each task's key (one connection for all jobs, no polling).
+``PollingSource`` reads any other backend at a bounded rate.
+Both are used from the watcher thread only, except ``wake()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+Update = tuple[str, dict[str, Any]]  # (task_id, decoded meta)
+
+
+class StateSource(Protocol):
+    def watch(self, task_ids: list[str]) -> list[Update]:
+        """Start following tasks; return their current states (catch-up)."""
+
+    def unwatch(self, task_ids: list[str]) -> None:
+        """Stop following tasks."""
+
+    def poll(self, timeout: float) -> list[Update]:
+        """Wait up to ``timeout`` seconds for updates; return them (maybe none)."""
+
+    def wake(self) -> None:
+        """Make a pending ``poll`` return soon. Safe from any thread."""
+
+    def close(self) -> None: ...
+
+
+class RedisPushSource:
+    """Subscribes to the task keys' channels; MGET after SUBSCRIBE catches up."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._wake_channel = f"celerynb-wake-{uuid.uuid4().hex}"
+        self._channel_to_id: dict[bytes, str] = {}
+        self._pubsub: Any = None
+        self._reconnect_needed = False
+
+    @property
+    def _backend(self) -> Any:
+        return self._app.backend  # thread-local instance in Celery
+
+    def _ensure_pubsub(self) -> Any:
+        if self._pubsub is None:
+            self._pubsub = self._backend.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(self._wake_channel, *self._channel_to_id)
+        return self._pubsub
+
+    def watch(self, task_ids: list[str]) -> list[Update]:
+        keys = [self._key(task_id) for task_id in task_ids]
+        for key, task_id in zip(keys, task_ids):
+            self._channel_to_id[key] = task_id
+        pubsub = self._ensure_pubsub()
+        if keys:
+            pubsub.subscribe(*keys)
+        return self._catch_up(keys)
+
+    def unwatch(self, task_ids: list[str]) -> None:
+        keys = [self._key(task_id) for task_id in task_ids]
+        for key in keys:
+            self._channel_to_id.pop(key, None)
+        if keys and self._pubsub is not None:
+            self._pubsub.unsubscribe(*keys)
+
+    def poll(self, timeout: float) -> list[Update]:
+        pubsub = self._ensure_pubsub()
+        updates: list[Update] = []
+        message = pubsub.get_message(timeout=timeout)
+        while message is not None:
+            update = self._decode(message)
+            if update is not None:
+                updates.append(update)
+            if len(updates) >= 5000:
+                break
+            message = pubsub.get_message(timeout=0)
+        return updates
+
+    def resync(self) -> list[Update]:
+        """After a lost connection: subscribe again and read every state once."""
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                pass
+        self._pubsub = None
+        self._ensure_pubsub()
+        return self._catch_up(list(self._channel_to_id))
+
+    def wake(self) -> None:
+        self._backend.client.publish(self._wake_channel, b"")
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.close()
+            self._pubsub = None
+
+    def _key(self, task_id: str) -> bytes:
+        key = self._backend.get_key_for_task(task_id)
+        return key if isinstance(key, bytes) else key.encode()
+
+    def _catch_up(self, keys: list[bytes]) -> list[Update]:
+        updates: list[Update] = []
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            for key, raw in zip(chunk, self._backend.client.mget(chunk)):
+                task_id = self._channel_to_id.get(key)
+                if raw is not None and task_id is not None:
+                    updates.append((task_id, self._backend.decode_result(raw)))
+        return updates
+
+    def _decode(self, message: dict[str, Any]) -> Update | None:
+        if message.get("type") != "message":
+            return None
+        channel = message["channel"]
+        task_id = self._channel_to_id.get(channel)
+        if task_id is None:
+            return None
+        return task_id, self._backend.decode_result(message["data"])
+
+
+class PollingSource:
+    """Reads every watched task's state, at most once per ``interval`` seconds."""
+
+    def __init__(self, app: Any, interval: float = 0.5) -> None:
+        self._app = app
+        self._interval = interval
+        self._ids: dict[str, None] = {}
+        self._last_round = float("-inf")
+        self._woken = threading.Event()
+
+    def watch(self, task_ids: list[str]) -> list[Update]:
+        self._ids.update(dict.fromkeys(task_ids))
+        return self._read(task_ids)
+
+    def unwatch(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self._ids.pop(task_id, None)
+
+    def poll(self, timeout: float) -> list[Update]:
+        wait = self._last_round + self._interval - time.monotonic()
+        if wait > 0:
+            self._woken.wait(min(wait, timeout))
+            self._woken.clear()
+            if self._last_round + self._interval > time.monotonic():
+                return []
+        self._last_round = time.monotonic()
+        return self._read(list(self._ids))
+
+    def resync(self) -> list[Update]:
+        return self._read(list(self._ids))
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def close(self) -> None:
+        self._ids.clear()
+
+    def _read(self, task_ids: Iterable[str]) -> list[Update]:
+        backend = self._app.backend
+        return [(task_id, backend.get_task_meta(task_id)) for task_id in task_ids]
+
+
+def source_for(app: Any) -> RedisPushSource | PollingSource:
+    """Push where the backend publishes states (Redis), polling elsewhere."""
+    from celery.backends.redis import RedisBackend
+
+    if isinstance(app.backend, RedisBackend):
+        return RedisPushSource(app)
+    return PollingSource(app)

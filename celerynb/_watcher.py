@@ -1,0 +1,123 @@
+"""Kernel side: one background thread that feeds every job's state.
+
+It keeps running while cells run (a thread, not an asyncio task: the kernel's
+loop freezes while a cell blocks). Jobs only receive decoded metas; how states
+arrive is the source's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Protocol
+
+from ._sources import StateSource, Update
+
+log = logging.getLogger(__name__)
+
+
+class Watched(Protocol):
+    id: str
+
+    def done(self) -> bool: ...
+
+    def _apply_meta(self, meta: dict[str, Any]) -> None: ...
+
+
+class Watcher:
+    """Serves all jobs of a connection from one thread and one source."""
+
+    def __init__(self, source: StateSource, poll_timeout: float = 0.5) -> None:
+        self._source = source
+        self._poll_timeout = poll_timeout
+        self._jobs: dict[str, Watched] = {}
+        self._incoming: queue.SimpleQueue[Watched] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.status = "idle"
+
+    def watch(self, job: Watched) -> None:
+        """Follow ``job`` until it is done. Safe from any thread."""
+        self._incoming.put(job)
+        self._ensure_running()
+        try:
+            self._source.wake()
+        except Exception as exc:  # the thread will catch up when it polls
+            log.debug("celerynb: wake failed: %s", exc)
+
+    @property
+    def watched_count(self) -> int:
+        return len(self._jobs)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        try:
+            self._source.wake()
+        except Exception:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _ensure_running(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="celerynb-watcher", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.25
+        while not self._stop.is_set():
+            try:
+                self._step()
+                backoff = 0.25
+                self.status = "watching"
+            except Exception as exc:
+                self.status = f"reconnecting: {type(exc).__name__}: {exc}"
+                log.warning("celerynb watcher: %s; retrying in %.1fs", exc, backoff)
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(backoff * 2, 5.0)
+                try:
+                    self._dispatch(self._source.resync())
+                except Exception as again:
+                    log.debug("celerynb watcher: resync failed: %s", again)
+        try:
+            self._source.close()
+        except Exception:
+            pass
+
+    def _step(self) -> None:
+        new: list[Watched] = []
+        while True:
+            try:
+                new.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        if new:
+            for job in new:
+                self._jobs[job.id] = job
+            self._dispatch(self._source.watch([job.id for job in new]))
+        self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0))
+        finished = [task_id for task_id, job in self._jobs.items() if job.done()]
+        if finished:
+            self._source.unwatch(finished)
+            for task_id in finished:
+                del self._jobs[task_id]
+
+    def _dispatch(self, updates: list[Update]) -> None:
+        for task_id, meta in updates:
+            job = self._jobs.get(task_id)
+            if job is None or not isinstance(meta, dict):
+                continue
+            try:
+                job._apply_meta(meta)
+            except Exception:
+                log.exception("celerynb watcher: could not apply an update to job %s", task_id)

@@ -1,0 +1,64 @@
+"""The worker-side Celery app: ``celery -A celerynb.worker worker``.
+
+Configured from the environment: ``CELERYNB_BROKER_URL`` (or ``CELERY_BROKER_URL``),
+``CELERYNB_RESULT_BACKEND`` (default: the broker URL when it is Redis) and
+``CELERYNB_SECRET``, the shared secret that signs shipped callables.
+
+To run notebook-defined functions on your own app's workers instead, call
+``celerynb.worker.register(your_app)`` in the module the workers import.
+Importing this module never imports IPython, ipywidgets or notebook code.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+from ._config import BACKEND_ENV, BROKER_ENV, SHIPPED_TASK_NAME
+from ._runner import run_shipped
+
+# Settings celerynb relies on; users' apps get them through ``register``.
+WORKER_DEFAULTS: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "task_track_started": True,
+    # One long task per child at a time; prefetching would starve other workers.
+    "worker_prefetch_multiplier": 1,
+    # Never copy args (the pickled payload) into every state write.
+    "result_extended": False,
+    "broker_connection_retry_on_startup": True,
+}
+
+
+def register(app: Celery, secret: str | bytes | None = None) -> Any:
+    """Register celerynb's generic task on ``app`` so its workers run shipped callables.
+
+    ``secret`` defaults to ``$CELERYNB_SECRET`` read when a task runs.
+    """
+    key = secret.encode() if isinstance(secret, str) else secret
+
+    @app.task(name=SHIPPED_TASK_NAME, bind=True)
+    def run_shipped_task(self: Any, envelope: dict[str, Any]) -> dict[str, Any]:
+        return run_shipped(self, envelope, secret=key)
+
+    return run_shipped_task
+
+
+def _broker_from_env() -> str:
+    return os.environ.get(BROKER_ENV) or os.environ.get("CELERY_BROKER_URL") or "redis://"
+
+
+def _backend_from_env(broker: str) -> str | None:
+    backend = os.environ.get(BACKEND_ENV) or os.environ.get("CELERY_RESULT_BACKEND")
+    if backend:
+        return backend
+    return broker if broker.startswith(("redis://", "rediss://")) else "rpc://"
+
+
+_broker = _broker_from_env()
+app = Celery("celerynb", broker=_broker, backend=_backend_from_env(_broker))
+app.conf.update(WORKER_DEFAULTS)
+register(app)
