@@ -277,7 +277,10 @@ def _display_name(fn: Any) -> str:
         return fn
     if isinstance(fn, Task):
         return fn.name
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if not name:
+        return type(fn).__name__
+    return name.rsplit("<locals>.", 1)[-1]  # outer function names are noise here
 
 
 def _call_repr(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

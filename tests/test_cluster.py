@@ -1,0 +1,53 @@
+"""LocalCluster starts real processes and leaves nothing behind."""
+
+import subprocess
+import sys
+import textwrap
+
+import psutil
+
+import celerynb
+from conftest import wait_for
+
+
+def gone(pids):
+    return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie" for p in pids)
+
+
+def test_close_stops_every_process_and_removes_files():
+    cluster = celerynb.LocalCluster(workers=1)
+    directory = cluster.log_path.parent
+    family = []
+    for pid in cluster.pids:
+        process = psutil.Process(pid)
+        family += [pid] + [child.pid for child in process.children(recursive=True)]
+    assert len(family) >= 3  # redis-server, worker main process, one pool child
+    assert directory.exists()
+    cluster.close()
+    assert wait_for(lambda: gone(family), timeout=15)
+    assert not directory.exists() and cluster.closed
+    cluster.close()  # idempotent
+
+
+def test_interpreter_exit_stops_the_cluster(tmp_path):
+    script = textwrap.dedent(
+        """
+        import psutil, celerynb
+        cluster = celerynb.LocalCluster(workers=1)
+        pids = [p for pid in cluster.pids
+                for p in [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]]
+        print(" ".join(map(str, pids)), cluster.log_path.parent, flush=True)
+        # no close(): atexit must clean up
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    pids, directory = [int(p) for p in out[:-1]], out[-1]
+    assert wait_for(lambda: gone(pids), timeout=15)
+    assert not __import__("os").path.exists(directory)
+
+
+def test_redis_server_is_found():
+    path = celerynb._cluster.find_redis_server()
+    assert subprocess.run([path, "--version"], capture_output=True, timeout=10).returncode == 0

@@ -1,0 +1,86 @@
+"""Shipped pickles run only when signed; results are verified before unpickling."""
+
+import base64
+import os
+import pickle
+import uuid
+
+import pytest
+
+import celerynb
+from celerynb._config import SHIPPED_TASK_NAME
+from celerynb._errors import PayloadRefusedError, UntrustedResultError
+from celerynb._signing import seal
+from conftest import wait_for
+
+
+class LeavesAMark:
+    """Unpickling this object creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def marker_pickle(path):
+    return base64.b64encode(pickle.dumps(LeavesAMark(path))).decode()
+
+
+def send_raw(session, envelope_for):
+    task_id = str(uuid.uuid4())
+    session.app.send_task(SHIPPED_TASK_NAME, args=[envelope_for(task_id)], task_id=task_id)
+    return session.app.AsyncResult(task_id)
+
+
+@pytest.mark.parametrize("attack", ["unsigned", "wrong-secret", "tampered", "truncated", "replayed"])
+def test_worker_refuses_bad_payloads_without_unpickling(session, tmp_path, attack):
+    mark = tmp_path / "unpickled"
+    evil = marker_pickle(str(mark))
+    good = seal(b"harmless", secret=session.secret, purpose="call", task_id="another-task")
+
+    def envelope_for(task_id):
+        signed = seal(b"harmless", secret=session.secret, purpose="call", task_id=task_id)
+        if attack == "unsigned":
+            return {k: v for k, v in signed.items() if k != "mac"} | {"data": evil}
+        if attack == "wrong-secret":
+            return seal(base64.b64decode(evil), secret=b"attacker", purpose="call", task_id=task_id)
+        if attack == "tampered":
+            return signed | {"data": evil}
+        if attack == "truncated":
+            return {k: v for k, v in signed.items() if k not in ("data", "nonce")}
+        return good  # a valid envelope replayed under a new task id
+
+    result = send_raw(session, envelope_for)
+    assert wait_for(lambda: result.state == "FAILURE", timeout=30), result.state
+    assert isinstance(result.result, PayloadRefusedError)
+    assert "refused" in str(result.result)
+    assert not mark.exists(), "the payload was unpickled"
+
+
+def sleeper(seconds):
+    import time
+
+    time.sleep(seconds)
+    return "real"
+
+
+def test_kernel_refuses_a_forged_result_without_unpickling(session, tmp_path):
+    mark = tmp_path / "unpickled-in-kernel"
+    job = celerynb.submit(sleeper, 3)
+    assert wait_for(lambda: job.state in ("STARTED", "PROGRESS"), timeout=20)
+    forged = {"data": marker_pickle(str(mark)), "purpose": "result", "task_id": job.id}
+    session.app.backend.store_result(job.id, forged, "SUCCESS")
+    with pytest.raises(UntrustedResultError, match="refused"):
+        job.result(timeout=20)
+    assert not mark.exists()
+
+
+def test_secret_does_not_appear_in_reprs(session, cluster):
+    job = celerynb.submit(lambda: 1)
+    job.result(timeout=30)
+    for text in (repr(job), repr(session), repr(cluster), job.status_line()):
+        assert cluster.secret not in text
+        assert session.secret.decode() not in text
+    assert os.environ.get("CELERYNB_SECRET") != cluster.secret  # the kernel's env is untouched
