@@ -96,7 +96,7 @@ class tqdm(_auto_tqdm):  # noqa: N801 - a drop-in for tqdm keeps its name
     """
 
     def __init__(self, *args: Any, max_writes_per_second: float | None = None, **kwargs: Any):
-        task = running_task()
+        task = running_task() if kwargs.get("disable") is not True else None
         self._celerynb_progress: TaskProgress | None = None
         if task is not None:
             kwargs["disable"] = False
@@ -106,9 +106,8 @@ class tqdm(_auto_tqdm):  # noqa: N801 - a drop-in for tqdm keeps its name
             if max_writes_per_second is not None:
                 progress.min_interval = 1.0 / max_writes_per_second
             self._celerynb_progress = progress
+        # tqdm's __init__ refreshes once, which writes this bar's first state.
         super().__init__(*args, **kwargs)
-        if self._celerynb_progress is not None:
-            self._celerynb_progress.update_bar(id(self), self._celerynb_bar_meta(), force=True)
 
     def _celerynb_bar_meta(self) -> dict[str, Any]:
         d = self.format_dict

@@ -1,0 +1,113 @@
+"""In a real Jupyter kernel: live widget updates, a responsive kernel, the notebooks run."""
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.manager import start_new_kernel
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        yield client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+
+
+def execute(client, code, timeout=60):
+    """Run ``code``; return (reply, iopub messages of this cell, seconds it took)."""
+    started = time.monotonic()
+    msg_id = client.execute(code)
+    reply = client.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = client.get_shell_msg(timeout=timeout)
+    elapsed = time.monotonic() - started
+    messages = []
+    while True:  # iopub until this cell's idle status
+        message = client.get_iopub_msg(timeout=timeout)
+        messages.append(message)
+        if (
+            message["msg_type"] == "status"
+            and message["content"]["execution_state"] == "idle"
+            and message["parent_header"].get("msg_id") == msg_id
+        ):
+            break
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return reply, messages, elapsed
+
+
+SETUP = """
+import celerynb, time
+cluster = celerynb.LocalCluster(workers=2)
+celerynb.connect(cluster)
+
+def steady(steps, pause):
+    import time
+    from celerynb import tqdm
+    for _ in tqdm(range(steps), desc="steady"):
+        time.sleep(pause)
+    return steps
+
+job = celerynb.submit(steady, 100, 0.05)
+job
+"""
+
+
+def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
+    _, messages, _ = execute(kernel, SETUP, timeout=120)
+    views = [
+        m for m in messages
+        if m["msg_type"] == "display_data"
+        and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+    ]
+    assert views, "the job was not displayed as a widget"
+
+    _, messages, elapsed = execute(kernel, "time.sleep(3)")
+    updates = [m for m in messages if m["msg_type"] == "comm_msg"]
+    assert elapsed >= 3
+    # Throttled to <= 10 draws/s per bar, but they must keep arriving while the cell blocks.
+    assert len(updates) >= 10, f"{len(updates)} widget updates during a 3 s blocking cell"
+    values = [
+        m["content"]["data"]["state"]["value"]
+        for m in updates
+        if "value" in m["content"]["data"].get("state", {})
+        and isinstance(m["content"]["data"]["state"]["value"], float)
+    ]
+    assert values == sorted(values) and len(values) >= 5, values
+
+    _, _, quick = execute(kernel, "1 + 1")
+    assert quick < 2.0, f"a trivial cell took {quick:.2f}s while a job ran"
+
+    _, messages, _ = execute(kernel, "print(job.result(timeout=60), job.state)")
+    out = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+    assert "100 SUCCESS" in out
+    execute(kernel, "cluster.close()")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_runs_top_to_bottom(name, tmp_path):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors, errors
+    widgets = [
+        output
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+    ]
+    assert widgets, "no job widget was displayed"
