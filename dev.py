@@ -31,7 +31,7 @@ def run(*command: str | os.PathLike[str]) -> None:
 
 
 def setup() -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - this script runs under any python3
         sys.exit(f"celerynb needs Python 3.10+, this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)
@@ -53,7 +53,9 @@ def main(argv: list[str]) -> int:
     env_path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["PATH"] = env_path
     if argv[0] == "lab":
-        os.execv(str(BIN / "jupyter"), ["jupyter", "lab", "notebooks/01-quickstart.ipynb", *argv[1:]])
+        os.execv(
+            str(BIN / "jupyter"), ["jupyter", "lab", "notebooks/01-quickstart.ipynb", *argv[1:]]
+        )
     run(BIN / "ruff", "check", "celerynb", "tests", "benchmarks", "dev.py")
     run(BIN / "ruff", "format", "--check", "celerynb", "tests", "benchmarks", "dev.py")
     result = subprocess.run([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT)
@@ -61,4 +63,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except subprocess.CalledProcessError as failed:
+        sys.exit(f"dev.py: `{' '.join(map(str, failed.cmd))}` failed (exit {failed.returncode})")

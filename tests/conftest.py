@@ -12,7 +12,9 @@ import pytest
 import celerynb
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02) -> bool:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02
+) -> bool:
     """Poll ``predicate`` until it is truthy or ``timeout`` passes; return the last answer."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,9 +5,9 @@ import sys
 import textwrap
 
 import psutil
+from conftest import wait_for
 
 import celerynb
-from conftest import wait_for
 
 
 def gone(pids):

@@ -5,10 +5,10 @@ import concurrent.futures
 import time
 
 import pytest
+from conftest import wait_for
 
 import celerynb
 from celerynb._errors import RemoteTraceback
-from conftest import wait_for
 
 
 def count_to(n, desc="count"):
@@ -137,3 +137,16 @@ def test_elapsed_freezes_when_done_and_repr_tells_state(session):
     time.sleep(0.05)
     assert job.elapsed == first
     assert "SUCCESS" in repr(job) and job.id in repr(job)
+
+
+def test_connect_by_url_with_secret(cluster, session, monkeypatch):
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    by_url = celerynb.connect(
+        cluster.broker_url, backend=cluster.backend_url, secret=cluster.secret
+    )
+    assert by_url is celerynb.current_session() and by_url is not session
+    assert celerynb.submit(lambda: "via url").result(timeout=30) == "via url"
+    by_url.close()
+    assert not by_url.watcher.alive()

@@ -63,7 +63,8 @@ job
 def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
     _, messages, _ = execute(kernel, SETUP, timeout=120)
     views = [
-        m for m in messages
+        m
+        for m in messages
         if m["msg_type"] == "display_data"
         and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
     ]
@@ -95,7 +96,10 @@ def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
 def test_notebook_runs_top_to_bottom(name, tmp_path):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
     errors = [
         output

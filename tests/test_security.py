@@ -6,12 +6,12 @@ import pickle
 import uuid
 
 import pytest
+from conftest import wait_for
 
 import celerynb
 from celerynb._config import SHIPPED_TASK_NAME
 from celerynb._errors import PayloadRefusedError, UntrustedResultError
 from celerynb._signing import seal
-from conftest import wait_for
 
 
 class LeavesAMark:
@@ -34,7 +34,9 @@ def send_raw(session, envelope_for):
     return session.app.AsyncResult(task_id)
 
 
-@pytest.mark.parametrize("attack", ["unsigned", "wrong-secret", "tampered", "truncated", "replayed"])
+@pytest.mark.parametrize(
+    "attack", ["unsigned", "wrong-secret", "tampered", "truncated", "replayed"]
+)
 def test_worker_refuses_bad_payloads_without_unpickling(session, tmp_path, attack):
     mark = tmp_path / "unpickled"
     evil = marker_pickle(str(mark))
