@@ -102,7 +102,15 @@ class WidgetRenderer:
             ]
         )
         self.widget.add_class("celerynb-job")
+        self.handle: Any = None  # the display, to leave a true final line for nbconvert
+        self._final_published = False
         self.draw()
+
+    def mimebundle(self) -> dict[str, Any]:
+        """The widget view plus a text line for frontends that cannot render widgets."""
+        bundle = self.widget._repr_mimebundle_()
+        bundle["text/plain"] = f"{job_status_line(self.job)} {self.job.short_result_repr()}".strip()
+        return bundle
 
     def draw(self) -> bool:
         job = self.job
@@ -131,6 +139,9 @@ class WidgetRenderer:
         self.cancel_button.disabled = job.done()
         self.details.value = self._details_html()
         self.draws += 1
+        if job.done() and self.handle is not None and not self._final_published:
+            self._final_published = True
+            self.handle.update(self.mimebundle(), raw=True)
         return job.done()
 
     def _details_html(self) -> str:
@@ -199,9 +210,7 @@ def display_job(job: Any) -> Any:
         from IPython.display import display
 
         renderer: Any = WidgetRenderer(job)
-        bundle = renderer.widget._repr_mimebundle_()
-        bundle["text/plain"] = job_status_line(job)
-        display(bundle, raw=True)
+        renderer.handle = display(renderer.mimebundle(), raw=True, display_id=True)
     else:
         renderer = TextRenderer(job)
     job.add_listener(lambda _job: _scheduler.mark(renderer))

@@ -209,10 +209,14 @@ class Job(Future):
     def __repr__(self) -> str:
         return f"<Job {self.call_repr} id={self.id} {self.status_line()}>"
 
-    def _ipython_display_(self) -> None:
+    def show(self) -> None:
+        """Show the job live: a widget in Jupyter, a tqdm text bar on stderr elsewhere."""
         from ._display import display_job
 
         display_job(self)
+
+    def _ipython_display_(self) -> None:
+        self.show()
 
     def short_result_repr(self) -> str:
         """A short repr of the result (or exception) for displays."""

