@@ -150,3 +150,32 @@ def test_connect_by_url_with_secret(cluster, session, monkeypatch):
     assert celerynb.submit(lambda: "via url").result(timeout=30) == "via url"
     by_url.close()
     assert not by_url.watcher.alive()
+
+
+def test_polling_source_follows_jobs_at_a_bounded_rate(cluster, monkeypatch):
+    # The path taken for result backends without pub/sub; run here against real Redis.
+    import celerynb._session as session_module
+    from celerynb._sources import PollingSource
+    from celerynb._watcher import Watcher
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    polled = celerynb.connect(
+        cluster.broker_url, backend=cluster.backend_url, secret=cluster.secret
+    )
+    source = PollingSource(polled.app, interval=0.5)
+    reads = []
+    original_read = source._read
+    monkeypatch.setattr(
+        source, "_read", lambda ids: reads.append(time.monotonic()) or original_read(ids)
+    )
+    polled.watcher = Watcher(source)
+    try:
+        job = celerynb.submit(slow_steps, 20, 0.1)
+        seen = []
+        job.add_listener(lambda j: seen.append(j.progress.n))
+        assert job.result(timeout=30) == 20
+        assert len([n for n in seen if 0 < n < 20]) >= 1, seen  # progress seen mid-way
+        gaps = [b - a for a, b in zip(reads[1:], reads[2:])]
+        assert gaps and min(gaps) >= 0.45, gaps  # at most ~2 reads a second
+    finally:
+        polled.close()
