@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import reprlib
 import threading
 import uuid
 from typing import Any
@@ -11,11 +12,13 @@ import cloudpickle
 from celery import Celery
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
+from kombu.utils.url import url_to_parts
 
 from ._backend import quiet_backend_url
 from ._config import BROKER_ENV, SHIPPED_TASK_NAME, mask_url, secret_from_env
 from ._errors import CelerynbError, NotConnectedError, SerializationError
 from ._job import Job
+from ._signing import seal
 from ._sources import source_for
 from ._watcher import Watcher
 
@@ -94,15 +97,13 @@ class Session:
                 options["queue"] = fn.queue
         elif callable(fn):
             name = SHIPPED_TASK_NAME
-            from ._signing import seal
-
             payload = _pickle_call(fn, args, kwargs)
             envelope = seal(payload, secret=self.secret, purpose="call", task_id=task_id)
             send_args, send_kwargs, shipped = [envelope], {}, True
         else:
             raise TypeError(
                 f"submit() needs a callable or a registered Celery task, got "
-                f"{type(fn).__name__} {reprlib_repr(fn)}"
+                f"{type(fn).__name__} {reprlib.repr(fn)}"
             )
         job = Job(
             task_id,
@@ -284,8 +285,6 @@ def _display_name(fn: Any) -> str:
 
 
 def _call_repr(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    import reprlib
-
     r = reprlib.Repr()
     r.maxstring, r.maxother = 20, 20
     parts = [r.repr(a) for a in args] + [f"{k}={r.repr(v)}" for k, v in kwargs.items()]
@@ -297,16 +296,8 @@ def _as_bytes(secret: str | bytes | None) -> bytes | None:
     return secret.encode() if isinstance(secret, str) else secret
 
 
-def reprlib_repr(value: Any) -> str:
-    import reprlib
-
-    return reprlib.repr(value)
-
-
 def _masked(text: str, url: str | None) -> str:
     """``text`` with any password of ``url`` removed."""
-    from kombu.utils.url import url_to_parts
-
     try:
         password = url_to_parts(url).password if url else None
     except Exception:

@@ -38,8 +38,17 @@ def cluster() -> Iterator[celerynb.LocalCluster]:
 
 
 @pytest.fixture(scope="session")
-def session(cluster: celerynb.LocalCluster) -> celerynb.Session:
+def shared_session(cluster: celerynb.LocalCluster) -> celerynb.Session:
     return celerynb.connect(cluster)
+
+
+@pytest.fixture
+def session(shared_session: celerynb.Session, monkeypatch: pytest.MonkeyPatch) -> celerynb.Session:
+    """The suite's session, current for this test whatever other tests connected to."""
+    import celerynb._session
+
+    monkeypatch.setattr(celerynb._session, "_current", shared_session)
+    return shared_session
 
 
 @pytest.fixture(autouse=True, scope="session")
