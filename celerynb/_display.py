@@ -84,14 +84,16 @@ class WidgetRenderer:
         self.job = job
         self.draws = 0
         self.badge = w.HTML()
-        self.label = w.HTML(layout=w.Layout(min_width="8em"))
-        self.bar = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="35%"))
-        self.stats = w.HTML()
+        self.label = w.HTML(layout=w.Layout(min_width="6em", flex="0 1 auto"))
+        self.bar = w.FloatProgress(
+            min=0.0, max=1.0, value=0.0, layout=w.Layout(flex="1 1 auto", min_width="6em")
+        )
+        self.stats = w.HTML(layout=w.Layout(flex="0 0 auto"))
         self.cancel_button = w.Button(
             description="Cancel",
             icon="stop",
             tooltip=f"revoke task {job.id}",
-            layout=w.Layout(width="auto"),
+            layout=w.Layout(width="auto", flex="0 0 auto"),
         )
         self.cancel_button.on_click(lambda _button: self.job.cancel())
         self.details = w.HTML()
@@ -128,15 +130,18 @@ class WidgetRenderer:
             value, bar_style = (1.0 if job.done() else 0.0), "info"
         if state == states.SUCCESS:
             value = 1.0 if progress.total is None else value
-        stats = html.escape(
-            meter_text(progress, job.elapsed) if progress.bars else f"{job.elapsed:.1f}s"
-        )
+        if progress.bars:
+            meter = meter_text(progress, job.elapsed, finished=job.done())
+        else:
+            meter = f"{job.elapsed:.1f}s"
+        stats = html.escape(meter)
         self.badge.value = badge
         self.label.value = f"<b>{label}</b>"
         self.bar.value = value
         self.bar.bar_style = _BAR_STYLES.get(state, bar_style)
-        self.stats.value = f"<code>{stats}</code>"
-        self.cancel_button.disabled = job.done()
+        self.stats.value = f"<code style='white-space:nowrap'>{stats}</code>"
+        if job.done():
+            self.cancel_button.layout.display = "none"
         self.details.value = self._details_html()
         self.draws += 1
         if job.done() and self.handle is not None and not self._final_published:
@@ -154,7 +159,7 @@ class WidgetRenderer:
             error = job.exception(timeout=0)
             if error is not None:
                 tb = job.remote_traceback or ""
-                text = f"{tb}\n{type(error).__name__}: {error}" if tb else job.short_result_repr()
+                text = tb or job.short_result_repr()  # the traceback ends with the error line
                 parts.append(
                     "<pre class='celerynb-traceback' style='color:#b02a37;white-space:pre-wrap'>"
                     f"{html.escape(text)}</pre>"

@@ -8,21 +8,26 @@ from tqdm.std import tqdm as std_tqdm
 
 from ._schema import BarSnapshot, ProgressSnapshot
 
-_WITH_TOTAL = "{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_RUNNING = "{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_FINISHED = "{n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 _WITHOUT_TOTAL = "{n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
-def meter_text(snapshot: ProgressSnapshot | BarSnapshot, elapsed: float) -> str:
-    """``n/total [elapsed<eta, rate]`` as tqdm writes it."""
+def meter_text(
+    snapshot: ProgressSnapshot | BarSnapshot, elapsed: float, *, finished: bool = False
+) -> str:
+    """``20.0M/20.0M [00:02<00:01, 10.4Mit/s]`` as tqdm writes it; no ETA once finished."""
     bar = snapshot.primary if isinstance(snapshot, ProgressSnapshot) else snapshot
+    bar_format = _WITHOUT_TOTAL if not bar.total else (_FINISHED if finished else _RUNNING)
     return std_tqdm.format_meter(
         bar.n,
         bar.total,
         elapsed,
         unit=bar.unit,
+        unit_scale=(bar.total or bar.n or 0) >= 10_000,  # 20.0M, but 30/30 stays 30/30
         rate=bar.rate,
         postfix=bar.postfix or None,
-        bar_format=_WITH_TOTAL if bar.total else _WITHOUT_TOTAL,
+        bar_format=bar_format,
     )
 
 
@@ -45,5 +50,5 @@ def job_status_line(job: Any) -> str:
     progress = job.progress
     label = progress.desc or job.name
     percent = f" {progress.percent:.0f}%" if progress.percent is not None else ""
-    meter = f" {meter_text(progress, job.elapsed)}" if progress.bars else ""
+    meter = f" {meter_text(progress, job.elapsed, finished=job.done())}" if progress.bars else ""
     return f"{label}: {job.state}{percent}{meter}"

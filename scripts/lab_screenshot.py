@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -68,41 +69,61 @@ SUCCESS_TIMEOUT_MS = 300_000
 RUN_ALL_TIMEOUT_MS = 300_000
 SHUTDOWN_TIMEOUT = 30.0
 
+PR_SET_CHILD_SUBREAPER = 36
+
 BAD_TEXT = "Error displaying widget"
 FINAL_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 
-READ_WIDGET_JS = """el => {
+JOB_SOURCE = "celerynb.submit(simulate"  # the first job's cell
+
+# The first job's widget, read from its cell (ipywidgets may replace the view's DOM node:
+# it is read afresh each time).
+READ_JOB_JS = """() => {
+    const cell = [...document.querySelectorAll('.jp-CodeCell')].find(c => {
+        const editor = c.querySelector('.jp-InputArea-editor');
+        return editor && editor.textContent.includes(JOB_SOURCE_JSON);
+    });
+    const el = cell && cell.querySelector('.celerynb-job');
+    if (!el) return {state: '', width: 0, stats: cell ? cell.querySelector(
+        '.jp-OutputArea').textContent.trim().slice(0, 60) : 'no cell'};
     const s = el.querySelector('.celerynb-state');
-    const bar = el.querySelector('.widget-progress .progress-bar');
+    const bar = el.querySelector('.progress-bar');
     const code = el.querySelector('code');
     return {
         state: s ? s.textContent : '',
         width: bar ? parseFloat(bar.style.width || '0') : 0,
         stats: code ? code.textContent : '',
     };
-}"""
+}""".replace("JOB_SOURCE_JSON", json.dumps(JOB_SOURCE))
 
-# Record every change of the widget's state, bar and stats text, with a time stamp.
+# Record every change of the first job's widget (state, bar, stats text), time-stamped.
 RECORD_TIMELINE_JS = (
-    """el => {
+    """() => {
     const read = """
-    + READ_WIDGET_JS
+    + READ_JOB_JS
     + """;
     const t0 = performance.now();
-    const timeline = el.__celerynbTimeline = [];
+    const timeline = window.__celerynbTimeline = [];
     const note = () => {
-        const now = read(el);
+        const now = read();
         const last = timeline[timeline.length - 1];
         if (!last || last.state !== now.state || last.width !== now.width
                 || last.stats !== now.stats) {
             timeline.push({t: performance.now() - t0, ...now});
         }
     };
+    window.__celerynbBadSeen = false;
     note();
-    new MutationObserver(note).observe(el, {
+    new MutationObserver(() => {
+        note();
+        if (!window.__celerynbBadSeen
+                && document.body.textContent.includes(BAD_TEXT_JSON)) {
+            window.__celerynbBadSeen = true;
+        }
+    }).observe(document.body, {
         subtree: true, childList: true, characterData: true, attributes: true,
     });
-}"""
+}""".replace("BAD_TEXT_JSON", json.dumps(BAD_TEXT))
 )
 
 
@@ -231,8 +252,8 @@ class Lab:
             os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its session
         alive = self._still_alive(timeout=10.0)
         for proc in alive:
-            log(f"killing leftover process {proc.pid}: {' '.join(proc.cmdline())[:200]}")
             with contextlib.suppress(psutil.Error):
+                log(f"killing leftover process {proc.pid}: {' '.join(proc.cmdline())[:200]}")
                 proc.kill()
         alive = self._still_alive(timeout=5.0)
         if alive:
@@ -242,17 +263,25 @@ class Lab:
     def _still_alive(self, timeout: float) -> list[psutil.Process]:
         procs = list(self.seen.values())
         _gone, alive = psutil.wait_procs(procs, timeout=timeout)
-        return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        return [p for p in alive if running(p)]
+
+
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def kernel_idle(page: Page, timeout_ms: int) -> None:
-    """Wait until the notebook's kernel is connected and idle."""
+    """Wait until the notebook's kernel is connected and idle, as the status bar tells.
+
+    (The toolbar's execution indicator says "idle" before any kernel exists.)"""
     page.wait_for_function(
         """() => {
-            const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-            if (ind && ind.getAttribute('data-status') === 'idle') return true;
             const bar = document.querySelector('#jp-main-statusbar');
-            return !!bar && /\\|\\s*Idle/.test(bar.textContent || '');
+            const text = bar ? bar.textContent || '' : '';
+            return !text.includes('No Kernel') && /\\|\\s*Idle/.test(text);
         }""",
         timeout=timeout_ms,
     )
@@ -309,28 +338,29 @@ def screenshot_cell(page: Page, cell: Locator, path: Path) -> None:
 
 
 def screenshot_region(page: Page, first: Locator, last: Locator, path: Path) -> None:
-    """A viewport-wide screenshot of JupyterLab, scrolled to put ``first`` near the top;
-    the window is made taller (up to 1800 px) if ``last`` would not be in view."""
-    scroller = ".jp-WindowedPanel-outer, .jp-Notebook"
-    first.evaluate("el => el.scrollIntoView({block: 'start'})")
-    page.wait_for_timeout(300)
-    first_box, last_box = first.bounding_box(), last.bounding_box()
-    if first_box and last_box:
-        needed = last_box["y"] + last_box["height"] + 24
-        if needed > VIEWPORT["height"]:
-            height = int(min(needed, 1800))
-            page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
-            page.wait_for_timeout(500)
-            first.evaluate("el => el.scrollIntoView({block: 'start'})")
-            page.wait_for_timeout(500)
-    # Keep a little of the previous cell above the job cell.
-    page.evaluate(
-        f"""() => {{
-            const s = document.querySelector('{scroller}');
-            if (s) s.scrollTop = Math.max(0, s.scrollTop - 40);
-        }}"""
-    )
-    page.wait_for_timeout(300)
+    """A screenshot of the whole JupyterLab window, the notebook scrolled to put ``first``
+    (and the cell before it) at the top; the window is made taller (up to 1800 px) until
+    ``last`` is in view."""
+    scroll_to = """el => {
+        // Start at the cell before (the markdown that introduces the job), if any.
+        const prev = el.previousElementSibling;
+        const top = prev && prev.classList.contains('jp-Cell') ? prev : el;
+        top.scrollIntoView({block: 'start'});
+    }"""
+    overflow_js = """(el) => {
+        const panel = el.closest('.jp-WindowedPanel-outer') || el.closest('.jp-Notebook');
+        return el.getBoundingClientRect().bottom - panel.getBoundingClientRect().bottom;
+    }"""
+    for _ in range(4):
+        first.evaluate(scroll_to)
+        page.wait_for_timeout(300)
+        overflow = last.evaluate(overflow_js)
+        height = page.viewport_size["height"] if page.viewport_size else VIEWPORT["height"]
+        if overflow <= -12 or height >= 1800:
+            break
+        new_height = int(min(height + overflow + 16, 1800))
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": new_height})
+        page.wait_for_timeout(500)
     page.screenshot(path=str(path))
     log(f"wrote {path} ({page.viewport_size})")
 
@@ -355,22 +385,23 @@ def shoot(lab: Lab, chromium: str, out: Path, scale: float) -> int:
             kernel_idle(page, KERNEL_IDLE_TIMEOUT_MS)
             lab.note_processes()
             log("notebook open, kernel idle: Run > Run All Cells")
+            page.evaluate(RECORD_TIMELINE_JS)
             started = time.monotonic()
             run_all_cells(page)
 
-            job = page.locator(".celerynb-job").first
+            job_cell = page.locator(".jp-CodeCell", has_text=JOB_SOURCE).first
+            job = job_cell.locator(".celerynb-job").first
             job.wait_for(state="visible", timeout=WIDGET_TIMEOUT_MS)
             log(f"job widget shown after {time.monotonic() - started:.1f}s: {widget_text(job)}")
             lab.note_processes()  # the kernel's Redis and workers are up by now
             state = job.locator(".celerynb-state")
-            job.evaluate(RECORD_TIMELINE_JS)
             # A first shot at once, while the job surely runs; a better one if the bar is
             # seen part-way (15-90%) before the job ends.
             shot = out / "widget-running.png"
-            screenshot_cell(page, cell_of(job), shot)
+            screenshot_cell(page, job_cell, shot)
             deadline = time.monotonic() + RUNNING_TIMEOUT_MS / 1000
             while time.monotonic() < deadline:
-                now = job.evaluate(READ_WIDGET_JS)
+                now = page.evaluate(READ_JOB_JS)
                 if now["state"] in FINAL_STATES:
                     problems.append(
                         f"the bar was not seen between 15% and 90% before {now['state']}: "
@@ -378,15 +409,15 @@ def shoot(lab: Lab, chromium: str, out: Path, scale: float) -> int:
                     )
                     break
                 if 15 <= now["width"] <= 90:
-                    screenshot_cell(page, cell_of(job), shot)
+                    screenshot_cell(page, job_cell, shot)
                     log(f"running widget ({now['width']:.0f}%): {widget_text(job)}")
                     break
                 page.wait_for_timeout(50)
 
             state.filter(has_text="SUCCESS").wait_for(timeout=SUCCESS_TIMEOUT_MS)
             log(f"SUCCESS after {time.monotonic() - started:.1f}s: {widget_text(job)}")
-            timeline = job.evaluate("el => el.__celerynbTimeline")
-            log(f"first widget as the browser drew it ({len(timeline)} changes):")
+            timeline = page.evaluate("() => window.__celerynbTimeline")
+            log(f"first job's output as the browser drew it ({len(timeline)} changes):")
             for entry in timeline:
                 t, state_, width = entry["t"], entry["state"], entry["width"]
                 log(f"  +{t:7.0f} ms {state_:<9} {width:5.1f}%  {entry['stats']}")
@@ -399,17 +430,22 @@ def shoot(lab: Lab, chromium: str, out: Path, scale: float) -> int:
             widgets = page.locator(".celerynb-job")
             for index in range(widgets.count()):
                 log(f"widget {index}: {widget_text(widgets.nth(index))}")
-            errors = page.locator(".jp-OutputArea-output[data-mime-type*='error']")
+            # Errors and stderr streams both render with the stderr mime type.
+            errors = page.locator(".jp-OutputArea-output[data-mime-type*='stderr']")
             for index in range(errors.count()):
-                text = errors.nth(index).inner_text()[:300]
-                problems.append(f"error output in the notebook: {text}")
+                text = errors.nth(index).inner_text()
+                if "Traceback" in text or "Error" in text:
+                    problems.append(f"error output in the notebook: {text[:500]}")
+                else:
+                    log(f"stderr output in the notebook: {text[:300]}")
 
-            screenshot_region(page, cell_of(job), cell_of(traceback), out / "quickstart.png")
+            screenshot_region(page, job_cell, cell_of(traceback), out / "quickstart.png")
 
-            bad = bad_text_count(page)
-            log(f"'{BAD_TEXT}' on the page: {'YES' if bad else 'no'} ({bad})")
-            if bad:
-                problems.append(f"'{BAD_TEXT}' shown {bad} time(s)")
+            bad = bad_text_count(page) + page.content().count(BAD_TEXT)
+            seen = page.evaluate("() => window.__celerynbBadSeen")
+            log(f"'{BAD_TEXT}' on the page now: {'YES' if bad else 'no'}; at any time: {seen}")
+            if bad or seen:
+                problems.append(f"'{BAD_TEXT}' was shown")
             context.close()
         except Exception:
             if failure_page is not None:
@@ -425,6 +461,33 @@ def shoot(lab: Lab, chromium: str, out: Path, scale: float) -> int:
     return 1 if any(BAD_TEXT in p or "error output" in p for p in problems) else 0
 
 
+def become_subreaper() -> bool:
+    """Linux: adopt orphaned descendants (e.g. browser helpers that outlive the browser), so
+    they can be reaped and checked for at the end instead of being left to init."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_children(timeout: float = 10.0) -> None:
+    """Kill what is left of our descendants, wait for all of them; fail if any survives."""
+    me = psutil.Process()
+    left = me.children(recursive=True)
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            log(f"killing leftover process {proc.pid}: {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+    _gone, alive = psutil.wait_procs(left, timeout=timeout)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    if alive:
+        raise RuntimeError(f"processes left behind: {[p.pid for p in alive]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
@@ -433,6 +496,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    subreaper = become_subreaper()
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="celerynb-lab-shot-"))
     root = tmp / "notebooks"
@@ -451,6 +515,8 @@ def main() -> int:
             lab.stop()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if subreaper:
+                reap_children()
     log(f"done in {time.monotonic() - started:.1f}s, exit status {status}")
     return status
 
