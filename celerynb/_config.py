@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kombu.utils.url import maybe_sanitize_url
+from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
 from ._errors import CelerynbError
 
@@ -34,3 +34,12 @@ def mask_url(url: str | None) -> str:
     if not url:
         return str(url)
     return maybe_sanitize_url(url, mask="**")
+
+
+def mask_password(text: str, url: str | None) -> str:
+    """``text`` with any password of ``url`` removed."""
+    try:
+        password = url_to_parts(url).password if url else None
+    except Exception:
+        password = None
+    return text.replace(password, "**") if password else text

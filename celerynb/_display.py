@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import states
 
-from ._format import bar_line, job_status_line, meter_text
+from ._format import bar_line, job_final_line, meter_text
 
 MAX_DRAWS_PER_SECOND = 10
 _TICK_SECONDS = 1.0  # redraw running jobs this often so elapsed time moves
@@ -111,7 +111,7 @@ class WidgetRenderer:
     def mimebundle(self) -> dict[str, Any]:
         """The widget view plus a text line for frontends that cannot render widgets."""
         bundle = self.widget._repr_mimebundle_()
-        bundle["text/plain"] = f"{job_status_line(self.job)} {self.job.short_result_repr()}".strip()
+        bundle["text/plain"] = job_final_line(self.job)
         return bundle
 
     def draw(self) -> bool:
@@ -196,7 +196,7 @@ class TextRenderer:
             bar.refresh()
             return False
         bar.close()
-        print(f"{job_status_line(job)} -> {job.short_result_repr()}", file=self.file)
+        print(job_final_line(job), file=self.file)
         return True
 
 

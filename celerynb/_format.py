@@ -52,3 +52,9 @@ def job_status_line(job: Any) -> str:
     percent = f" {progress.percent:.0f}%" if progress.percent is not None else ""
     meter = f" {meter_text(progress, job.elapsed, finished=job.done())}" if progress.bars else ""
     return f"{label}: {job.state}{percent}{meter}"
+
+
+def job_final_line(job: Any) -> str:
+    """The status line, plus ``-> result`` (or the error) once the job is done."""
+    line = job_status_line(job)
+    return f"{line} -> {job.short_result_repr()}" if job.done() else line

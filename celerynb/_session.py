@@ -12,10 +12,9 @@ import cloudpickle
 from celery import Celery
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
-from kombu.utils.url import url_to_parts
 
 from ._backend import quiet_backend_url
-from ._config import BROKER_ENV, SHIPPED_TASK_NAME, mask_url, secret_from_env
+from ._config import BROKER_ENV, SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
 from ._errors import CelerynbError, NotConnectedError, SerializationError
 from ._job import Job
 from ._signing import seal
@@ -72,7 +71,7 @@ class Session:
         except Exception as exc:
             raise BrokerUnreachableError(
                 f"cannot reach the broker at {self.broker_url}: {type(exc).__name__}: "
-                f"{_masked(str(exc), self.app.conf.broker_url)}"
+                f"{mask_password(str(exc), self.app.conf.broker_url)}"
             ) from None
 
     def submit(
@@ -126,7 +125,7 @@ class Session:
             job._finish_cancelled()
             raise BrokerUnreachableError(
                 f"could not send {job.call_repr} to the broker at {self.broker_url}: "
-                f"{type(exc).__name__}: {_masked(str(exc), self.app.conf.broker_url)}"
+                f"{type(exc).__name__}: {mask_password(str(exc), self.app.conf.broker_url)}"
             ) from None
         with self._lock:
             self.jobs[task_id] = job
@@ -294,12 +293,3 @@ def _call_repr(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 def _as_bytes(secret: str | bytes | None) -> bytes | None:
     return secret.encode() if isinstance(secret, str) else secret
-
-
-def _masked(text: str, url: str | None) -> str:
-    """``text`` with any password of ``url`` removed."""
-    try:
-        password = url_to_parts(url).password if url else None
-    except Exception:
-        password = None
-    return text.replace(password, "**") if password else text
