@@ -16,6 +16,7 @@ from celery import states
 from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
 from ._schema import PROGRESS, ProgressSnapshot, parse_meta
 from ._signing import open_envelope
+from ._tracebacks import restore_sources, source_map
 
 # Order in which non-final states may follow each other; a late message of an
 # earlier state (catch-up racing pub/sub) must not move a job backwards.
@@ -39,6 +40,7 @@ class Job(Future):
         *,
         shipped: bool,
         call_repr: str = "",
+        code: Any = None,
     ) -> None:
         super().__init__()
         self.id = task_id
@@ -46,6 +48,7 @@ class Job(Future):
         self.call_repr = call_repr or name
         self._session = session
         self._shipped = shipped
+        self._code = code  # the shipped callable, to restore source lines in its traceback
         self._snapshot = ProgressSnapshot()
         self._submitted_at = time.monotonic()
         self._finished_at: float | None = None
@@ -182,7 +185,8 @@ class Job(Future):
                     rebuilt = None
             if not isinstance(rebuilt, BaseException):
                 rebuilt = RemoteError(f"{info.get('type')}: {info.get('message')}")
-            rebuilt.__cause__ = RemoteTraceback(info.get("tb", ""))
+            tb_text = restore_sources(info.get("tb", ""), source_map(self._code))
+            rebuilt.__cause__ = RemoteTraceback(tb_text)
             return rebuilt
         if not isinstance(error, BaseException):
             error = RemoteError(str(error))

@@ -110,6 +110,7 @@ class Session:
             self,
             shipped=shipped,
             call_repr=_call_repr(fn, args, kwargs),
+            code=fn if shipped else None,
         )
         self.watcher.watch(job)
         try:
