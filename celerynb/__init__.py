@@ -1,11 +1,15 @@
 """celerynb: live, non-blocking progress in Jupyter for work run on Celery workers.
 
 Worker side: ``tqdm`` and ``report`` report a task's progress.
-Notebook side: ``connect``, ``submit`` and ``Job``; ``LocalCluster`` for a local
-Redis and workers.
+Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job``;
+``jobs``, ``workers`` and ``cancel``; ``LocalCluster`` for a local Redis and workers;
+``%load_ext celerynb`` for the magics.
 """
 
+from ._cell import CellResult
 from ._cluster import LocalCluster, RedisServerNotFoundError
+from ._commands import cancel, jobs, submit_cell, workers
+from ._connect import connect
 from ._errors import (
     CelerynbError,
     NotConnectedError,
@@ -15,18 +19,39 @@ from ._errors import (
     UntrustedResultError,
 )
 from ._job import Job
+from ._registry import UnknownJobError
 from ._reporting import report, tqdm
 from ._schema import PROGRESS, BarSnapshot, ProgressSnapshot
-from ._session import BrokerUnreachableError, Session, connect, current_session, submit
+from ._session import (
+    BrokerUnreachableError,
+    ConnectionClosedError,
+    Session,
+    apply_async,
+    current_session,
+    submit,
+)
+from ._tables import JobTable, WorkerTable
+from ._workers import WorkerInfo
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext celerynb``: register the ``%celery_*`` magics."""
+    from ._magics import load_ipython_extension as load
+
+    load(ipython)
+
 
 __all__ = [
     "PROGRESS",
     "BarSnapshot",
     "BrokerUnreachableError",
     "CelerynbError",
+    "CellResult",
+    "ConnectionClosedError",
     "Job",
+    "JobTable",
     "LocalCluster",
     "NotConnectedError",
     "PayloadRefusedError",
@@ -35,10 +60,19 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "Session",
+    "UnknownJobError",
     "UntrustedResultError",
+    "WorkerInfo",
+    "WorkerTable",
+    "apply_async",
+    "cancel",
     "connect",
     "current_session",
+    "jobs",
+    "load_ipython_extension",
     "report",
     "submit",
+    "submit_cell",
     "tqdm",
+    "workers",
 ]

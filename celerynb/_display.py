@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import states
 
+from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text
 
 MAX_DRAWS_PER_SECOND = 10
@@ -111,7 +112,7 @@ class WidgetRenderer:
     def mimebundle(self) -> dict[str, Any]:
         """The widget view plus a text line for frontends that cannot render widgets."""
         bundle = self.widget._repr_mimebundle_()
-        bundle["text/plain"] = job_final_line(self.job)
+        bundle["text/plain"] = final_text(self.job)
         return bundle
 
     def draw(self) -> bool:
@@ -155,6 +156,15 @@ class WidgetRenderer:
         if len(job.progress.bars) > 1:
             lines = "\n".join(bar_line(b, 70) for b in job.progress.bars[1:])
             parts.append(f"<pre class='celerynb-bars'>{html.escape(lines)}</pre>")
+        output = captured_output(job)
+        if output is not None:
+            for stream, colour in (("stdout", "inherit"), ("stderr", "#b02a37")):
+                text = getattr(output, stream)
+                if text:
+                    parts.append(
+                        f"<pre class='celerynb-{stream}' style='color:{colour};margin:2px 0;"
+                        f"max-height:20em;overflow:auto'>{html.escape(text)}</pre>"
+                    )
         if job.done() and not job.cancelled():
             error = job.exception(timeout=0)
             if error is not None:
@@ -196,8 +206,26 @@ class TextRenderer:
             bar.refresh()
             return False
         bar.close()
-        print(job_final_line(job), file=self.file)
+        print(final_text(job), file=self.file)
         return True
+
+
+def final_text(job: Any) -> str:
+    """The final line, then the output a cell job printed, then the remote traceback."""
+    parts = [job_final_line(job)]
+    output = captured_output(job)
+    if output is not None:
+        parts += [chunk.rstrip() for chunk in (output.stdout, output.stderr) if chunk]
+    if job.remote_traceback:
+        parts.append(job.remote_traceback.rstrip())
+    return "\n".join(parts)
+
+
+def current_cell() -> int | None:
+    """The execution count of the running cell, or None outside IPython."""
+    ipython_module = sys.modules.get("IPython")
+    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    return getattr(shell, "execution_count", None)
 
 
 def widgets_available() -> bool:

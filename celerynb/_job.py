@@ -55,6 +55,7 @@ class Job(Future):
         self._listeners: list[Callable[[Job], None]] = []
         self._lock = threading.Lock()
         self._progress_updates = 0
+        self._shown_in_cell: int | None = None
 
     # -- public state ---------------------------------------------------------
     @property
@@ -165,6 +166,18 @@ class Job(Future):
         self._notify()
         return True
 
+    def _abandon(self, error: BaseException) -> None:
+        """Finish with ``error``: nothing will report on this job any more."""
+        with self._lock:
+            if self.done():
+                return
+            self._finished_at = time.monotonic()
+        try:
+            self.set_exception(error)
+        except InvalidStateError:
+            return
+        self._notify()
+
     def _decode_value(self, result: Any) -> Any:
         if not self._shipped:
             return result
@@ -215,12 +228,18 @@ class Job(Future):
 
     def show(self) -> None:
         """Show the job live: a widget in Jupyter, a tqdm text bar on stderr elsewhere."""
-        from ._display import display_job
+        from ._display import current_cell, display_job
 
+        self._shown_in_cell = current_cell()
         display_job(self)
 
     def _ipython_display_(self) -> None:
-        self.show()
+        from ._display import current_cell
+
+        # `job = %celery_submit f()` shows the job; `job` as the cell's last line too:
+        # shown automatically once per cell.
+        if self._shown_in_cell is None or self._shown_in_cell != current_cell():
+            self.show()
 
     def short_result_repr(self) -> str:
         """A short repr of the result (or exception) for displays."""

@@ -1,8 +1,7 @@
-"""Kernel side: the connection to Celery (``connect``) and sending work (``submit``)."""
+"""Kernel side: a connection to Celery (``Session``) and sending work (``submit``)."""
 
 from __future__ import annotations
 
-import os
 import reprlib
 import threading
 import uuid
@@ -13,13 +12,14 @@ from celery import Celery
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
-from ._backend import quiet_backend_url
-from ._config import BROKER_ENV, SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
+from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
 from ._errors import CelerynbError, NotConnectedError, SerializationError
 from ._job import Job
+from ._registry import registry
 from ._signing import seal
 from ._sources import source_for
 from ._watcher import Watcher
+from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers
 
 # Publishing retries while the broker is down are bounded (Celery's default can
 # block far longer: celery issue 4627).
@@ -29,6 +29,10 @@ CONNECT_TIMEOUT = 4.0
 
 class BrokerUnreachableError(CelerynbError, ConnectionError):
     """The broker did not answer."""
+
+
+class ConnectionClosedError(CelerynbError):
+    """The session watching a job was closed before the job finished."""
 
 
 class Session:
@@ -47,12 +51,11 @@ class Session:
         self.owner = owner  # e.g. a LocalCluster to keep alive
         self._secret = secret
         self.watcher = Watcher(source_for(app))
-        self.jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
+        self.closed = False
 
     @property
     def broker_url(self) -> str:
-        return mask_url(self.app.conf.broker_url)
+        return mask_url(self.app.conf.broker_write_url)
 
     @property
     def secret(self) -> bytes:
@@ -71,7 +74,7 @@ class Session:
         except Exception as exc:
             raise BrokerUnreachableError(
                 f"cannot reach the broker at {self.broker_url}: {type(exc).__name__}: "
-                f"{mask_password(str(exc), self.app.conf.broker_url)}"
+                f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
             ) from None
 
     def submit(
@@ -81,21 +84,28 @@ class Session:
         kwargs: dict[str, Any] | None = None,
         *,
         queue: str | None = None,
+        name: str | None = None,
+        call_repr: str | None = None,
     ) -> Job:
-        """Send one call; return its Job at once."""
+        """Send one call; return its Job at once.
+
+        ``queue`` routes it; ``name`` and ``call_repr`` replace how displays call it.
+        """
+        if self.closed:
+            raise NotConnectedError(f"this connection to {self.broker_url} was closed")
         kwargs = dict(kwargs or {})
         task_id = str(uuid.uuid4())
         options: dict[str, Any] = {"task_id": task_id}
         if queue:
             options["queue"] = queue
         if isinstance(fn, str | Task):
-            name = fn if isinstance(fn, str) else fn.name
-            _check_json(name, args, kwargs)
+            task_name = fn if isinstance(fn, str) else fn.name
+            _check_json(task_name, args, kwargs)
             send_args, send_kwargs, shipped = list(args), kwargs, False
             if isinstance(fn, Task) and not queue and getattr(fn, "queue", None):
                 options["queue"] = fn.queue
         elif callable(fn):
-            name = SHIPPED_TASK_NAME
+            task_name = SHIPPED_TASK_NAME
             payload = _pickle_call(fn, args, kwargs)
             envelope = seal(payload, secret=self.secret, purpose="call", task_id=task_id)
             send_args, send_kwargs, shipped = [envelope], {}, True
@@ -106,16 +116,16 @@ class Session:
             )
         job = Job(
             task_id,
-            _display_name(fn),
+            name or _display_name(fn),
             self,
             shipped=shipped,
-            call_repr=_call_repr(fn, args, kwargs),
+            call_repr=call_repr or _call_repr(fn, args, kwargs),
             code=fn if shipped else None,
         )
         self.watcher.watch(job)
         try:
             self.app.send_task(
-                name,
+                task_name,
                 args=send_args,
                 kwargs=send_kwargs,
                 retry=True,
@@ -126,77 +136,42 @@ class Session:
             job._finish_cancelled()
             raise BrokerUnreachableError(
                 f"could not send {job.call_repr} to the broker at {self.broker_url}: "
-                f"{type(exc).__name__}: {mask_password(str(exc), self.app.conf.broker_url)}"
+                f"{type(exc).__name__}: {mask_password(str(exc), self.app.conf.broker_write_url)}"
             ) from None
-        with self._lock:
-            self.jobs[task_id] = job
+        registry.add(job)
         return job
 
     def revoke(self, task_id: str) -> None:
         """Revoke a task; terminate it if it is already running (prefork pool)."""
         self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
 
+    def workers(self, timeout: float = INSPECT_TIMEOUT) -> list[WorkerInfo]:
+        """The online workers: pool, concurrency, queues, active and reserved tasks."""
+        return inspect_workers(self.app, timeout=timeout)
+
     def close(self) -> None:
+        """Stop watching. Jobs still running fail with ConnectionClosedError (never hang)."""
+        self.closed = True
         self.watcher.stop()
+        for job in registry.all():
+            if job._session is self and not job.done():
+                job._abandon(
+                    ConnectionClosedError(
+                        f"the connection to {self.broker_url} was closed before job {job.id} "
+                        "finished; the task may still run on the workers"
+                    )
+                )
 
 
 _current: Session | None = None
 _current_lock = threading.Lock()
 
 
-def connect(
-    target: Any = None,
-    *,
-    backend: str | None = None,
-    secret: str | bytes | None = None,
-    check: bool = True,
-) -> Session:
-    """Connect this process to Celery; later ``submit`` calls use this connection.
-
-    ``target`` is a ``LocalCluster``, a broker URL (``redis://``, ``amqp://``...),
-    an existing ``Celery`` app, or None for ``$CELERYNB_BROKER_URL`` /
-    ``$CELERY_BROKER_URL``. ``backend`` overrides the result backend URL (default:
-    the broker URL for Redis, else ``rpc://``). ``secret`` signs shipped callables
-    (default: the cluster's, else ``$CELERYNB_SECRET``).
-    """
+def make_current(session: Session) -> None:
+    """Later ``submit`` calls use ``session``; an earlier session keeps watching its jobs."""
     global _current
-    key = _as_bytes(secret)
-    owner = None
-    user_app = None
-    if target is None:
-        target = os.environ.get(BROKER_ENV) or os.environ.get("CELERY_BROKER_URL")
-        if not target:
-            raise NotConnectedError(
-                "connect() needs a LocalCluster, a broker URL or a Celery app "
-                f"(or set {BROKER_ENV} / CELERY_BROKER_URL)"
-            )
-    if isinstance(target, Celery):
-        user_app = target
-        app = _client_app(
-            target.conf.broker_url,
-            backend or target.conf.result_backend,
-            dict(target.conf.changes),
-            main=target.main,
-        )
-    elif isinstance(target, str):
-        app = _client_app(target, backend or _default_backend(target), {})
-    elif hasattr(target, "broker_url") and hasattr(target, "secret"):
-        owner = target
-        key = key if key is not None else _as_bytes(target.secret)
-        app = _client_app(target.broker_url, backend or target.backend_url, {})
-    else:
-        raise TypeError(
-            "connect() takes a LocalCluster, a broker URL or a Celery app, "
-            f"not {type(target).__name__}"
-        )
-    session = Session(app, secret=key, owner=owner, user_app=user_app)
-    if check:
-        session.check_broker()
-    if owner is not None and hasattr(owner, "on_close"):
-        owner.on_close(session.close)
     with _current_lock:
-        _current = session  # an earlier session keeps watching its own jobs
-    return session
+        _current = session
 
 
 def current_session() -> Session:
@@ -218,27 +193,15 @@ def submit(fn: Any, *args: Any, **kwargs: Any) -> Job:
     return current_session().submit(fn, args, kwargs)
 
 
-def _client_app(
-    broker: str, backend: str | None, conf: dict[str, Any], main: str = "celerynb"
-) -> Celery:
-    app = Celery(main, set_as_current=False)
-    conf = {k: v for k, v in conf.items() if k not in ("broker_url", "result_backend")}
-    app.conf.update(conf)
-    app.conf.broker_url = broker
-    app.conf.result_backend = quiet_backend_url(backend)
-    app.conf.setdefault("broker_connection_timeout", CONNECT_TIMEOUT)
-    app.conf.setdefault("redis_socket_connect_timeout", CONNECT_TIMEOUT)
-    app.conf.setdefault("redis_socket_timeout", 30)
-    app.conf.setdefault("result_backend_always_retry", False)
-    transport_options = dict(app.conf.broker_transport_options or {})
-    transport_options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
-    app.conf.broker_transport_options = transport_options
-    app.conf.task_serializer = conf.get("task_serializer", "json")
-    return app
-
-
-def _default_backend(broker: str) -> str:
-    return broker if broker.startswith(("redis://", "rediss://")) else "rpc://"
+def apply_async(
+    fn: Any,
+    args: tuple[Any, ...] | list[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+) -> Job:
+    """Like ``submit``, with Celery's calling convention and options (``queue``)."""
+    return current_session().submit(fn, tuple(args), kwargs, queue=queue)
 
 
 def _check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -290,7 +253,3 @@ def _call_repr(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     parts = [r.repr(a) for a in args] + [f"{k}={r.repr(v)}" for k, v in kwargs.items()]
     text = f"{_display_name(fn)}({', '.join(parts)})"
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _as_bytes(secret: str | bytes | None) -> bytes | None:
-    return secret.encode() if isinstance(secret, str) else secret

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import cloudpickle
 import psutil
 import pytest
+from celery import Celery
 
 import celerynb
 
@@ -35,6 +41,68 @@ def ship_test_functions_by_value(request: pytest.FixtureRequest) -> None:
 def cluster() -> Iterator[celerynb.LocalCluster]:
     with celerynb.LocalCluster(workers=2) as local_cluster:
         yield local_cluster
+
+
+PROJECT_DIR = Path(__file__).resolve().parent / "project"
+
+
+def project_env(cluster: celerynb.LocalCluster) -> dict[str, str]:
+    """Environment of the test project ``myproject`` (its app reads its URLs from here)."""
+    env = cluster.worker_env()
+    env["MYPROJECT_BROKER_URL"] = cluster.broker_url
+    env["MYPROJECT_RESULT_BACKEND"] = cluster.backend_url
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="session")
+def project_worker(cluster: celerynb.LocalCluster, tmp_path_factory) -> Iterator[str]:
+    """A worker of the user's own app (``celery -A myproject worker``), queue ``myproject``."""
+    from celerynb._cluster import _die_with_parent, _stop_process
+
+    name = f"myproject-{cluster.port}@localhost"
+    log = tmp_path_factory.mktemp("myproject") / "worker.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "myproject",
+            "worker",
+            "--concurrency=2",
+            "--loglevel=INFO",
+            "-n",
+            name,
+            "-Q",
+            "myproject",
+            "--without-gossip",
+            "--without-mingle",
+            f"--logfile={log}",
+        ],
+        env=project_env(cluster),
+        cwd=PROJECT_DIR,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(signal.SIGQUIT),
+    )
+    try:
+        probe = Celery("probe", broker=cluster.broker_url, set_as_current=False)
+        try:
+            answered = wait_for(
+                lambda: (
+                    proc.poll() is not None or probe.control.ping(destination=[name], timeout=0.5)
+                ),
+                timeout=60,
+            )
+        finally:
+            probe.close()
+        assert answered and proc.poll() is None, f"myproject worker did not start: {log}"
+        yield name
+    finally:
+        _stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,124 @@
+"""Kernel side: the commands behind the magics — cells, job and worker tables, cancel."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
+
+import cloudpickle
+
+from ._cell import CellResult, cell_inputs, parse_output_names, run_cell
+from ._errors import SerializationError
+from ._job import Job
+from ._registry import registry
+from ._session import current_session
+from ._tables import JobTable, WorkerTable
+from ._workers import INSPECT_TIMEOUT
+
+_cell_numbers = itertools.count(1)
+
+
+def jobs() -> JobTable:
+    """This kernel's jobs, oldest first, as a list that shows as a table."""
+    return JobTable(registry.all())
+
+
+def workers(timeout: float = INSPECT_TIMEOUT) -> WorkerTable:
+    """The online workers of the current connection (waits ``timeout`` s for answers)."""
+    return WorkerTable(current_session().workers(timeout=timeout))
+
+
+def cancel(*ids: str) -> list[str]:
+    """Cancel jobs of this kernel by id or unique id prefix; return the ids cancelled.
+
+    A full task id that is not a job of this kernel is revoked on the workers.
+    Jobs that already finished are left as they are.
+    """
+    found: list[Job] = []
+    revoked: list[str] = []
+    for task_id in ids:
+        try:
+            found.append(registry.find(task_id))
+        except LookupError:
+            if not _is_task_id(task_id):
+                raise
+            current_session().revoke(task_id)
+            revoked.append(task_id)
+    return [job.id for job in found if job.cancel()] + revoked
+
+
+def submit_cell(
+    source: str,
+    namespace: MutableMapping[str, Any],
+    *,
+    outputs: str | Iterable[str] | None = None,
+    queue: str | None = None,
+    hidden: Mapping[str, Any] | None = None,
+    label: str | None = None,
+) -> Job:
+    """Run a cell's code on a worker; return its Job at once.
+
+    The names the code reads from ``namespace`` (and does not bind first) are
+    shipped with it; ``outputs`` (``"a, b"`` or a list) are assigned back into
+    ``namespace`` when the job succeeds. The job's result is a ``CellResult``
+    (``values``, ``stdout``, ``stderr``). ``hidden`` names are the shell's own
+    (not shipped); ``label`` names the job in displays.
+    """
+    names = parse_output_names(outputs)
+    label = label or f"cell {next(_cell_numbers)}"
+    filename = f"<{label}>"
+    inputs = cell_inputs(source, filename, namespace, hidden or {})
+    blob = _pickle_inputs(inputs)
+    first_line = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    job = current_session().submit(
+        run_cell,
+        (source, filename, blob, names),
+        name=label,
+        call_repr=f"{label}: {first_line}"[:60],
+    )
+    if names:
+        job.add_done_callback(lambda done: _assign_outputs(done, namespace))
+    return job
+
+
+def assign_on_success(job: Job, namespace: MutableMapping[str, Any], name: str) -> None:
+    """Set ``namespace[name]`` to the job's result when (and only if) it succeeds."""
+
+    def assign(done: Job) -> None:
+        if not done.cancelled() and done.exception(timeout=0) is None:
+            namespace[name] = done.result(timeout=0)
+
+    job.add_done_callback(assign)
+
+
+def _assign_outputs(job: Job, namespace: MutableMapping[str, Any]) -> None:
+    if job.cancelled() or job.exception(timeout=0) is not None:
+        return
+    result = job.result(timeout=0)
+    if isinstance(result, CellResult):
+        namespace.update(result.values)
+
+
+def _pickle_inputs(inputs: dict[str, Any]) -> bytes:
+    try:
+        return cloudpickle.dumps(inputs)
+    except Exception:
+        for name, value in inputs.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                raise SerializationError(
+                    f"cannot ship notebook variable {name!r} ({type(value).__name__}) to the "
+                    f"worker: {type(exc).__name__}: {exc}"
+                ) from None
+        raise
+
+
+def _is_task_id(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

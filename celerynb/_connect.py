@@ -1,0 +1,120 @@
+"""Kernel side: ``connect`` — from a LocalCluster, a URL or a Celery app to a Session."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from celery import Celery
+
+from ._backend import quiet_backend_url
+from ._config import BACKEND_ENV, BROKER_ENV
+from ._errors import NotConnectedError
+from ._session import CONNECT_TIMEOUT, Session, make_current
+
+CONFIG_MODULE = "celeryconfig"  # Celery's conventional configuration module
+
+
+def connect(
+    target: Any = None,
+    *,
+    backend: str | None = None,
+    secret: str | bytes | None = None,
+    check: bool = True,
+) -> Session:
+    """Connect this process to Celery; later ``submit`` calls use this connection.
+
+    ``target`` is a ``LocalCluster``, a broker URL (``redis://``, ``amqp://``...),
+    an existing ``Celery`` app, or None: then ``$CELERYNB_BROKER_URL``,
+    ``$CELERY_BROKER_URL``, or a ``celeryconfig`` module on the path. ``backend``
+    overrides the result backend URL (default: the broker URL for Redis, else
+    ``rpc://``). ``secret`` signs shipped callables (default: the cluster's, else
+    ``$CELERYNB_SECRET``).
+    """
+    key = _as_bytes(secret)
+    owner = None
+    user_app = None
+    if target is None:
+        target = _target_from_environment()
+        backend = backend or os.environ.get(BACKEND_ENV) or os.environ.get("CELERY_RESULT_BACKEND")
+    if isinstance(target, Celery):
+        user_app = target
+        app = _client_app(
+            target.conf.broker_url,
+            backend or target.conf.result_backend,
+            _user_settings(target),
+            main=target.main,
+        )
+    elif isinstance(target, str):
+        app = _client_app(target, backend or _default_backend(target), {})
+    elif hasattr(target, "broker_url") and hasattr(target, "secret"):
+        owner = target
+        key = key if key is not None else _as_bytes(target.secret)
+        app = _client_app(target.broker_url, backend or target.backend_url, {})
+    else:
+        raise TypeError(
+            "connect() takes a LocalCluster, a broker URL or a Celery app, "
+            f"not {type(target).__name__}"
+        )
+    session = Session(app, secret=key, owner=owner, user_app=user_app)
+    if check:
+        session.check_broker()
+    if owner is not None and hasattr(owner, "on_close"):
+        owner.on_close(session.close)
+    make_current(session)
+    return session
+
+
+def _target_from_environment() -> Any:
+    url = os.environ.get(BROKER_ENV) or os.environ.get("CELERY_BROKER_URL")
+    if url:
+        return url
+    if importlib.util.find_spec(CONFIG_MODULE) is not None:
+        app = Celery("celerynb-config", set_as_current=False)
+        app.config_from_object(CONFIG_MODULE)
+        if app.conf.broker_url:
+            return app
+    raise NotConnectedError(
+        "nothing to connect to: give a LocalCluster, a broker URL or a Celery app, "
+        f"or set {BROKER_ENV} / CELERY_BROKER_URL (or add a {CONFIG_MODULE}.py)"
+    )
+
+
+def _client_app(
+    broker: str, backend: str | None, conf: dict[str, Any], main: str = "celerynb"
+) -> Celery:
+    app = Celery(main, set_as_current=False)
+    conf = {k: v for k, v in conf.items() if k not in ("broker_url", "result_backend")}
+    app.conf.update(conf)
+    app.conf.broker_url = broker
+    # Celery lets $CELERY_BROKER_URL / $CELERY_RESULT_BACKEND override a configured
+    # broker_url / result_backend; the target given to connect() must win.
+    app.conf.broker_read_url = app.conf.broker_write_url = broker
+    app.conf.result_backend = app.backend_cls = quiet_backend_url(backend)
+    app.conf.setdefault("broker_connection_timeout", CONNECT_TIMEOUT)
+    app.conf.setdefault("redis_socket_connect_timeout", CONNECT_TIMEOUT)
+    app.conf.setdefault("redis_socket_timeout", 30)
+    app.conf.setdefault("result_backend_always_retry", False)
+    transport_options = dict(app.conf.broker_transport_options or {})
+    transport_options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    app.conf.broker_transport_options = transport_options
+    app.conf.task_serializer = conf.get("task_serializer", "json")
+    return app
+
+
+def _user_settings(app: Celery) -> dict[str, Any]:
+    """The settings the user's app changed from Celery's defaults."""
+    return {
+        key: value
+        for key, value in app.conf.without_defaults().items()
+        if not key.startswith("__") and key != "deprecated_settings"
+    }
+
+
+def _default_backend(broker: str) -> str:
+    return broker if broker.startswith(("redis://", "rediss://")) else "rpc://"
+
+
+def _as_bytes(secret: str | bytes | None) -> bytes | None:
+    return secret.encode() if isinstance(secret, str) else secret

@@ -1,0 +1,279 @@
+"""IPython magics (``%load_ext celerynb``): a thin layer over the public Python API.
+
+Every magic parses its arguments and calls ``connect``, ``apply_async``,
+``submit_cell``, ``jobs``, ``workers`` or ``cancel``. Bad input is reported as one
+``UsageError`` line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import logging
+import re
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from ._cell import parse_output_names
+from ._cluster import LocalCluster
+from ._commands import assign_on_success, cancel, jobs, submit_cell, workers
+from ._connect import connect
+from ._errors import CelerynbError, NotConnectedError
+from ._session import Session, apply_async, current_session
+
+log = logging.getLogger(__name__)
+
+_OPTION = re.compile(r"(?P<flag>--?[A-Za-z][\w-]*)(?:=(?P<value>\S+))?(?:\s+|$)")
+_MAX_MESSAGE = 300
+
+
+def split_options(line: str, flags_with_values: set[str]) -> tuple[str, str]:
+    """``"-o x -q fast f(a, b)"`` -> ``("-o x -q fast", "f(a, b)")``: options, then code."""
+    rest = line.strip()
+    taken: list[str] = []
+    while rest.startswith("-"):
+        match = _OPTION.match(rest)
+        if not match:
+            break
+        taken.append(match.group(0).strip())
+        rest = rest[match.end() :]
+        if match["flag"] in flags_with_values and match["value"] is None and rest:
+            value, _, rest = rest.partition(" ")
+            taken.append(value)
+            rest = rest.lstrip()
+    return " ".join(taken), rest
+
+
+def evaluate_call(
+    text: str, namespace: dict[str, Any], fallback: Mapping[str, Any] | None = None
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Evaluate ``f(a, *b, k=c)`` in ``namespace`` without calling ``f``.
+
+    Returns ``(f, args, kwargs)``. Names missing from ``namespace`` are looked up
+    in ``fallback`` (e.g. the connected app's tasks by short name).
+    """
+    try:
+        tree = ast.parse(text.strip(), "<celery_submit>", "eval")
+    except SyntaxError as exc:
+        raise UsageError(f"not a Python call: {text.strip()!r} ({exc.msg})") from None
+    call = tree.body
+    if not isinstance(call, ast.Call):
+        raise UsageError(
+            f"expected a call such as simulate(10_000), got {text.strip()!r}"
+            + (" (add the arguments in parentheses)" if isinstance(call, ast.Name) else "")
+        )
+    capture = "__celerynb_capture__"
+    scope = ChainMap(namespace, {capture: lambda *a, **k: (a, k)}, dict(fallback or {}))
+    function = eval(compile(ast.Expression(call.func), "<celery_submit>", "eval"), namespace, scope)
+    call.func = ast.Name(capture, ast.Load())
+    args, kwargs = eval(
+        compile(ast.fix_missing_locations(tree), "<celery_submit>", "eval"), namespace, scope
+    )
+    return function, args, kwargs
+
+
+def _usage_errors(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn any failure into one short UsageError line (details in the debug log)."""
+
+    @functools.wraps(magic)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return magic(*args, **kwargs)
+        except UsageError:
+            raise
+        except Exception as exc:
+            log.debug("celerynb magic failed", exc_info=True)
+            raise UsageError(_one_line(exc)) from None
+
+    return wrapper
+
+
+def _require_session() -> Session:
+    try:
+        return current_session()
+    except NotConnectedError:
+        raise UsageError(
+            "not connected: run %celery_connect --local (workers on this machine) "
+            "or %celery_connect URL first"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, CelerynbError) else f"{type(exc).__name__}: {exc}"
+    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+@magics_class
+class CeleryMagics(Magics):
+    """``%celery_connect``, ``%celery_submit``/``%%celery_submit``, ``%celery_jobs``,
+    ``%celery_workers`` and ``%celery_cancel``."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.cluster: LocalCluster | None = None  # started by --local; stops with the kernel
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("url", nargs="?", help="broker URL: redis://, rediss://, amqp://, pyamqp://...")
+    @argument("--local", action="store_true", help="start a local Redis and workers")
+    @argument("-n", "--workers", type=int, default=2, help="worker processes (--local)")
+    @argument("-A", "--app", help="your Celery app, as module:attribute (myproject.celery:app)")
+    @argument("-b", "--backend", help="result backend URL (default: Redis broker, else rpc://)")
+    def celery_connect(self, line: str) -> None:
+        """Connect this kernel to Celery workers and say how many answer.
+
+        With no argument: $CELERY_BROKER_URL (or $CELERYNB_BROKER_URL, or a
+        celeryconfig module). Examples::
+
+            %celery_connect --local -n 4
+            %celery_connect redis://localhost:6379/0
+            %celery_connect pyamqp://guest@localhost// -b rpc://
+            %celery_connect -A myproject.celery:app
+        """
+        args = parse_argstring(self.celery_connect, line)
+        chosen = [bool(args.url), args.local, bool(args.app)]
+        if sum(chosen) > 1:
+            raise UsageError("give one of URL, --local or -A APP")
+        if args.local:
+            session = self._connect_local(args.workers)
+            what = f"a local cluster ({args.workers} worker processes) at {session.broker_url}"
+        elif args.app:
+            from celery.app.utils import find_app
+
+            app = find_app(args.app)
+            app.loader.import_default_modules()  # registers the app's tasks here too
+            session = connect(app, backend=args.backend)
+            tasks = [name for name in app.tasks if not name.startswith(("celery.", "celerynb."))]
+            what = f"app {app.main!r} ({len(tasks)} tasks) at {session.broker_url}"
+        else:
+            session = connect(args.url or None, backend=args.backend)
+            what = session.broker_url
+        online = workers()
+        hint = "" if online else " (start one: celery -A celerynb.worker worker --loglevel=info)"
+        print(f"celerynb: connected to {what}; {online.summary()}{hint}")
+
+    def _connect_local(self, processes: int) -> Session:
+        cluster = self.cluster
+        if cluster is not None and not cluster.closed and cluster.workers == processes:
+            try:
+                session: Session | None = current_session()
+            except NotConnectedError:
+                session = None
+            if session is not None and session.owner is cluster:
+                return session
+            return connect(cluster)
+        if cluster is not None:
+            cluster.close()
+        self.cluster = LocalCluster(workers=processes)
+        return connect(self.cluster)
+
+    @line_cell_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("-o", "--output", metavar="VAR", help="assign the result (cell: VAR[,VAR...])")
+    @argument("-q", "--queue", help="send to this Celery queue")
+    @argument("call", nargs="*", help="the call to run, e.g. simulate(10_000)")
+    def celery_submit(self, line: str, cell: str | None = None) -> Any:
+        """Run a call (or, as %%celery_submit, the whole cell) on a worker; return its Job.
+
+        Returns at once and shows a live progress widget. The call's function may
+        be a registered Celery task (sent by name, JSON) or any Python callable,
+        notebook functions included. With -o VAR, VAR is set when the job succeeds.
+
+        As a cell magic, the notebook variables the cell reads are shipped with
+        it, the -o variables are set back when it succeeds, and its printed output
+        is shown under the widget. Examples::
+
+            %celery_submit -o answer simulate(10_000)
+            job = %celery_submit -q gpu train(model, epochs=3)
+
+            %%celery_submit -o total,mean
+            total = sum(heavy(x) for x in data)
+            mean = total / len(data)
+        """
+        options, code = split_options(line, {"-o", "--output", "-q", "--queue"})
+        args = parse_argstring(self.celery_submit, options)
+        _require_session()  # before evaluating anything
+        namespace = self.shell.user_ns
+        if cell is None:
+            if not code:
+                raise UsageError("give a call to run, e.g. %celery_submit simulate(10_000)")
+            outputs = parse_output_names(args.output)
+            if len(outputs) > 1:
+                raise UsageError("-o takes one variable for a call (a cell takes several)")
+            function, call_args, call_kwargs = evaluate_call(code, namespace, self._app_tasks())
+            job = apply_async(function, call_args, call_kwargs, queue=args.queue)
+            if outputs:
+                assign_on_success(job, namespace, outputs[0])
+        else:
+            if code:
+                raise UsageError("%%celery_submit takes only options; the cell is the code")
+            job = submit_cell(
+                cell,
+                namespace,
+                outputs=args.output,
+                queue=args.queue,
+                hidden=self.shell.user_ns_hidden,
+                label=f"cell [{self.shell.execution_count}]",
+            )
+        job.show()
+        return job
+
+    def _app_tasks(self) -> dict[str, Any]:
+        """The connected app's registered tasks by short name, for calls like f(5)."""
+        app = current_session().user_app
+        if app is None:
+            return {}
+        by_short: dict[str, list[Any]] = {}
+        for name, task in app.tasks.items():
+            if not name.startswith(("celery.", "celerynb.")):
+                by_short.setdefault(name.rsplit(".", 1)[-1], []).append(task)
+        return {short: tasks[0] for short, tasks in by_short.items() if len(tasks) == 1}
+
+    @line_magic
+    @_usage_errors
+    def celery_jobs(self, line: str) -> None:
+        """Show this kernel's jobs: id, call, state, progress, elapsed."""
+        if line.strip():
+            raise UsageError("%celery_jobs takes no arguments")
+        display(jobs())
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("-t", "--timeout", type=float, default=1.0, help="seconds to wait for answers")
+    def celery_workers(self, line: str) -> None:
+        """Show the online workers: pool, concurrency, queues, active and reserved tasks."""
+        args = parse_argstring(self.celery_workers, line)
+        _require_session()
+        display(workers(timeout=args.timeout))
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("ids", nargs="*", help="job ids (or unique prefixes, as %%celery_jobs shows)")
+    @argument("--all", action="store_true", help="cancel every unfinished job of this kernel")
+    def celery_cancel(self, line: str) -> None:
+        """Cancel jobs: revoke them, terminating those already running."""
+        args = parse_argstring(self.celery_cancel, line)
+        if bool(args.ids) == args.all:
+            raise UsageError("give job ids or --all")
+        cancelled = [job.id for job in jobs().cancel()] if args.all else cancel(*args.ids)
+        if not cancelled:
+            print("celerynb: nothing to cancel (those jobs already finished)")
+            return
+        noun = "job" if len(cancelled) == 1 else "jobs"
+        print(f"celerynb: cancelled {len(cancelled)} {noun}: {', '.join(cancelled)}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext celerynb``: register the magics."""
+    ipython.register_magics(CeleryMagics)

@@ -1,0 +1,51 @@
+"""Kernel side: every job this process submitted or attached, across connections."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._errors import CelerynbError
+
+
+class UnknownJobError(CelerynbError, LookupError):
+    """No job of this kernel matches an id (or id prefix), or several do."""
+
+
+class JobRegistry:
+    """The jobs of this kernel, in submission order. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job: Any) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+
+    def all(self) -> list[Any]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def find(self, id_or_prefix: str) -> Any:
+        """The one job whose id is, or starts with, ``id_or_prefix``."""
+        key = id_or_prefix.strip()
+        with self._lock:
+            if key in self._jobs:
+                return self._jobs[key]
+            matches = [
+                job for task_id, job in self._jobs.items() if key and task_id.startswith(key)
+            ]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UnknownJobError(f"no job of this kernel has an id starting with {key!r}")
+        raise UnknownJobError(
+            f"{len(matches)} jobs have ids starting with {key!r}: give more characters"
+        )
+
+
+registry = JobRegistry()

@@ -1,0 +1,58 @@
+"""Kernel side: which Celery workers are online, asked over the broker (``inspect``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+INSPECT_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One online worker node as it answered ``celery inspect``."""
+
+    name: str
+    pool: str = "?"
+    concurrency: int | None = None
+    queues: tuple[str, ...] = ()
+    active: tuple[tuple[str, str], ...] = field(default=())  # (task id, task name)
+    reserved: tuple[tuple[str, str], ...] = field(default=())
+
+
+def inspect_workers(
+    app: Any, timeout: float = INSPECT_TIMEOUT, expected: int | None = None
+) -> list[WorkerInfo]:
+    """Ask every worker for its pool, queues, active and reserved tasks.
+
+    Waits ``timeout`` seconds for answers (less when ``expected`` nodes answer first).
+    """
+    stats = app.control.inspect(timeout=timeout, limit=expected).stats() or {}
+    if not stats:
+        return []
+    nodes = sorted(stats)
+    ask = app.control.inspect(destination=nodes, timeout=timeout, limit=len(nodes))
+    active = ask.active() or {}
+    reserved = ask.reserved() or {}
+    queues = ask.active_queues() or {}
+    return [
+        WorkerInfo(
+            name=node,
+            pool=_pool_name(stats[node]),
+            concurrency=(stats[node].get("pool") or {}).get("max-concurrency"),
+            queues=tuple(q.get("name", "?") for q in queues.get(node) or ()),
+            active=_tasks(active.get(node)),
+            reserved=_tasks(reserved.get(node)),
+        )
+        for node in nodes
+    ]
+
+
+def _pool_name(stats: dict[str, Any]) -> str:
+    implementation = str((stats.get("pool") or {}).get("implementation", "?"))
+    # "celery.concurrency.prefork:TaskPool" -> "prefork"
+    return implementation.split(":")[0].rsplit(".", 1)[-1]
+
+
+def _tasks(entries: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((str(t.get("id", "?")), str(t.get("name", "?"))) for t in entries or ())

@@ -1,0 +1,23 @@
+"""Plain ``@app.task`` functions, some reporting progress with celerynb.tqdm."""
+
+import time
+
+from celerynb import tqdm
+
+from .celery import app
+
+
+@app.task
+def calculate_factorial(n):
+    if n == 0:
+        return 1
+    return n * calculate_factorial(n - 1)
+
+
+@app.task
+def crunch(values, scale=1, pause=0.0):
+    total = 0
+    for value in tqdm(values, desc="crunch"):
+        time.sleep(pause)
+        total += value * scale
+    return total

@@ -1,0 +1,119 @@
+"""Pure parts of the magics: option splitting, call evaluation, cell analysis, tables."""
+
+import pytest
+from IPython.core.error import UsageError
+
+from celerynb._cell import CellResult, names_read_from_outside, parse_output_names, run_cell
+from celerynb._magics import evaluate_call, split_options
+from celerynb._tables import JobTable, WorkerTable, text_table
+from celerynb._workers import WorkerInfo
+
+VALUE_FLAGS = {"-o", "--output", "-q", "--queue"}
+
+
+@pytest.mark.parametrize(
+    ("line", "options", "code"),
+    [
+        ("f(1)", "", "f(1)"),
+        ("-o x f(1, 'a b')", "-o x", "f(1, 'a b')"),
+        ("-o x -q fast  tasks.crunch(x, scale=-2)", "-o x -q fast", "tasks.crunch(x, scale=-2)"),
+        ("--queue=fast --output y g()", "--queue=fast --output y", "g()"),
+        ("--bogus f()", "--bogus", "f()"),
+        ("-q", "-q", ""),
+        ("  ", "", ""),
+    ],
+)
+def test_options_come_first_and_the_call_is_kept_verbatim(line, options, code):
+    assert split_options(line, VALUE_FLAGS) == (options, code)
+
+
+def double(x):
+    return 2 * x
+
+
+def test_a_call_is_evaluated_in_the_namespace_without_calling_it():
+    namespace = {"double": double, "n": 4, "extra": {"k": 1}}
+    fn, args, kwargs = evaluate_call(
+        "double(n + 1, *[7], **extra, z=[i for i in range(2)])", namespace
+    )
+    assert fn is double and args == (5, 7) and kwargs == {"k": 1, "z": [0, 1]}
+
+
+def test_registered_tasks_are_found_by_short_name_unless_the_notebook_has_the_name():
+    fallback = {"calculate_factorial": "the task", "double": "shadowed"}
+    fn, args, _ = evaluate_call("calculate_factorial(5)", {}, fallback)
+    assert fn == "the task" and args == (5,)
+    fn, _, _ = evaluate_call("double(5)", {"double": double}, fallback)
+    assert fn is double
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("double", r"expected a call such as .* \(add the arguments in parentheses\)"),
+        ("1 + double(2)", "expected a call"),
+        ("double(", "not a Python call"),
+    ],
+)
+def test_what_is_not_a_call_is_a_usage_error(text, message):
+    with pytest.raises(UsageError, match=message):
+        evaluate_call(text, {"double": double})
+
+
+def test_unknown_names_raise_name_error():
+    with pytest.raises(NameError, match="nothere"):
+        evaluate_call("nothere(1)", {})
+
+
+CELL = """
+import math
+from os import path as p
+total = 0
+for x in data:
+    total += scale * x
+def helper(y):
+    return y * offset + math.pi + total
+counter += 1
+result = helper(3) + len(items)
+class Thing:
+    attr = default_attr
+"""
+
+
+def test_a_cell_needs_the_names_it_reads_before_binding_them():
+    needed = names_read_from_outside(CELL, "<cell>")
+    # builtins (len) stay in the list; cell_inputs keeps only names the notebook has
+    assert needed == ["data", "scale", "offset", "counter", "len", "items", "default_attr"]
+
+
+def test_a_name_read_before_it_is_bound_is_needed():
+    assert names_read_from_outside("x = x + 1\ny = x", "<cell>") == ["x"]
+    assert names_read_from_outside("y = [v for v in values]", "<cell>") == ["values"]
+
+
+def test_output_names_are_checked():
+    assert parse_output_names("a, b,") == ("a", "b")
+    assert parse_output_names(None) == ()
+    with pytest.raises(ValueError, match="'1x' is not a variable name"):
+        parse_output_names("a,1x")
+
+
+def test_run_cell_returns_the_asked_variables_and_the_output():
+    import pickle
+
+    result = run_cell("print('hi')\nz = w * 2\n", "<c>", pickle.dumps({"w": 21}), ("z",))
+    assert result == CellResult({"z": 42}, "hi\n", "")
+    with pytest.raises(NameError, match="the cell did not define 'q'") as info:
+        run_cell("print('partial')\n", "<c>", pickle.dumps({}), ("q",))
+    assert info.value.celerynb_output.stdout == "partial\n"
+
+
+def test_tables_line_up():
+    assert text_table(["a", "bb"], [["xxx", "y"]]) == "a    bb\nxxx  y"
+    assert str(JobTable()) == "no jobs in this kernel yet"
+    workers = WorkerTable(
+        [WorkerInfo("w1@h", "prefork", 4, ("celery",), (("abcdef0123", "t.run"),), ())]
+    )
+    assert workers.summary() == "1 worker online (4 processes)"
+    assert "w1@h" in str(workers) and "1: t.run abcdef01" in str(workers)
+    assert "<table class='celerynb-workers'>" in workers._repr_html_()
