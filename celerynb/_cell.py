@@ -31,9 +31,7 @@ class CellResult:
     stderr: str = ""
 
     def __repr__(self) -> str:
-        names = ", ".join(self.values) or "no variables"
-        lines = self.stdout.count("\n")
-        return f"CellResult({names}; {lines} lines of output)"
+        return f"CellResult({', '.join(self.values) or 'no variables'})"
 
 
 # -- kernel side: what the cell needs ------------------------------------------

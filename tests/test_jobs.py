@@ -179,3 +179,19 @@ def test_polling_source_follows_jobs_at_a_bounded_rate(cluster, monkeypatch):
         assert gaps and min(gaps) >= 0.45, gaps  # at most ~2 reads a second
     finally:
         polled.close()
+
+
+def test_closing_a_session_finishes_its_running_jobs_instead_of_hanging(cluster, monkeypatch):
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    private = celerynb.connect(
+        cluster.broker_url, backend=cluster.backend_url, secret=cluster.secret
+    )
+    job = private.submit(slow_steps, (30, 0.1))
+    assert wait_for(lambda: job.state == "PROGRESS", timeout=20), job.state
+    private.close()
+    with pytest.raises(celerynb.ConnectionClosedError, match="was closed before job"):
+        job.result(timeout=5)
+    with pytest.raises(celerynb.NotConnectedError, match="was closed"):
+        private.submit(slow_steps, (1, 0))
