@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import sys
 import time
 
 import pytest
@@ -195,3 +196,22 @@ def test_closing_a_session_finishes_its_running_jobs_instead_of_hanging(cluster,
         job.result(timeout=5)
     with pytest.raises(celerynb.NotConnectedError, match="was closed"):
         private.submit(slow_steps, (1, 0))
+
+
+def test_connect_without_arguments_reads_a_celeryconfig_module(cluster, tmp_path, monkeypatch):
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    for name in ("CELERYNB_BROKER_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "celeryconfig.py").write_text(
+        f"broker_url = {cluster.broker_url!r}\nresult_backend = {cluster.backend_url!r}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    configured = celerynb.connect(secret=cluster.secret)
+    try:
+        assert configured.broker_url == cluster.broker_url
+        assert configured.submit(lambda: "configured").result(timeout=30) == "configured"
+    finally:
+        configured.close()
+        sys.modules.pop("celeryconfig", None)
