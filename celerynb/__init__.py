@@ -18,7 +18,9 @@ from ._errors import (
     SerializationError,
     UntrustedResultError,
 )
+from ._group import ItemCounts, JobGroup
 from ._job import Job
+from ._many import as_completed, attach, map, wait
 from ._registry import UnknownJobError
 from ._reporting import report, tqdm
 from ._schema import PROGRESS, BarSnapshot, ProgressSnapshot
@@ -50,7 +52,9 @@ __all__ = [
     "CelerynbError",
     "CellResult",
     "ConnectionClosedError",
+    "ItemCounts",
     "Job",
+    "JobGroup",
     "JobTable",
     "LocalCluster",
     "NotConnectedError",
@@ -65,14 +69,18 @@ __all__ = [
     "WorkerInfo",
     "WorkerTable",
     "apply_async",
+    "as_completed",
+    "attach",
     "cancel",
     "connect",
     "current_session",
     "jobs",
     "load_ipython_extension",
+    "map",
     "report",
     "submit",
     "submit_cell",
     "tqdm",
+    "wait",
     "workers",
 ]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import reprlib
 import threading
 import time
-from collections.abc import Callable, Generator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
@@ -14,8 +11,9 @@ import cloudpickle
 from celery import states
 
 from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
+from ._future import WatchedFuture
 from ._schema import PROGRESS, ProgressSnapshot, parse_meta
-from ._signing import open_envelope
+from ._signing import is_envelope, open_envelope
 from ._tracebacks import restore_sources, source_map
 
 # Order in which non-final states may follow each other; a late message of an
@@ -23,7 +21,7 @@ from ._tracebacks import restore_sources, source_map
 _ORDER = {states.PENDING: 0, states.RECEIVED: 1, states.STARTED: 2, PROGRESS: 3}
 
 
-class Job(Future):
+class Job(WatchedFuture):
     """A task running on Celery workers, watched live.
 
     A ``concurrent.futures.Future``: ``done()``, ``result(timeout)``,
@@ -38,7 +36,7 @@ class Job(Future):
         name: str,
         session: Any,
         *,
-        shipped: bool,
+        shipped: bool | None,
         call_repr: str = "",
         code: Any = None,
     ) -> None:
@@ -50,12 +48,8 @@ class Job(Future):
         self._shipped = shipped
         self._code = code  # the shipped callable, to restore source lines in its traceback
         self._snapshot = ProgressSnapshot()
-        self._submitted_at = time.monotonic()
-        self._finished_at: float | None = None
-        self._listeners: list[Callable[[Job], None]] = []
         self._lock = threading.Lock()
         self._progress_updates = 0
-        self._shown_in_cell: int | None = None
 
     # -- public state ---------------------------------------------------------
     @property
@@ -73,37 +67,12 @@ class Job(Future):
         """Celery's ``AsyncResult`` for this task."""
         return self._session.app.AsyncResult(self.id)
 
-    @property
-    def elapsed(self) -> float:
-        """Seconds since submission, frozen once the job is done."""
-        end = self._finished_at if self._finished_at is not None else time.monotonic()
-        return end - self._submitted_at
-
     def cancel(self) -> bool:
         """Revoke the task (terminating it where the pool allows); False if already done."""
         if self.done():
             return False
         self._session.revoke(self.id)
         return self._finish_cancelled()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return asyncio.wrap_future(self).__await__()
-
-    # -- listeners (display) --------------------------------------------------
-    def add_listener(self, listener: Callable[[Job], None]) -> None:
-        """Call ``listener(job)`` from the watcher thread on every change."""
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Callable[[Job], None]) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(self)
-            except Exception:  # a broken display must not stop the watcher
-                pass
 
     # -- fed by the watcher ---------------------------------------------------
     def _apply_meta(self, meta: dict[str, Any]) -> None:
@@ -179,75 +148,36 @@ class Job(Future):
         self._notify()
 
     def _decode_value(self, result: Any) -> Any:
-        if not self._shipped:
+        if not self._shipped and not (self._shipped is None and is_envelope(result)):
             return result
         data = open_envelope(result, secret=self._session.secret, purpose="result", task_id=self.id)
         return cloudpickle.loads(data)
 
     def _decode_error(self, error: Any, traceback_text: str | None) -> BaseException:
-        if self._shipped and isinstance(error, ShippedTaskError):
+        if self._shipped is not False and isinstance(error, ShippedTaskError):
             data = open_envelope(
                 error.envelope, secret=self._session.secret, purpose="error", task_id=self.id
             )
-            info = cloudpickle.loads(data)
-            rebuilt: BaseException | None = None
-            if info.get("exc") is not None:
-                try:
-                    rebuilt = cloudpickle.loads(info["exc"])
-                except Exception:
-                    rebuilt = None
-            if not isinstance(rebuilt, BaseException):
-                rebuilt = RemoteError(f"{info.get('type')}: {info.get('message')}")
-            tb_text = restore_sources(info.get("tb", ""), source_map(self._code))
-            rebuilt.__cause__ = RemoteTraceback(tb_text)
-            return rebuilt
+            return exception_from_info(data, self._code)
         if not isinstance(error, BaseException):
             error = RemoteError(str(error))
         if traceback_text:
             error.__cause__ = RemoteTraceback(traceback_text)
         return error
 
-    @property
-    def remote_traceback(self) -> str | None:
-        """The worker's traceback text when the job failed, else None."""
-        if not self.done() or self.cancelled():
-            return None
-        error = self.exception(timeout=0)
-        cause = getattr(error, "__cause__", None)
-        return cause.tb if isinstance(cause, RemoteTraceback) else None
 
-    # -- display --------------------------------------------------------------
-    def status_line(self) -> str:
-        """One line of text: name, state and progress, tqdm-formatted."""
-        from ._format import job_status_line
-
-        return job_status_line(self)
-
-    def __repr__(self) -> str:
-        return f"<Job {self.call_repr} id={self.id} {self.status_line()}>"
-
-    def show(self) -> None:
-        """Show the job live: a widget in Jupyter, a tqdm text bar on stderr elsewhere."""
-        from ._display import current_cell, display_job
-
-        self._shown_in_cell = current_cell()
-        display_job(self)
-
-    def _ipython_display_(self) -> None:
-        from ._display import current_cell
-
-        # `job = %celery_submit f()` shows the job; `job` as the cell's last line too:
-        # shown automatically once per cell.
-        if self._shown_in_cell is None or self._shown_in_cell != current_cell():
-            self.show()
-
-    def short_result_repr(self) -> str:
-        """A short repr of the result (or exception) for displays."""
-        if not self.done():
-            return ""
-        if self.cancelled():
-            return "cancelled"
-        error = self.exception(timeout=0)
-        if error is not None:
-            return f"{type(error).__name__}: {error}"
-        return reprlib.repr(self.result(timeout=0))
+def exception_from_info(data: bytes, code: Any = None) -> BaseException:
+    """Rebuild a worker's exception from its pickled info (see ``_runner``), with the
+    remote traceback (source lines restored from ``code``) as its cause."""
+    info = cloudpickle.loads(data)
+    rebuilt: BaseException | None = None
+    if info.get("exc") is not None:
+        try:
+            rebuilt = cloudpickle.loads(info["exc"])
+        except Exception:
+            rebuilt = None
+    if not isinstance(rebuilt, BaseException):
+        rebuilt = RemoteError(f"{info.get('type')}: {info.get('message')}")
+    tb_text = restore_sources(info.get("tb", ""), source_map(code))
+    rebuilt.__cause__ = RemoteTraceback(tb_text)
+    return rebuilt

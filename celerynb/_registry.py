@@ -30,6 +30,11 @@ class JobRegistry:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def find_exact(self, task_id: str) -> Any:
+        """The job with exactly this id; KeyError if none."""
+        with self._lock:
+            return self._jobs[task_id]
+
     def find(self, id_or_prefix: str) -> Any:
         """The one job whose id is, or starts with, ``id_or_prefix``."""
         key = id_or_prefix.strip()

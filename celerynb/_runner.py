@@ -27,7 +27,7 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:
-        sealed = seal(_pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
+        sealed = seal(pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
         raise ShippedTaskError(f"{type(exc).__name__}: {exc}", sealed) from exc
     try:
         data = cloudpickle.dumps(value)
@@ -39,7 +39,8 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     return seal(data, secret=key, purpose="result", task_id=task_id)
 
 
-def _pickle_exception(exc: BaseException) -> bytes:
+def pickle_exception(exc: BaseException) -> bytes:
+    """The exception, its type, message and traceback text, pickled for the kernel."""
     # Skip run_shipped's own frame: the user's code starts one frame down.
     tb_start = exc.__traceback__.tb_next if exc.__traceback__ else None
     tb = "".join(traceback.format_exception(type(exc), exc, tb_start))

@@ -52,6 +52,7 @@ class Session:
         self._secret = secret
         self.watcher = Watcher(source_for(app))
         self.closed = False
+        self._processes: int | None = None
 
     @property
     def broker_url(self) -> str:
@@ -86,10 +87,12 @@ class Session:
         queue: str | None = None,
         name: str | None = None,
         call_repr: str | None = None,
+        record: bool = True,
     ) -> Job:
         """Send one call; return its Job at once.
 
-        ``queue`` routes it; ``name`` and ``call_repr`` replace how displays call it.
+        ``queue`` routes it; ``name`` and ``call_repr`` replace how displays call it;
+        ``record=False`` keeps it out of ``jobs()`` (a part of a JobGroup).
         """
         if self.closed:
             raise NotConnectedError(f"this connection to {self.broker_url} was closed")
@@ -138,16 +141,35 @@ class Session:
                 f"could not send {job.call_repr} to the broker at {self.broker_url}: "
                 f"{type(exc).__name__}: {mask_password(str(exc), self.app.conf.broker_write_url)}"
             ) from None
+        if record:
+            registry.add(job)
+        return job
+
+    def revoke(self, task_ids: str | list[str]) -> None:
+        """Revoke tasks (one broadcast); terminate those already running (prefork pool)."""
+        self.app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+
+    def attach(self, task_id: str, name: str | None = None) -> Job:
+        """Watch a task started anywhere, by id. A job of this kernel is returned as is."""
+        try:
+            return registry.find_exact(task_id)
+        except LookupError:
+            pass
+        job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
+        self.watcher.watch(job)
         registry.add(job)
         return job
 
-    def revoke(self, task_id: str) -> None:
-        """Revoke a task; terminate it if it is already running (prefork pool)."""
-        self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
-
     def workers(self, timeout: float = INSPECT_TIMEOUT) -> list[WorkerInfo]:
         """The online workers: pool, concurrency, queues, active and reserved tasks."""
-        return inspect_workers(self.app, timeout=timeout)
+        online = inspect_workers(self.app, timeout=timeout)
+        self._processes = sum(w.concurrency or 0 for w in online) or self._processes
+        return online
+
+    @property
+    def processes_hint(self) -> int | None:
+        """Worker processes last seen online (or the LocalCluster's), for chunk sizes."""
+        return self._processes or getattr(self.owner, "workers", None)
 
     def close(self) -> None:
         """Stop watching. Jobs still running fail with ConnectionClosedError (never hang)."""

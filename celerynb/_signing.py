@@ -49,6 +49,11 @@ def seal(data: bytes, *, secret: bytes, purpose: str, task_id: str) -> dict[str,
     return envelope
 
 
+def is_envelope(value: Any) -> bool:
+    """Whether ``value`` looks like a celerynb envelope (it may still be forged)."""
+    return isinstance(value, dict) and value.get("celerynb") == ENVELOPE_VERSION and "mac" in value
+
+
 def open_envelope(envelope: Any, *, secret: bytes, purpose: str, task_id: str) -> bytes:
     """Verify an envelope and return its bytes; raise before anything is unpickled.
 

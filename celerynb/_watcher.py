@@ -34,6 +34,7 @@ class Watcher:
         self._jobs: dict[str, Watched] = {}
         self._incoming: queue.SimpleQueue[Watched] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._wake_pending = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.status = "idle"
@@ -42,6 +43,9 @@ class Watcher:
         """Follow ``job`` until it is done. Safe from any thread."""
         self._incoming.put(job)
         self._ensure_running()
+        if self._wake_pending.is_set():
+            return  # one wake per batch: the thread drains every new job at once
+        self._wake_pending.set()
         try:
             self._source.wake()
         except Exception as exc:  # the thread will catch up when it polls
@@ -95,6 +99,7 @@ class Watcher:
             pass
 
     def _step(self) -> None:
+        self._wake_pending.clear()  # before draining: a job queued from now on wakes again
         new: list[Watched] = []
         while True:
             try:

@@ -1,0 +1,146 @@
+"""Kernel side: many jobs at once — ``map``, ``attach``, ``wait`` and ``as_completed``."""
+
+from __future__ import annotations
+
+import builtins
+import concurrent.futures
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from celery.result import AsyncResult, ResultSet
+
+from ._chunks import run_chunk
+from ._group import JobGroup
+from ._job import Job
+from ._registry import registry
+from ._session import Session, _display_name, current_session
+
+CHUNKS_PER_PROCESS = 4  # enough chunks to balance uneven items, few enough to be cheap
+DEFAULT_PROCESSES = 4  # when the workers' concurrency is not known yet
+
+
+def auto_chunksize(items: int, processes: int) -> int:
+    """Items per chunk so each worker process gets about ``CHUNKS_PER_PROCESS`` chunks."""
+    return max(1, math.ceil(items / (max(processes, 1) * CHUNKS_PER_PROCESS)))
+
+
+def chunk_spans(items: int, chunksize: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each chunk."""
+    return [(start, min(start + chunksize, items)) for start in range(0, items, chunksize)]
+
+
+def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
+    fn: Any,
+    *iterables: Iterable[Any],
+    chunksize: int | None = None,
+    queue: str | None = None,
+) -> JobGroup:
+    """Run ``fn(item)`` for every item on the workers; return a JobGroup at once.
+
+    Several iterables are zipped (``fn(a, b)``) as with the builtin ``map``. Items
+    travel in chunks: one task runs ``chunksize`` plain calls, so throughput is not
+    bounded by Celery's per-task cost. ``chunksize=None`` picks about four chunks
+    per worker process. One live bar shows the whole map.
+    """
+    if not callable(fn):
+        raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    star = len(iterables) > 1
+    items = list(zip(*iterables)) if star else list(iterables[0])
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+    session = current_session()
+    size = chunksize or auto_chunksize(len(items), session.processes_hint or DEFAULT_PROCESSES)
+    spans = chunk_spans(len(items), size)
+    name = _display_name(fn)
+    jobs: list[Job] = []
+    try:
+        for number, (start, stop) in enumerate(spans):
+            jobs.append(
+                session.submit(
+                    run_chunk,
+                    (fn, items[start:stop], star, name),
+                    queue=queue,
+                    name=f"{name} [{start}:{stop}]",
+                    call_repr=f"{name} chunk {number + 1}/{len(spans)}",
+                    record=False,
+                )
+            )
+    except BaseException:
+        if jobs:
+            session.revoke([job.id for job in jobs])
+        raise
+    group = JobGroup(
+        jobs,
+        spans,
+        name=name,
+        call_repr=f"map({name}, {len(items)} items)",
+        session=session,
+        code=fn,
+    )
+    registry.add(group)
+    return group
+
+
+def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
+    """Watch work started elsewhere: a task id, an ``AsyncResult``, a ``GroupResult``
+    (or any ``ResultSet``, e.g. a chord's header), or a list of those.
+
+    Returns a live Job (one task) or JobGroup (several), displayed like any other.
+    """
+    session = current_session()
+    if isinstance(target, str):
+        return session.attach(target, name)
+    if isinstance(target, ResultSet):
+        return _attach_group(session, [r.id for r in target.results], name or _group_name(target))
+    if isinstance(target, AsyncResult):
+        return session.attach(target.id, name or _task_name(target))
+    if isinstance(target, Iterable):
+        ids = [t if isinstance(t, str) else getattr(t, "id", None) for t in target]
+        bad = [t for t, i in zip(target, ids) if not isinstance(i, str)]
+        if bad:
+            raise TypeError(f"attach() takes task ids or AsyncResults, got {bad[0]!r}")
+        return _attach_group(session, ids, name or f"{len(ids)} tasks")
+    raise TypeError(
+        "attach() takes a task id, an AsyncResult, a GroupResult or a list of them, "
+        f"not {type(target).__name__}"
+    )
+
+
+def _attach_group(session: Session, ids: list[str], name: str) -> JobGroup:
+    jobs = [session.attach(task_id) for task_id in ids]
+    group = JobGroup(jobs, name=name, call_repr=name, session=session)
+    registry.add(group)
+    return group
+
+
+def _group_name(result: ResultSet) -> str:
+    group_id = getattr(result, "id", None)
+    return f"group {group_id[:8]}" if group_id else f"{len(result.results)} tasks"
+
+
+def _task_name(result: AsyncResult) -> str | None:
+    name = getattr(result, "name", None)  # set when the AsyncResult came from apply_async
+    return name or None
+
+
+def _futures(jobs: Any) -> builtins.list[concurrent.futures.Future]:
+    if isinstance(jobs, concurrent.futures.Future):
+        return [jobs]
+    return builtins.list(jobs)
+
+
+def wait(
+    jobs: Any,
+    timeout: float | None = None,
+    return_when: str = concurrent.futures.ALL_COMPLETED,
+) -> concurrent.futures._base.DoneAndNotDoneFutures:
+    """``concurrent.futures.wait`` over Jobs and JobGroups (a JobGroup counts as one)."""
+    return concurrent.futures.wait(_futures(jobs), timeout=timeout, return_when=return_when)
+
+
+def as_completed(jobs: Any, timeout: float | None = None) -> Iterator[Any]:
+    """``concurrent.futures.as_completed`` over Jobs and JobGroups, as they finish."""
+    return concurrent.futures.as_completed(_futures(jobs), timeout=timeout)
