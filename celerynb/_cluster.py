@@ -183,6 +183,9 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
+                # Its own session: Jupyter's "interrupt" signals the kernel's whole
+                # process group, and Redis would shut down on that SIGINT.
+                start_new_session=True,
                 preexec_fn=_die_with_parent(signal.SIGTERM),
             )
             self._processes.append(proc)
@@ -267,13 +270,16 @@ def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     if proc.poll() is not None:
         return
     try:
-        # The worker runs in its own session: signal the whole group (pool children too).
-        # SIGQUIT is Celery's cold shutdown: running tasks are not waited for.
+        # Each process leads its own session: signal the whole group (pool children too).
+        # SIGQUIT is Celery's cold shutdown (running tasks are not waited for); Redis
+        # shuts down cleanly on SIGTERM.
+        is_redis = Path(str(proc.args[0])).name == "redis-server"
+        stop_signal = signal.SIGTERM if is_redis else signal.SIGQUIT
         pgid = os.getpgid(proc.pid)
         if pgid == proc.pid:
-            os.killpg(pgid, signal.SIGQUIT)
+            os.killpg(pgid, stop_signal)
         else:
-            proc.terminate()
+            proc.send_signal(stop_signal)
         proc.wait(grace)
     except (ProcessLookupError, subprocess.TimeoutExpired, PermissionError):
         pass
@@ -288,12 +294,15 @@ def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]], directory: str) -> None:
+    # Files first: a kernel being shut down may be signalled while the stops below
+    # wait, and the processes die with it anyway (PDEATHSIG); the files would not.
+    shutil.rmtree(directory, ignore_errors=True)
     # Workers first (they talk to Redis while shutting down), then Redis.
     for proc in reversed(processes):
-        _stop_process(proc)
+        with contextlib.suppress(KeyboardInterrupt):
+            _stop_process(proc)
     # A pool child that outlived its parent still holds the group; make sure it is gone.
     for proc in processes:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
     processes.clear()
-    shutil.rmtree(directory, ignore_errors=True)

@@ -12,6 +12,7 @@ import cloudpickle
 from ._cell import CellResult, cell_inputs, parse_output_names, run_cell
 from ._errors import SerializationError
 from ._job import Job
+from ._many import reattach_previous
 from ._registry import registry
 from ._session import current_session
 from ._tables import JobTable, WorkerTable
@@ -20,8 +21,15 @@ from ._workers import INSPECT_TIMEOUT
 _cell_numbers = itertools.count(1)
 
 
-def jobs() -> JobTable:
-    """This kernel's jobs, oldest first, as a list that shows as a table."""
+def jobs(previous: bool = False) -> JobTable:
+    """This kernel's jobs, oldest first, as a list that shows as a table.
+
+    ``previous=True``: the jobs this notebook submitted from earlier kernels (before
+    a restart) on the same backend, in flight or finished since; they are watched
+    again, live, and join this kernel's jobs.
+    """
+    if previous:
+        return JobTable(reattach_previous(current_session()))
     return JobTable(registry.all())
 
 

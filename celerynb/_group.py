@@ -17,6 +17,7 @@ from ._chunks import ChunkResult
 from ._future import WatchedFuture
 from ._job import Job, exception_from_info
 from ._schema import PROGRESS, BarSnapshot, ProgressSnapshot
+from ._store import JobRecord
 
 Span = tuple[int, int]  # items [start, stop) of one task
 
@@ -80,9 +81,10 @@ class JobGroup(WatchedFuture):
         call_repr: str = "",
         session: Any = None,
         code: Any = None,
+        group_id: str | None = None,
     ) -> None:
         super().__init__()
-        self.id = str(uuid.uuid4())
+        self.id = group_id or str(uuid.uuid4())
         self.name = name
         self.call_repr = call_repr or name
         self.jobs = list(jobs)
@@ -195,6 +197,16 @@ class JobGroup(WatchedFuture):
             index = min(self._errors)
             text += f" (item {index}; {len(self._errors)} of {self._total} failed)"
         return text
+
+    def _record(self) -> JobRecord:
+        return JobRecord(
+            self.id,
+            self.name,
+            self.call_repr,
+            True if self._chunked else None,
+            tuple(job.id for job in self.jobs),
+            tuple(self._spans) if self._chunked else None,
+        )
 
     # -- fed by the jobs (watcher thread) --------------------------------------
     def _on_job_change(self, _job: Job) -> None:

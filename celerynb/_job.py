@@ -14,6 +14,7 @@ from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
 from ._future import WatchedFuture
 from ._schema import PROGRESS, ProgressSnapshot, parse_meta
 from ._signing import is_envelope, open_envelope
+from ._store import JobRecord
 from ._tracebacks import restore_sources, source_map
 
 # Order in which non-final states may follow each other; a late message of an
@@ -134,6 +135,9 @@ class Job(WatchedFuture):
             self._snapshot = self._snapshot.with_state(states.REVOKED)
         self._notify()
         return True
+
+    def _record(self) -> JobRecord:
+        return JobRecord(self.id, self.name, self.call_repr, self._shipped)
 
     def _abandon(self, error: BaseException) -> None:
         """Finish with ``error``: nothing will report on this job any more."""

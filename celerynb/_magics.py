@@ -240,11 +240,22 @@ class CeleryMagics(Magics):
 
     @line_magic
     @_usage_errors
+    @magic_arguments()
+    @argument(
+        "--previous",
+        action="store_true",
+        help="this notebook's jobs from before a kernel restart: watch them again, live",
+    )
     def celery_jobs(self, line: str) -> None:
         """Show this kernel's jobs: id, call, state, progress, elapsed."""
-        if line.strip():
-            raise UsageError("%celery_jobs takes no arguments")
-        display(jobs())
+        args = parse_argstring(self.celery_jobs, line)
+        if args.previous:
+            _require_session()
+            again = jobs(previous=True)
+            display(again)
+            again.show()
+        else:
+            display(jobs())
 
     @line_magic
     @_usage_errors

@@ -15,6 +15,7 @@ from ._group import JobGroup
 from ._job import Job
 from ._registry import registry
 from ._session import Session, _display_name, current_session
+from ._store import store
 
 CHUNKS_PER_PROCESS = 4  # enough chunks to balance uneven items, few enough to be cheap
 DEFAULT_PROCESSES = 4  # when the workers' concurrency is not known yet
@@ -107,6 +108,36 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
         "attach() takes a task id, an AsyncResult, a GroupResult or a list of them, "
         f"not {type(target).__name__}"
     )
+
+
+def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
+    """Watch again the jobs this notebook submitted from earlier kernels (see ``_store``)."""
+    again: builtins.list[Job | JobGroup] = []
+    for record in store.previous(session.backend_key):
+        try:
+            again.append(registry.find_exact(record.id))
+            continue
+        except KeyError:
+            pass
+        if not record.task_ids:
+            job = session.attach(record.id, record.name)
+            job.call_repr = record.call_repr
+            again.append(job)
+            continue
+        jobs = [Job(task_id, record.name, session, shipped=None) for task_id in record.task_ids]
+        for job in jobs:
+            session.watcher.watch(job)
+        group = JobGroup(
+            jobs,
+            record.spans,
+            name=record.name,
+            call_repr=record.call_repr,
+            session=session,
+            group_id=record.id,
+        )
+        registry.add(group)
+        again.append(group)
+    return again
 
 
 def _attach_group(session: Session, ids: list[str], name: str) -> JobGroup:

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from ._errors import CelerynbError
+from ._store import store
 
 
 class UnknownJobError(CelerynbError, LookupError):
@@ -20,8 +21,12 @@ class JobRegistry:
         self._lock = threading.Lock()
 
     def add(self, job: Any) -> None:
+        """Keep ``job`` (a Job or JobGroup) and record it for this notebook."""
         with self._lock:
             self._jobs[job.id] = job
+        session = getattr(job, "_session", None)
+        if session is not None:
+            store.record(job._record(), session.backend_key)
 
     def all(self) -> list[Any]:
         with self._lock:

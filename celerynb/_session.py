@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import reprlib
 import threading
 import uuid
 from typing import Any
 
 import cloudpickle
-from celery import Celery
+from celery import Celery, states
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
@@ -18,13 +19,17 @@ from ._job import Job
 from ._registry import registry
 from ._signing import seal
 from ._sources import source_for
+from ._store import backend_key
 from ._watcher import Watcher
 from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers
+
+log = logging.getLogger(__name__)
 
 # Publishing retries while the broker is down are bounded (Celery's default can
 # block far longer: celery issue 4627).
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 4.0
+REVOKE_REPLY_TIMEOUT = 1.0
 
 
 class BrokerUnreachableError(CelerynbError, ConnectionError):
@@ -57,6 +62,11 @@ class Session:
     @property
     def broker_url(self) -> str:
         return mask_url(self.app.conf.broker_write_url)
+
+    @property
+    def backend_key(self) -> str:
+        """Names this session's result backend in the job store (no password kept)."""
+        return backend_key(str(self.app.conf.result_backend))
 
     @property
     def secret(self) -> bytes:
@@ -146,8 +156,31 @@ class Session:
         return job
 
     def revoke(self, task_ids: str | list[str]) -> None:
-        """Revoke tasks (one broadcast); terminate those already running (prefork pool)."""
-        self.app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+        """Revoke tasks (one broadcast); terminate those already running (prefork pool).
+
+        Returns at once; a background thread waits for the workers' replies and
+        then writes REVOKED to the backend for tasks not finished: when a prefork
+        worker terminates two running tasks at once it may record only one of
+        them (measured with Celery 5.7), which would leave the other PROGRESS for
+        every other observer. Writing after the replies means the task was
+        already signalled, so its last progress write cannot land after ours.
+        """
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        threading.Thread(
+            target=self._revoke_and_record, args=(ids,), name="celerynb-revoke", daemon=True
+        ).start()
+
+    def _revoke_and_record(self, ids: list[str]) -> None:
+        try:
+            self.app.control.revoke(
+                ids, terminate=True, signal="SIGTERM", reply=True, timeout=REVOKE_REPLY_TIMEOUT
+            )
+            backend = self.app.backend
+            for task_id in ids:
+                if backend.get_state(task_id) not in states.READY_STATES:
+                    backend.mark_as_revoked(task_id, reason="revoked by celerynb")
+        except Exception as exc:  # the kernel-side job is cancelled whatever happens here
+            log.warning("celerynb: revoking %d task(s) failed: %s", len(ids), exc)
 
     def attach(self, task_id: str, name: str | None = None) -> Job:
         """Watch a task started anywhere, by id. A job of this kernel is returned as is."""

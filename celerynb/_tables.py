@@ -85,6 +85,11 @@ class JobTable(_Table):
         """Cancel every unfinished job; return those that were cancelled."""
         return [job for job in self.running() if job.cancel()]
 
+    def show(self) -> None:
+        """Show every job live (a widget or text bar each)."""
+        for job in self:
+            job.show()
+
 
 class WorkerTable(_Table):
     """Online workers (a list of WorkerInfo) that shows as a table."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +19,12 @@ import pytest
 from celery import Celery
 
 import celerynb
+
+# The suite's own job store, never the user's ~/.local/share/celerynb (kernels inherit it;
+# the store resolves its path on first use).
+_STORE_DIR = tempfile.mkdtemp(prefix="celerynb-test-store-")
+os.environ["CELERYNB_STORE"] = os.path.join(_STORE_DIR, "jobs.sqlite3")
+atexit.register(shutil.rmtree, _STORE_DIR, ignore_errors=True)
 
 
 def wait_for(

@@ -1,6 +1,7 @@
 """The magics in a real kernel, against real Redis and real workers."""
 
 import re
+from pathlib import Path
 
 import psutil
 import pytest
@@ -239,16 +240,31 @@ def test_local_cluster_of_the_magic_stops_with_the_kernel(tmp_path):
             r"redis://127.0.0.1:\d+/0; 1 worker online \(1 processes\)\n",
             cell.stdout,
         ), cell.stdout
+        # Jupyter's "interrupt" signals the kernel's process group: the cluster must survive.
+        msg_id = kernel.client.execute("import time; time.sleep(30)")
+        kernel.wait_for_message(
+            lambda m: (
+                m["msg_type"] == "status"
+                and m["content"]["execution_state"] == "busy"
+                and m["parent_header"].get("msg_id") == msg_id
+            )
+        )
+        kernel.manager.interrupt_kernel()
+        kernel.wait_for_message(
+            lambda m: m["msg_type"] == "error" and m["parent_header"].get("msg_id") == msg_id
+        )
+        kernel.client.get_shell_msg(timeout=30)
         kernel.ok("%celery_submit -o r sum([1, 2, 3])")
         cell = kernel.ok(
             "import time\nwhile 'r' not in globals(): time.sleep(0.05)\n"
             "m = get_ipython().magics_manager.registry['CeleryMagics']\n"
-            "print(r, *m.cluster.pids)",
+            "print(r, m.cluster._dir, *m.cluster.pids)",
             timeout=60,
         )
-        answer, *pids = cell.stdout.split()
+        answer, directory, *pids = cell.stdout.split()
         assert answer == "6" and len(pids) == 2
         processes = [psutil.Process(int(pid)) for pid in pids]
     finally:
         kernel.close()
     assert wait_for(lambda: not any(p.is_running() for p in processes), timeout=20)
+    assert not Path(directory).exists(), "the cluster left its files behind"
