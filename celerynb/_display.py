@@ -1,12 +1,14 @@
 """Showing jobs: a live ipywidgets widget in Jupyter, a tqdm text bar elsewhere.
 
 Renderers only draw a Job's state. The watcher thread marks them dirty; one render
-thread draws each at most ``MAX_DRAWS_PER_SECOND`` times a second, so widget traffic
-stays bounded however fast progress arrives.
+thread draws each at most ``MAX_DRAWS_PER_SECOND`` times a second and all of them at
+most ``DRAWS_PER_TICK`` per tick, so widget traffic stays bounded however fast
+progress arrives and however many jobs are shown.
 """
 
 from __future__ import annotations
 
+import heapq
 import html
 import sys
 import threading
@@ -18,7 +20,8 @@ from celery import states
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text
 
-MAX_DRAWS_PER_SECOND = 10
+MAX_DRAWS_PER_SECOND = 10  # per renderer
+DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
 _TICK_SECONDS = 1.0  # redraw running jobs this often so elapsed time moves
 
 _BADGE_COLOURS = {
@@ -34,12 +37,23 @@ _BADGE_COLOURS = {
 _BAR_STYLES = {states.SUCCESS: "success", states.FAILURE: "danger", states.REVOKED: "warning"}
 
 
-class RenderScheduler:
-    """One daemon thread drawing dirty renderers, throttled."""
+def pick_batch(dirty: set[Any], last_drawn: dict[Any, float], budget: int) -> list[Any]:
+    """The ``budget`` dirty renderers drawn longest ago (never drawn: first)."""
+    if len(dirty) <= budget:
+        return list(dirty)
+    return heapq.nsmallest(budget, dirty, key=lambda r: last_drawn.get(r, float("-inf")))
 
-    def __init__(self) -> None:
+
+class RenderScheduler:
+    """One daemon thread drawing dirty renderers: each at most ``MAX_DRAWS_PER_SECOND``
+    times a second, and at most ``draws_per_tick`` of them per tick in all, the ones
+    waiting longest first, so a thousand live widgets cannot flood the page."""
+
+    def __init__(self, draws_per_tick: int = DRAWS_PER_TICK) -> None:
+        self.draws_per_tick = draws_per_tick
         self._dirty: set[Any] = set()
         self._live: set[Any] = set()
+        self._last_drawn: dict[Any, float] = {}
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -60,15 +74,19 @@ class RenderScheduler:
                 if not self._dirty:
                     self._cv.wait(_TICK_SECONDS)
                     self._dirty.update(self._live)
-                batch, self._dirty = self._dirty, set()
+                batch = pick_batch(self._dirty, self._last_drawn, self.draws_per_tick)
+                self._dirty.difference_update(batch)
             for renderer in batch:
                 try:
                     finished = renderer.draw()
                 except Exception:
                     finished = True
-                if finished:
-                    with self._cv:
+                with self._cv:
+                    if finished:
                         self._live.discard(renderer)
+                        self._last_drawn.pop(renderer, None)
+                    else:
+                        self._last_drawn[renderer] = time.monotonic()
             time.sleep(1.0 / MAX_DRAWS_PER_SECOND)
 
 

@@ -14,7 +14,7 @@ from ._chunks import run_chunk
 from ._group import JobGroup
 from ._job import Job
 from ._registry import registry
-from ._session import Session, _display_name, current_session
+from ._session import SYNC_TIMEOUT, Session, _display_name, current_session
 from ._store import store
 
 CHUNKS_PER_PROCESS = 4  # enough chunks to balance uneven items, few enough to be cheap
@@ -120,7 +120,7 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
         except KeyError:
             pass
         if not record.task_ids:
-            job = session.attach(record.id, record.name)
+            job = session.attach(record.id, record.name, sync=False)
             job.call_repr = record.call_repr
             again.append(job)
             continue
@@ -137,13 +137,15 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
         )
         registry.add(group)
         again.append(group)
+    session.watcher.sync(SYNC_TIMEOUT)
     return again
 
 
 def _attach_group(session: Session, ids: list[str], name: str) -> JobGroup:
-    jobs = [session.attach(task_id) for task_id in ids]
+    jobs = [session.attach(task_id, sync=False) for task_id in ids]
     group = JobGroup(jobs, name=name, call_repr=name, session=session)
     registry.add(group)
+    session.watcher.sync(SYNC_TIMEOUT)
     return group
 
 

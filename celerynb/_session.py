@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 4.0
 REVOKE_REPLY_TIMEOUT = 1.0
+SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
 
 
 class BrokerUnreachableError(CelerynbError, ConnectionError):
@@ -182,8 +183,13 @@ class Session:
         except Exception as exc:  # the kernel-side job is cancelled whatever happens here
             log.warning("celerynb: revoking %d task(s) failed: %s", len(ids), exc)
 
-    def attach(self, task_id: str, name: str | None = None) -> Job:
-        """Watch a task started anywhere, by id. A job of this kernel is returned as is."""
+    def attach(self, task_id: str, name: str | None = None, *, sync: bool = True) -> Job:
+        """Watch a task started anywhere, by id. A job of this kernel is returned as is.
+
+        With ``sync`` the call returns once the job holds the task's current state
+        (one backend read; bounded by ``SYNC_TIMEOUT``), so a finished task shows
+        as finished at once.
+        """
         try:
             return registry.find_exact(task_id)
         except LookupError:
@@ -191,6 +197,8 @@ class Session:
         job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
         self.watcher.watch(job)
         registry.add(job)
+        if sync:
+            self.watcher.sync(SYNC_TIMEOUT)
         return job
 
     def workers(self, timeout: float = INSPECT_TIMEOUT) -> list[WorkerInfo]:

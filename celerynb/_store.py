@@ -102,7 +102,11 @@ class JobStore:
         return self._connection
 
     def record(self, record: JobRecord, backend: str) -> None:
-        """Keep ``record`` for this notebook; a storage failure never stops a job."""
+        """Keep ``record`` for this notebook; a storage failure never stops a job.
+
+        A job already kept stays as it is: re-attached after a restart, it still
+        belongs to the kernel that submitted it, so it is found again next time.
+        """
         row = (
             record.id,
             notebook_key(),
@@ -118,7 +122,7 @@ class JobStore:
         try:
             with self._lock:
                 db = self._db()
-                db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+                db.execute("INSERT OR IGNORE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)", row)
                 db.commit()
         except (sqlite3.Error, OSError) as exc:
             self.error = f"cannot record jobs in {self.path}: {exc}"

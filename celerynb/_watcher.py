@@ -32,7 +32,8 @@ class Watcher:
         self._source = source
         self._poll_timeout = poll_timeout
         self._jobs: dict[str, Watched] = {}
-        self._incoming: queue.SimpleQueue[Watched] = queue.SimpleQueue()
+        # Jobs to follow, and Events set once the jobs queued before them are caught up.
+        self._incoming: queue.SimpleQueue[Watched | threading.Event] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake_pending = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,6 +43,17 @@ class Watcher:
     def watch(self, job: Watched) -> None:
         """Follow ``job`` until it is done. Safe from any thread."""
         self._incoming.put(job)
+        self._wake()
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until every job watched so far has received its current state
+        (True), or ``timeout`` passes (False: e.g. the backend is unreachable)."""
+        caught_up = threading.Event()
+        self._incoming.put(caught_up)
+        self._wake()
+        return caught_up.wait(timeout)
+
+    def _wake(self) -> None:
         self._ensure_running()
         if self._wake_pending.is_set():
             return  # one wake per batch: the thread drains every new job at once
@@ -101,15 +113,22 @@ class Watcher:
     def _step(self) -> None:
         self._wake_pending.clear()  # before draining: a job queued from now on wakes again
         new: list[Watched] = []
+        caught_up: list[threading.Event] = []
         while True:
             try:
-                new.append(self._incoming.get_nowait())
+                item = self._incoming.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, threading.Event):
+                caught_up.append(item)
+            else:
+                new.append(item)
         if new:
             for job in new:
                 self._jobs[job.id] = job
             self._dispatch(self._source.watch([job.id for job in new]))
+        for event in caught_up:
+            event.set()
         self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0))
         finished = [task_id for task_id, job in self._jobs.items() if job.done()]
         if finished:

@@ -134,6 +134,10 @@ def test_attach_by_id_and_async_result_decodes_signed_results(session):
     raw = session.app.send_task("celery.accumulate", args=(7,))
     attached = celerynb.attach(raw.id, name="accumulate")
     assert attached.result(timeout=30) == [7] and attached.name == "accumulate"
+    finished_elsewhere = session.app.send_task("celery.accumulate", args=(8,))
+    assert finished_elsewhere.get(timeout=30) == [8]
+    late = celerynb.attach(finished_elsewhere.id)
+    assert late.done() and late.state == "SUCCESS", "attach returns with the current state"
     # A shipped job's signed result is verified and unpickled for an attached Job too.
     from celerynb._job import Job
 
