@@ -158,7 +158,7 @@ class CeleryMagics(Magics):
             what = session.broker_url
         online = workers()
         hint = "" if online else " (start one: celery -A celerynb.worker worker --loglevel=info)"
-        print(f"celerynb: connected to {what}; {online.summary()}{hint}")
+        print(f"celerynb: connected to {what}; {online.online_summary()}{hint}")
 
     def _connect_local(self, processes: int) -> Session:
         cluster = self.cluster

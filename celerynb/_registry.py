@@ -13,20 +13,39 @@ class UnknownJobError(CelerynbError, LookupError):
     """No job of this kernel matches an id (or id prefix), or several do."""
 
 
-class JobRegistry:
-    """The jobs of this kernel, in submission order. Thread-safe."""
+MAX_JOBS_KEPT = 10_000  # a kernel that runs for weeks does not keep every finished job
 
-    def __init__(self) -> None:
+
+class JobRegistry:
+    """The jobs of this kernel, in submission order. Thread-safe.
+
+    Beyond ``max_kept`` jobs the oldest finished ones are let go (a tenth at a
+    time); unfinished jobs and the newest job are always kept.
+    """
+
+    def __init__(self, max_kept: int = MAX_JOBS_KEPT) -> None:
         self._jobs: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.max_kept = max_kept
 
     def add(self, job: Any) -> None:
         """Keep ``job`` (a Job or JobGroup) and record it for this notebook."""
         with self._lock:
             self._jobs[job.id] = job
+            if len(self._jobs) > self.max_kept:
+                self._let_go_of_old_finished_jobs()
         session = getattr(job, "_session", None)
         if session is not None:
             store.record(job._record(), session.backend_key)
+
+    def _let_go_of_old_finished_jobs(self) -> None:
+        excess = len(self._jobs) - self.max_kept + max(self.max_kept // 10, 1)
+        newest = next(reversed(self._jobs))  # just added: kept, even if already finished
+        old_finished = [
+            task_id for task_id, job in self._jobs.items() if job.done() and task_id != newest
+        ][:excess]
+        for task_id in old_finished:
+            del self._jobs[task_id]
 
     def all(self) -> list[Any]:
         with self._lock:

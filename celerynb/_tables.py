@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,17 +35,35 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[str]], css_class:
 
 
 class _Table(list):
-    """A list that shows as a table: text in terminals, HTML in notebooks."""
+    """A list that shows as a table: text in terminals, HTML in notebooks.
+
+    Only the last ``max_rows`` entries are shown, after a one-line summary, so a
+    table of thousands of jobs stays readable (the list itself keeps them all).
+    """
 
     headers: tuple[str, ...] = ()
     empty_text = ""
     css_class = ""
+    max_rows = 50
 
-    def rows(self) -> list[list[str]]:
+    def row(self, item: Any) -> list[str]:
         raise NotImplementedError
 
+    def rows(self) -> list[list[str]]:
+        """The rows shown: the last ``max_rows`` entries."""
+        return [self.row(item) for item in self[-self.max_rows :]]
+
+    def summary(self) -> str:
+        """A line above the rows when some are not shown."""
+        hidden = len(self) - self.max_rows
+        return f"{len(self)} entries; the last {self.max_rows} shown" if hidden > 0 else ""
+
     def __str__(self) -> str:
-        return text_table(self.headers, self.rows()) if self else self.empty_text
+        if not self:
+            return self.empty_text
+        table = text_table(self.headers, self.rows())
+        summary = self.summary()
+        return f"{summary}\n{table}" if summary else table
 
     def __repr__(self) -> str:
         return str(self)
@@ -52,7 +71,9 @@ class _Table(list):
     def _repr_html_(self) -> str:
         if not self:
             return f"<i>{html.escape(self.empty_text)}</i>"
-        return html_table(self.headers, self.rows(), self.css_class)
+        summary = self.summary()
+        caption = f"<p>{html.escape(summary)}</p>" if summary else ""
+        return caption + html_table(self.headers, self.rows(), self.css_class)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
@@ -65,17 +86,22 @@ class JobTable(_Table):
     empty_text = "no jobs in this kernel yet"
     css_class = "celerynb-jobs"
 
-    def rows(self) -> list[list[str]]:
+    def row(self, job: Any) -> list[str]:
         return [
-            [
-                job.id,
-                job.call_repr,
-                job.state,
-                _progress_cell(job),
-                std_tqdm.format_interval(job.elapsed),
-            ]
-            for job in self
+            job.id,
+            job.call_repr,
+            job.state,
+            _progress_cell(job),
+            std_tqdm.format_interval(job.elapsed),
         ]
+
+    def summary(self) -> str:
+        """``1200 jobs: 1100 SUCCESS, 100 PENDING; the last 50 shown`` when long."""
+        if len(self) <= self.max_rows:
+            return ""
+        by_state = Counter(job.state for job in self)
+        counts = ", ".join(f"{n} {state}" for state, n in by_state.most_common())
+        return f"{len(self)} jobs: {counts}; the last {self.max_rows} shown"
 
     def running(self) -> JobTable:
         """The jobs not finished yet."""
@@ -98,15 +124,15 @@ class WorkerTable(_Table):
     empty_text = "no worker answered"
     css_class = "celerynb-workers"
 
-    def rows(self) -> list[list[str]]:
-        return [_worker_row(worker) for worker in self]
+    def row(self, worker: WorkerInfo) -> list[str]:
+        return _worker_row(worker)
 
     @property
     def processes(self) -> int:
         """Total concurrency of the online workers."""
         return sum(worker.concurrency or 0 for worker in self)
 
-    def summary(self) -> str:
+    def online_summary(self) -> str:
         """``2 workers online (8 processes)``."""
         if not self:
             return "no worker answered"

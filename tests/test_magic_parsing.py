@@ -114,6 +114,43 @@ def test_tables_line_up():
     workers = WorkerTable(
         [WorkerInfo("w1@h", "prefork", 4, ("celery",), (("abcdef0123", "t.run"),), ())]
     )
-    assert workers.summary() == "1 worker online (4 processes)"
+    assert workers.online_summary() == "1 worker online (4 processes)"
     assert "w1@h" in str(workers) and "1: t.run abcdef01" in str(workers)
     assert "<table class='celerynb-workers'>" in workers._repr_html_()
+
+
+def test_a_long_job_table_shows_counts_and_the_latest_rows():
+    from types import SimpleNamespace
+
+    no_progress = SimpleNamespace(percent=None, bars=())
+    table = JobTable(
+        SimpleNamespace(
+            id=f"id-{i}",
+            call_repr=f"f({i})",
+            state="SUCCESS" if i < 1100 else "PENDING",
+            progress=no_progress,
+            elapsed=1.0,
+            done=(lambda i=i: i < 1100),
+        )
+        for i in range(1200)
+    )
+    text = str(table).splitlines()
+    assert text[0] == "1200 jobs: 1100 SUCCESS, 100 PENDING; the last 50 shown"
+    assert len(text) == 2 + 50 and text[-1].startswith("id-1199")
+    assert text[2].startswith("id-1150 ") and "id-1149 " not in str(table)
+    assert table._repr_html_().startswith("<p>1200 jobs: 1100 SUCCESS")
+    assert len(table.running()) == 100  # the list itself keeps every job
+
+
+def test_the_registry_lets_go_of_the_oldest_finished_jobs_only():
+    from types import SimpleNamespace
+
+    from celerynb._registry import JobRegistry
+
+    kept = JobRegistry(max_kept=10)
+    for i in range(30):
+        kept.add(SimpleNamespace(id=f"j{i}", done=(lambda i=i: i % 3 != 0)))
+    ids = [job.id for job in kept.all()]
+    assert len(ids) <= 10 + 1
+    assert all(f"j{i}" in ids for i in range(0, 30, 3)), "unfinished jobs are never dropped"
+    assert ids[-1] == "j29" and ids == sorted(ids, key=lambda name: int(name[1:]))

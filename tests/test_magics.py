@@ -241,11 +241,11 @@ def test_local_cluster_of_the_magic_stops_with_the_kernel(tmp_path):
             cell.stdout,
         ), cell.stdout
         # Jupyter's "interrupt" signals the kernel's process group: the cluster must survive.
-        msg_id = kernel.client.execute("import time; time.sleep(30)")
-        kernel.wait_for_message(
+        msg_id = kernel.client.execute("import time; print('sleeping', flush=True); time.sleep(30)")
+        kernel.wait_for_message(  # the cell's own code runs: the interrupt lands in it
             lambda m: (
-                m["msg_type"] == "status"
-                and m["content"]["execution_state"] == "busy"
+                m["msg_type"] == "stream"
+                and "sleeping" in m["content"]["text"]
                 and m["parent_header"].get("msg_id") == msg_id
             )
         )
