@@ -29,7 +29,9 @@ def jobs(previous: bool = False) -> JobTable:
     again, live, and join this kernel's jobs.
     """
     if previous:
-        return JobTable(reattach_previous(current_session()))
+        table = JobTable(reattach_previous(current_session()))
+        table.empty_text = "no jobs of this notebook from earlier kernels on this backend"
+        return table
     return JobTable(registry.all())
 
 

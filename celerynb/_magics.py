@@ -253,7 +253,7 @@ class CeleryMagics(Magics):
             _require_session()
             again = jobs(previous=True)
             display(again)
-            again.show()
+            again.running().show()
         else:
             display(jobs())
 

@@ -167,6 +167,8 @@ def test_jobs_and_workers_tables(kernel, project_worker):
     row = [line for line in text.splitlines() if "simulate(5)" in line][-1]
     assert "SUCCESS" in row and "100% (5/5)" in row
     assert any("celerynb-jobs" in o.get("text/html", "") for o in cell.outputs)
+    cell = kernel.ok("%celery_jobs --previous")  # this kernel's notebook had no earlier kernel
+    assert cell.text == "no jobs of this notebook from earlier kernels on this backend"
     cell = kernel.ok("%celery_workers")
     assert project_worker in cell.text and "prefork" in cell.text
     assert re.search(r"celerynb-\d+@\S+\s+prefork\s+2\s+celery\s", cell.text), cell.text

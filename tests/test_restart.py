@@ -72,6 +72,9 @@ def test_jobs_in_flight_are_found_and_watched_live_after_a_kernel_restart(cluste
         # A second look does not duplicate what this kernel already watches.
         cell = kernel.ok("print(len(celerynb.jobs(previous=True)), len(celerynb.jobs()))")
         assert cell.stdout == "3 3\n"
+        kernel.ok("%load_ext celerynb")
+        listed = kernel.ok("%celery_jobs --previous").text
+        assert all(job_id in listed for job_id in ids.values()), listed
     finally:
         gate.touch()
         kernel.close()
