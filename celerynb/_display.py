@@ -216,9 +216,11 @@ class TextRenderer:
         job, bar = self.job, self.bar
         progress = job.progress
         bar.desc = progress.desc or job.name
-        bar.total = progress.total
-        bar.n = progress.n
         bar.unit = progress.unit
+        # Through update(), so tqdm measures the rate (setting n would not).
+        if progress.n < bar.n or progress.total != bar.total:
+            bar.reset(total=progress.total)
+        bar.update(progress.n - bar.n)
         bar.set_postfix_str(job.state, refresh=False)
         if not job.done():
             bar.refresh()

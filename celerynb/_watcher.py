@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Protocol
 
 from ._sources import StateSource, Update
 
 log = logging.getLogger(__name__)
+
+FULL_CHECK_SECONDS = 1.0
 
 
 class Watched(Protocol):
@@ -39,6 +42,8 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.status = "idle"
+        self._finished_by_updates: set[str] = set()
+        self._next_full_check = 0.0
 
     def watch(self, job: Watched) -> None:
         """Follow ``job`` until it is done. Safe from any thread."""
@@ -62,6 +67,12 @@ class Watcher:
             self._source.wake()
         except Exception as exc:  # the thread will catch up when it polls
             log.debug("celerynb: wake failed: %s", exc)
+
+    @property
+    def sees_every_update(self) -> bool:
+        """True when every state written reaches the jobs (push); False when only
+        the latest state at each poll does."""
+        return getattr(self._source, "sees_every_update", False)
 
     @property
     def watched_count(self) -> int:
@@ -130,11 +141,18 @@ class Watcher:
         for event in caught_up:
             event.set()
         self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0))
-        finished = [task_id for task_id, job in self._jobs.items() if job.done()]
+        # Jobs finished by an update are let go at once; all jobs are checked now
+        # and then for those finished in the kernel (cancelled, abandoned).
+        finished = self._finished_by_updates
+        now = time.monotonic()
+        if now >= self._next_full_check:
+            self._next_full_check = now + FULL_CHECK_SECONDS
+            finished |= {task_id for task_id, job in self._jobs.items() if job.done()}
         if finished:
-            self._source.unwatch(finished)
+            self._source.unwatch(list(finished))
             for task_id in finished:
-                del self._jobs[task_id]
+                self._jobs.pop(task_id, None)
+            self._finished_by_updates = set()
 
     def _dispatch(self, updates: list[Update]) -> None:
         for task_id, meta in updates:
@@ -145,3 +163,5 @@ class Watcher:
                 job._apply_meta(meta)
             except Exception:
                 log.exception("celerynb watcher: could not apply an update to job %s", task_id)
+            if job.done():
+                self._finished_by_updates.add(task_id)
