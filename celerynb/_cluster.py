@@ -19,7 +19,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV
+from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV, default_backend, mask_url
 from ._errors import CelerynbError
 
 START_TIMEOUT = 60.0
@@ -75,6 +75,10 @@ class LocalCluster:
     Everything it starts runs on this machine, bound to 127.0.0.1, with a fresh
     signing secret. ``close()`` (or leaving the ``with`` block, or interpreter
     exit) stops every process it started and removes its temporary directory.
+
+    ``broker`` (and ``backend``) use an existing broker and result backend instead
+    of a private Redis, e.g. ``broker="pyamqp://guest@localhost//", backend="rpc://"``;
+    ``queues`` then keeps the workers to queues of your choosing.
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class LocalCluster:
         *,
         pool: str = "prefork",
         queues: list[str] | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
         redis_server: str | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
@@ -92,17 +98,24 @@ class LocalCluster:
         self.pool = pool
         self.queues = queues
         self.secret = secrets.token_hex(32)
-        self._redis_path = redis_server or find_redis_server()
+        self._redis_path = None if broker else (redis_server or find_redis_server())
         self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
         self._processes: list[subprocess.Popen[bytes]] = []
         self._on_close: list[Any] = []
         self._finalizer = weakref.finalize(self, _stop_all, self._processes, str(self._dir))
         atexit.register(self._finalizer)
+        self.port: int | None = None
         try:
-            self.port = self._start_redis(start_timeout)
-            self.broker_url = f"redis://127.0.0.1:{self.port}/0"
-            self.backend_url = f"redis://127.0.0.1:{self.port}/1"
-            self.worker_name = f"celerynb-{self.port}@{socket.gethostname()}"
+            if broker:
+                self.broker_url = broker
+                self.backend_url = backend or default_backend(broker)
+                name = secrets.token_hex(4)
+            else:
+                self.port = self._start_redis(start_timeout)
+                self.broker_url = f"redis://127.0.0.1:{self.port}/0"
+                self.backend_url = backend or f"redis://127.0.0.1:{self.port}/1"
+                name = str(self.port)
+            self.worker_name = f"celerynb-{name}@{socket.gethostname()}"
             self._start_worker()
             self._wait_for_worker(start_timeout)
         except BaseException:
@@ -133,7 +146,7 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.workers} workers"
-        return f"<LocalCluster redis://127.0.0.1:{getattr(self, 'port', '?')} {state}>"
+        return f"<LocalCluster {mask_url(getattr(self, 'broker_url', '?'))} {state}>"
 
     @property
     def pids(self) -> list[int]:

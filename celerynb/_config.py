@@ -29,6 +29,12 @@ def secret_from_env(explicit: str | bytes | None = None) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+def default_backend(broker: str) -> str:
+    """The result backend used when none is given: the broker itself when it is
+    Redis, else ``rpc://`` (results sent back as messages)."""
+    return broker if broker.startswith(("redis://", "rediss://")) else "rpc://"
+
+
 def mask_url(url: str | None) -> str:
     """``url`` with its password replaced by ``**``, safe to print."""
     if not url:

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 
 from ._backend import quiet_backend_url
-from ._config import BACKEND_ENV, BROKER_ENV
+from ._config import BACKEND_ENV, BROKER_ENV, default_backend
 from ._errors import NotConnectedError
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
@@ -47,11 +47,14 @@ def connect(
             main=target.main,
         )
     elif isinstance(target, str):
-        app = _client_app(target, backend or _default_backend(target), {})
+        app = _client_app(target, backend or default_backend(target), {})
     elif hasattr(target, "broker_url") and hasattr(target, "secret"):
         owner = target
         key = key if key is not None else _as_bytes(target.secret)
-        app = _client_app(target.broker_url, backend or target.backend_url, {})
+        # Calls go where the cluster's workers listen: its first queue, if it has some.
+        queues = getattr(target, "queues", None) or []
+        conf = {"task_default_queue": queues[0]} if queues else {}
+        app = _client_app(target.broker_url, backend or target.backend_url, conf)
     else:
         raise TypeError(
             "connect() takes a LocalCluster, a broker URL or a Celery app, "
@@ -110,10 +113,6 @@ def _user_settings(app: Celery) -> dict[str, Any]:
         for key, value in app.conf.without_defaults().items()
         if not key.startswith("__") and key != "deprecated_settings"
     }
-
-
-def _default_backend(broker: str) -> str:
-    return broker if broker.startswith(("redis://", "rediss://")) else "rpc://"
 
 
 def _as_bytes(secret: str | bytes | None) -> bytes | None:

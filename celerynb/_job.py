@@ -85,6 +85,8 @@ class Job(WatchedFuture):
             if state not in states.READY_STATES and not self._moves_forward(current, state, meta):
                 return
             self._snapshot = parse_meta(state, meta.get("result"), current)
+            if state == states.SUCCESS and not self._session.watcher.sees_every_update:
+                self._snapshot = self._snapshot.completed()
             if state == PROGRESS:
                 self._progress_updates += 1
         if state in states.READY_STATES:

@@ -14,7 +14,7 @@ from ._chunks import run_chunk
 from ._group import JobGroup
 from ._job import Job
 from ._registry import registry
-from ._session import SYNC_TIMEOUT, Session, _display_name, current_session
+from ._session import Session, _display_name, current_session
 from ._store import store
 
 CHUNKS_PER_PROCESS = 4  # enough chunks to balance uneven items, few enough to be cheap
@@ -112,21 +112,25 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
 
 def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
     """Watch again the jobs this notebook submitted from earlier kernels (see ``_store``)."""
-    again: builtins.list[Job | JobGroup] = []
-    for record in store.previous(session.backend_key):
+    previous = store.previous(session.backend_key)
+    again: dict[str, Job | JobGroup] = {}
+    records = []
+    for record in previous:
         try:
-            again.append(registry.find_exact(record.id))
-            continue
+            again[record.id] = registry.find_exact(record.id)  # re-attached already
         except KeyError:
-            pass
+            records.append(record)
+    # Every task of every record in one batch: one catch-up read for all of them.
+    task_ids = [task_id for r in records for task_id in (r.task_ids or (r.id,))]
+    names = [r.name for r in records for _ in (r.task_ids or (r.id,))]
+    watched = iter(session.attach_many(task_ids, names, register=False))
+    for record in records:
+        jobs = [next(watched) for _ in (record.task_ids or (record.id,))]
         if not record.task_ids:
-            job = session.attach(record.id, record.name, sync=False)
-            job.call_repr = record.call_repr
-            again.append(job)
+            jobs[0].call_repr = record.call_repr
+            registry.add(jobs[0])
+            again[record.id] = jobs[0]
             continue
-        jobs = [Job(task_id, record.name, session, shipped=None) for task_id in record.task_ids]
-        for job in jobs:
-            session.watcher.watch(job)
         group = JobGroup(
             jobs,
             record.spans,
@@ -136,16 +140,14 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
             group_id=record.id,
         )
         registry.add(group)
-        again.append(group)
-    session.watcher.sync(SYNC_TIMEOUT)
-    return again
+        again[record.id] = group
+    return [again[record.id] for record in previous]  # oldest first
 
 
 def _attach_group(session: Session, ids: list[str], name: str) -> JobGroup:
-    jobs = [session.attach(task_id, sync=False) for task_id in ids]
+    jobs = session.attach_many(ids)
     group = JobGroup(jobs, name=name, call_repr=name, session=session)
     registry.add(group)
-    session.watcher.sync(SYNC_TIMEOUT)
     return group
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 PROGRESS = "PROGRESS"
@@ -156,6 +156,15 @@ class ProgressSnapshot:
 
     def with_state(self, state: str) -> ProgressSnapshot:
         return ProgressSnapshot(state, self.bars, self.updated, self.hostname, self.pid, self.extra)
+
+    def completed(self) -> ProgressSnapshot:
+        """Every bar with a total at its total: for a success whose last progress
+        writes were not seen (a polled backend keeps only the latest state)."""
+        bars = tuple(
+            replace(bar, n=bar.total) if bar.total is not None and bar.n < bar.total else bar
+            for bar in self.bars
+        )
+        return ProgressSnapshot(self.state, bars, self.updated, self.hostname, self.pid, self.extra)
 
 
 def parse_meta(state: str, meta: Any, previous: ProgressSnapshot | None = None) -> ProgressSnapshot:

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import cloudpickle
-from celery import Celery, states
+from celery import Celery
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
@@ -17,6 +17,8 @@ from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
 from ._errors import CelerynbError, NotConnectedError, SerializationError
 from ._job import Job
 from ._registry import registry
+from ._revoker import Revoker
+from ._rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._signing import seal
 from ._sources import source_for
 from ._store import backend_key
@@ -29,7 +31,6 @@ log = logging.getLogger(__name__)
 # block far longer: celery issue 4627).
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 4.0
-REVOKE_REPLY_TIMEOUT = 1.0
 SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
 
 
@@ -56,7 +57,12 @@ class Session:
         self.user_app = user_app
         self.owner = owner  # e.g. a LocalCluster to keep alive
         self._secret = secret
-        self.watcher = Watcher(source_for(app))
+        # rpc:// sends states to the sender's reply queue: one queue for this session.
+        self.reply_to = new_reply_queue_name() if is_rpc_backend(app) else None
+        self._reply_queue_declared = False
+        self.watcher = Watcher(source_for(app, self.reply_to))
+        # rpc:// stores nothing: no REVOKED to write for other observers.
+        self._revoker = Revoker(app, stores_states=self.reply_to is None)
         self.closed = False
         self._processes: int | None = None
 
@@ -138,6 +144,11 @@ class Session:
         )
         self.watcher.watch(job)
         try:
+            if self.reply_to is not None:
+                options["reply_to"] = self.reply_to
+                if not self._reply_queue_declared:
+                    declare_reply_queue(self.app, self.reply_to)
+                    self._reply_queue_declared = True
             self.app.send_task(
                 task_name,
                 args=send_args,
@@ -157,49 +168,54 @@ class Session:
         return job
 
     def revoke(self, task_ids: str | list[str]) -> None:
-        """Revoke tasks (one broadcast); terminate those already running (prefork pool).
+        """Revoke tasks, terminating those already running (prefork pool).
 
-        Returns at once; a background thread waits for the workers' replies and
-        then writes REVOKED to the backend for tasks not finished: when a prefork
-        worker terminates two running tasks at once it may record only one of
-        them (measured with Celery 5.7), which would leave the other PROGRESS for
-        every other observer. Writing after the replies means the task was
-        already signalled, so its last progress write cannot land after ours.
+        Returns at once; one background thread sends the revokes, batched (see
+        ``_revoker``).
         """
-        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
-        threading.Thread(
-            target=self._revoke_and_record, args=(ids,), name="celerynb-revoke", daemon=True
-        ).start()
+        self._revoker.revoke([task_ids] if isinstance(task_ids, str) else list(task_ids))
 
-    def _revoke_and_record(self, ids: list[str]) -> None:
-        try:
-            self.app.control.revoke(
-                ids, terminate=True, signal="SIGTERM", reply=True, timeout=REVOKE_REPLY_TIMEOUT
-            )
-            backend = self.app.backend
-            for task_id in ids:
-                if backend.get_state(task_id) not in states.READY_STATES:
-                    backend.mark_as_revoked(task_id, reason="revoked by celerynb")
-        except Exception as exc:  # the kernel-side job is cancelled whatever happens here
-            log.warning("celerynb: revoking %d task(s) failed: %s", len(ids), exc)
+    def attach(self, task_id: str, name: str | None = None) -> Job:
+        """Watch a task started anywhere, by id; see ``attach_many``."""
+        return self.attach_many([task_id], [name])[0]
 
-    def attach(self, task_id: str, name: str | None = None, *, sync: bool = True) -> Job:
-        """Watch a task started anywhere, by id. A job of this kernel is returned as is.
+    def attach_many(
+        self,
+        task_ids: list[str],
+        names: list[str | None] | None = None,
+        *,
+        register: bool = True,
+    ) -> list[Job]:
+        """Watch tasks started anywhere, by id. Jobs of this kernel are returned as is.
 
-        With ``sync`` the call returns once the job holds the task's current state
-        (one backend read; bounded by ``SYNC_TIMEOUT``), so a finished task shows
-        as finished at once.
+        Returns once the jobs hold their tasks' current states (one batched read,
+        bounded by ``SYNC_TIMEOUT``), so finished tasks show as finished at once.
+        ``register=False`` keeps new jobs out of ``jobs()`` (parts of a JobGroup).
         """
-        try:
-            return registry.find_exact(task_id)
-        except LookupError:
-            pass
-        job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
-        self.watcher.watch(job)
-        registry.add(job)
-        if sync:
+        jobs: list[Job] = []
+        new = 0
+        for task_id, name in zip(task_ids, names or [None] * len(task_ids)):
+            try:
+                jobs.append(registry.find_exact(task_id))
+                continue
+            except LookupError:
+                pass
+            job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
+            self.watcher.watch(job)
+            if register:
+                registry.add(job)
+            jobs.append(job)
+            new += 1
+        if new:
+            if self.reply_to is not None:
+                log.warning(
+                    "celerynb: with the rpc:// result backend only the process that sent a "
+                    "task receives its states: %d task(s) attached here will show PENDING "
+                    "(use a Redis or database result backend to watch tasks sent elsewhere)",
+                    new,
+                )
             self.watcher.sync(SYNC_TIMEOUT)
-        return job
+        return jobs
 
     def workers(self, timeout: float = INSPECT_TIMEOUT) -> list[WorkerInfo]:
         """The online workers: pool, concurrency, queues, active and reserved tasks."""

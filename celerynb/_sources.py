@@ -2,16 +2,14 @@
 
 ``RedisPushSource`` listens to the messages Celery's Redis backend already
 publishes on each task's key (one connection for all jobs, no polling).
-``PollingSource`` reads any other backend at a bounded rate.
+``RpcReplySource`` (``_rpc``) consumes the session's reply queue of ``rpc://``.
+``PollingSource`` (``_polling``) reads any other backend at a bounded rate.
 Both are used from the watcher thread only, except ``wake()``.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 Update = tuple[str, dict[str, Any]]  # (task_id, decoded meta)
@@ -35,6 +33,8 @@ class StateSource(Protocol):
 
 class RedisPushSource:
     """Subscribes to the task keys' channels; MGET after SUBSCRIBE catches up."""
+
+    sees_every_update = True
 
     def __init__(self, app: Any) -> None:
         self._app = app
@@ -125,52 +125,17 @@ class RedisPushSource:
         return task_id, self._backend.decode_result(message["data"])
 
 
-class PollingSource:
-    """Reads every watched task's state, at most once per ``interval`` seconds."""
-
-    def __init__(self, app: Any, interval: float = 0.5) -> None:
-        self._app = app
-        self._interval = interval
-        self._ids: dict[str, None] = {}
-        self._last_round = float("-inf")
-        self._woken = threading.Event()
-
-    def watch(self, task_ids: list[str]) -> list[Update]:
-        self._ids.update(dict.fromkeys(task_ids))
-        return self._read(task_ids)
-
-    def unwatch(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            self._ids.pop(task_id, None)
-
-    def poll(self, timeout: float) -> list[Update]:
-        wait = self._last_round + self._interval - time.monotonic()
-        if wait > 0:
-            self._woken.wait(min(wait, timeout))
-            self._woken.clear()
-            if self._last_round + self._interval > time.monotonic():
-                return []
-        self._last_round = time.monotonic()
-        return self._read(list(self._ids))
-
-    def resync(self) -> list[Update]:
-        return self._read(list(self._ids))
-
-    def wake(self) -> None:
-        self._woken.set()
-
-    def close(self) -> None:
-        self._ids.clear()
-
-    def _read(self, task_ids: Iterable[str]) -> list[Update]:
-        backend = self._app.backend
-        return [(task_id, backend.get_task_meta(task_id)) for task_id in task_ids]
-
-
-def source_for(app: Any) -> RedisPushSource | PollingSource:
-    """Push where the backend publishes states (Redis), polling elsewhere."""
+def source_for(app: Any, reply_to: str | None = None) -> StateSource:
+    """Push where the backend publishes states (Redis), the session's reply queue
+    for ``rpc://``, polling elsewhere."""
     from celery.backends.redis import RedisBackend
 
+    if reply_to is not None:
+        from ._rpc import RpcReplySource
+
+        return RpcReplySource(app, reply_to)
     if isinstance(app.backend, RedisBackend):
         return RedisPushSource(app)
+    from ._polling import PollingSource
+
     return PollingSource(app)

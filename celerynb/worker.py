@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 
-from ._config import BACKEND_ENV, BROKER_ENV, SHIPPED_TASK_NAME
+from ._config import BACKEND_ENV, BROKER_ENV, SHIPPED_TASK_NAME, default_backend
 from ._runner import run_shipped
 
 # Settings celerynb relies on; users' apps get them through ``register``.
@@ -52,10 +52,11 @@ def _broker_from_env() -> str:
 
 
 def _backend_from_env(broker: str) -> str | None:
-    backend = os.environ.get(BACKEND_ENV) or os.environ.get("CELERY_RESULT_BACKEND")
-    if backend:
-        return backend
-    return broker if broker.startswith(("redis://", "rediss://")) else "rpc://"
+    return (
+        os.environ.get(BACKEND_ENV)
+        or os.environ.get("CELERY_RESULT_BACKEND")
+        or default_backend(broker)
+    )
 
 
 _broker = _broker_from_env()

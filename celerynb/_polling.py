@@ -1,0 +1,131 @@
+"""Kernel side: task states from backends that do not push (database, memcached, ...).
+
+``PollingSource`` reads every watched task at most once per ``interval`` and in
+batches: one ``SELECT ... WHERE task_id IN (...)`` per ``BATCH`` tasks on a
+database backend, one ``MGET`` on key-value backends, one read per task only
+where a backend offers nothing better.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from celery import states
+from kombu.utils.encoding import ensure_bytes
+
+from ._errors import CelerynbError
+from ._sources import Update
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # task ids per query
+
+
+class UndecodableResultError(CelerynbError):
+    """A result backend entry could not be decoded with the configured serializer."""
+
+
+class PollingSource:
+    """Reads every watched task's state, at most once per ``interval`` seconds."""
+
+    sees_every_update = False
+
+    def __init__(self, app: Any, interval: float = 0.5) -> None:
+        self._app = app
+        self._interval = interval
+        self._ids: dict[str, None] = {}
+        self._last_round = float("-inf")
+        self._woken = threading.Event()
+
+    def watch(self, task_ids: list[str]) -> list[Update]:
+        self._ids.update(dict.fromkeys(task_ids))
+        return self._read(task_ids)
+
+    def unwatch(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self._ids.pop(task_id, None)
+
+    def poll(self, timeout: float) -> list[Update]:
+        wait = self._last_round + self._interval - time.monotonic()
+        if wait > 0:
+            self._woken.wait(min(wait, timeout))
+            self._woken.clear()
+            if self._last_round + self._interval > time.monotonic():
+                return []
+        self._last_round = time.monotonic()
+        return self._read(list(self._ids))
+
+    def resync(self) -> list[Update]:
+        return self._read(list(self._ids))
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def close(self) -> None:
+        self._ids.clear()
+
+    def _read(self, task_ids: list[str]) -> list[Update]:
+        backend = self._app.backend
+        updates: list[Update] = []
+        for start in range(0, len(task_ids), BATCH):
+            updates.extend(read_states(backend, task_ids[start : start + BATCH]))
+        return updates
+
+
+def read_states(backend: Any, task_ids: list[str]) -> Iterator[Update]:
+    """The stored states of ``task_ids`` (tasks with nothing stored are left out)."""
+    from celery.backends.base import KeyValueStoreBackend
+    from celery.backends.database import DatabaseBackend
+
+    if isinstance(backend, DatabaseBackend):
+        yield from _read_database(backend, task_ids)
+    elif isinstance(backend, KeyValueStoreBackend):
+        keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+        for task_id, raw in zip(task_ids, backend.mget(keys)):
+            if raw is not None:
+                yield (
+                    task_id,
+                    _decoded(backend, task_id, lambda raw=raw: backend.decode_result(raw)),
+                )
+    else:
+        for task_id in task_ids:
+            yield task_id, backend.get_task_meta(task_id)
+
+
+def _read_database(backend: Any, task_ids: list[str]) -> Iterator[Update]:
+    from celery.backends.database import session_cleanup
+
+    table = backend.task_cls
+    session = backend.ResultSession()
+    with session_cleanup(session):
+        rows = [row.to_dict() for row in session.query(table).filter(table.task_id.in_(task_ids))]
+    for row in rows:
+        yield (
+            row["task_id"],
+            _decoded(backend, row["task_id"], lambda row=row: _row_meta(backend, row)),
+        )
+
+
+def _row_meta(backend: Any, row: dict[str, Any]) -> dict[str, Any]:
+    # Only the configured serializer: never Celery's fallback that unpickles
+    # legacy-looking rows (anyone who can write the table could run code here).
+    raw = row["result"]
+    row["result"] = None if raw is None else backend.decode(ensure_bytes(raw))
+    row["children"] = None
+    return backend.meta_from_decoded(row)
+
+
+def _decoded(backend: Any, task_id: str, decode: Any) -> dict[str, Any]:
+    try:
+        return decode()
+    except Exception as exc:
+        log.warning("celerynb: cannot decode the stored state of task %s: %s", task_id, exc)
+        error = UndecodableResultError(
+            f"the result backend holds an entry for task {task_id} that cannot be decoded "
+            f"with the configured serializer ({type(exc).__name__}); refused"
+        )
+        return {"status": states.FAILURE, "result": error, "traceback": None}

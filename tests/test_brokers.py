@@ -1,0 +1,147 @@
+"""The brokers and result backends of the seed, on this machine's real servers:
+RabbitMQ with ``rpc://``, and the database backend on SQLite and PostgreSQL.
+Progress, results, failures, cancel and map work on each."""
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+
+import pytest
+from conftest import wait_for
+from services import private_amqp_queue, private_postgres_database, require_rabbitmq
+
+import celerynb
+import celerynb._session as session_module
+
+
+def steps(n, pause):
+    from celerynb import tqdm
+
+    for _ in tqdm(range(n), desc="steps"):
+        time.sleep(pause)
+    return n
+
+
+def fails(value):
+    raise ValueError(f"bad value {value}")  # the failing line
+
+
+def square(x):
+    return x * x
+
+
+@pytest.fixture(scope="module", params=["rpc", "sqlite", "postgres"])
+def backend_session(request, cluster, tmp_path_factory):
+    """A LocalCluster's workers on the named broker/backend, and a session to it."""
+    kind = request.param
+    with ExitStack() as stack:
+        if kind == "rpc":
+            broker, backend = require_rabbitmq(), "rpc://"
+            queue = stack.enter_context(private_amqp_queue())
+        else:  # the suite's Redis as the broker, a queue of this module's own
+            broker, queue = cluster.broker_url, f"celerynb-{kind}-{cluster.port}"
+            if kind == "sqlite":
+                backend = f"db+sqlite:///{tmp_path_factory.mktemp('sqlite')}/results.sqlite3"
+            else:
+                backend = stack.enter_context(private_postgres_database())
+        local = stack.enter_context(
+            celerynb.LocalCluster(workers=2, broker=broker, backend=backend, queues=[queue])
+        )
+        previous = session_module._current
+        session = celerynb.connect(local)
+        session_module._current = previous
+        stack.callback(session.close)
+        yield kind, session, local
+
+
+@pytest.fixture
+def current(backend_session, monkeypatch):
+    kind, session, local = backend_session
+    monkeypatch.setattr(session_module, "_current", session)
+    return kind, session, local
+
+
+def test_progress_results_and_failures(current):
+    kind, session, _ = current
+    job = session.submit(steps, (10, 0.1))
+    seen = []
+    job.add_listener(lambda j: seen.append((j.state, j.progress.n)))
+    assert job.result(timeout=60) == 10
+    assert any(state == "PROGRESS" and 0 < n < 10 for state, n in seen), (kind, seen)
+    assert job.state == "SUCCESS" and job.progress.n == 10
+
+    failing = session.submit(fails, (7,))
+    with pytest.raises(ValueError, match="bad value 7"):
+        failing.result(timeout=60)
+    assert "the failing line" in failing.remote_traceback
+
+
+def test_cancel_stops_the_task_on_the_worker(current):
+    kind, session, local = current
+    job = session.submit(steps, (600, 0.05))
+    assert wait_for(lambda: job.state == "PROGRESS", timeout=60), job.state
+    assert job.cancel() and job.cancelled()
+
+    def still_running():
+        active = session.app.control.inspect(destination=[local.worker_name], timeout=1).active()
+        return any(task["id"] == job.id for tasks in (active or {}).values() for task in tasks)
+
+    assert wait_for(lambda: not still_running(), timeout=30), f"{kind}: the task still runs"
+    if kind != "rpc":  # a stored backend tells every other observer too
+        backend = session.app.backend
+        assert wait_for(lambda: backend.get_state(job.id) == "REVOKED", timeout=30)
+
+
+def test_map_returns_ordered_results(current):
+    mapped = celerynb.map(square, range(200), chunksize=25)
+    assert mapped.results(timeout=60) == [x * x for x in range(200)]
+    assert mapped.progress.n == 200
+
+
+def test_attach_with_rpc_warns_in_one_line(current, caplog):
+    kind, session, _ = current
+    if kind != "rpc":
+        pytest.skip("rpc:// only")
+    other = celerynb.connect(session.app.conf.broker_url, backend="rpc://", check=False)
+    try:
+        elsewhere = other.app.send_task(
+            "celery.accumulate", args=(1,), queue=session.app.conf.task_default_queue
+        )
+        with caplog.at_level(logging.WARNING, logger="celerynb"):
+            job = session.attach(elsewhere.id)
+        lines = [r.getMessage() for r in caplog.records if "rpc://" in r.getMessage()]
+        assert len(lines) == 1 and "\n" not in lines[0], lines
+        assert "only the process that sent a task receives its states" in lines[0]
+        assert job.state == "PENDING" and not job.done()
+    finally:
+        other.close()
+
+
+def test_database_backend_is_polled_in_batches_at_a_bounded_rate(current):
+    kind, session, _ = current
+    if kind == "rpc":
+        pytest.skip("database backends only")
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if threading.current_thread().name == "celerynb-watcher" and "celery_taskmeta" in statement:
+            statements.append((time.monotonic(), statement))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    jobs = []
+    try:
+        jobs += [session.submit(steps, (200, 0.05)) for _ in range(40)]
+        submitted = len(statements)
+        assert wait_for(lambda: len(statements) >= submitted + 5, timeout=30)
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+        for job in jobs:
+            job.cancel()
+    rounds = statements[-3:]  # polling rounds, past the catch-up reads of new jobs
+    assert all(" IN " in statement.upper() for _, statement in rounds), rounds[-1][1]
+    gaps = [b[0] - a[0] for a, b in zip(rounds, rounds[1:])]
+    assert min(gaps) >= 0.45, gaps  # one query per round for 40 tasks, two rounds a second
