@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from _report import percentile, print_table
 from celery import Celery
 
 import celerynb
@@ -90,17 +91,6 @@ def noop() -> None:
 
 
 # -- measurements ---------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0-100), interpolated between closest ranks."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def loop_overhead(n: int) -> tuple[float, float]:
     """Median in-task seconds of the celerynb.tqdm loop and the plain tqdm loop."""
     ours: list[float] = []
@@ -169,19 +159,6 @@ def round_trips(raw_app: Celery, calls: int) -> dict[str, list[float]]:
 HEADER = ("measurement", "celerynb", "baseline", "ratio", "goal", "met?")
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return "  ".join(cells)
-
-    print(line(HEADER))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
-
-
 def compared(label: str, ours: float, base: float, unit: str, limit: float) -> tuple[str, ...]:
     ratio = ours / base
     fmt = "{:.3f} s" if unit == "s" else "{:.2f} ms"
@@ -242,7 +219,7 @@ def main() -> None:
         f"celerynb {celerynb.__version__}, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, {'--quick' if args.quick else 'full run'}"
     )
-    print_table(rows)
+    print_table(HEADER, rows)
     print()
     print(
         f"progress: {len(delays_ms)} of {PROGRESS_REPORTS} updates timed, "

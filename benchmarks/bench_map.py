@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _report import percentile, print_table
 from celery import Celery
 
 import celerynb
@@ -230,17 +231,6 @@ def ipyparallel_run(view: Any, items: int) -> float:
 
 
 # -- watching 1,000 jobs ----------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0-100), interpolated between closest ranks."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def watcher_cpu() -> float:
     """CPU seconds (user + system) used so far by the ``celerynb-watcher`` thread."""
     import psutil
@@ -404,19 +394,6 @@ def run_ipyparallel(items: int, runs: int, warmup: int, directory: Path) -> Resu
 
 # -- report -----------------------------------------------------------------------
 HEADER = ("contender", "items/run", "runs", "median items/s", "best items/s", "celerynb/that")
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return "  ".join(cells).rstrip()
-
-    print(line(header))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print(line(row))
 
 
 def throughput_row(result: Result, ours: float | None) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """The magics in a real kernel, against real Redis and real workers."""
 
+import json
 import re
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def app_connection(kernel):
 
 def test_existing_app_and_its_registered_tasks(kernel, project_worker, app_connection):
     cell = app_connection
-    assert re.match(r"celerynb: connected to app 'myproject' \(2 tasks\) at redis://", cell.stdout)
+    assert re.match(r"celerynb: connected to app 'myproject' \(3 tasks\) at redis://", cell.stdout)
     # A registered task found by its short name, another through its module.
     kernel.ok("fact = %celery_submit -o factorial calculate_factorial(5)")
     kernel.ok("from myproject import tasks; x = [1, 2, 3]")
@@ -117,6 +118,40 @@ def test_existing_app_and_its_registered_tasks(kernel, project_worker, app_conne
     assert cell.stdout == "120 12 120 myproject.tasks.calculate_factorial\n"
     kernel.ok("nb = %celery_submit where()")  # notebook code runs on the app's own workers
     assert kernel.ok("print(nb.result(timeout=30))").stdout.strip() == project_worker
+
+
+SEED = """
+from myproject.tasks import calculate_factorial, crunch, recorded
+result = calculate_factorial.delay(5)          # the seed's example, as written
+deadline = time.monotonic() + 30
+while result.state != 'SUCCESS' and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(result.state == 'SUCCESS', result.get(timeout=30), celerynb.attach(result).result(timeout=10))
+
+seen = {"recorded": [], "crunch": []}
+recorder_style = celerynb.attach(recorded.delay(20, 0.05))
+recorder_style.add_listener(lambda job: seen["recorded"].append(job.progress.n))
+tqdm_style = celerynb.attach(crunch.delay(list(range(20)), 1, 0.05))
+tqdm_style.add_listener(lambda job: seen["crunch"].append(job.progress.n))
+recorder_style
+"""
+
+
+def test_seed_example_and_both_progress_styles_of_an_app_show_live(
+    kernel, project_worker, app_connection
+):
+    cell = kernel.ok(SEED, timeout=60)
+    assert cell.stdout == "True 120 120\n"
+    assert len(cell.widgets) == 1
+    final = kernel.final_text("recorded: SUCCESS", timeout=30)
+    assert "20/20" in final, final
+    cell = kernel.ok(
+        "import json; print(json.dumps([tqdm_style.result(timeout=30), seen]))", timeout=60
+    )
+    total, seen = json.loads(cell.stdout)
+    assert total == 190
+    for style, steps in seen.items():  # live: steps seen on the way, then the end
+        assert any(0 < n < 20 for n in steps) and steps[-1] == 20, (style, steps)
 
 
 def test_cell_magic_ships_inputs_and_returns_outputs_and_stdout(kernel):

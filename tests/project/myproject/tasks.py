@@ -21,3 +21,21 @@ def crunch(values, scale=1, pause=0.0):
         time.sleep(pause)
         total += value * scale
     return total
+
+
+@app.task(bind=True)
+def recorded(self, n, pause=0.0):
+    """Reports as celery-progress's ``ProgressRecorder.set_progress`` does."""
+    for i in range(n):
+        time.sleep(pause)
+        self.update_state(
+            state="PROGRESS",
+            meta={
+                "pending": False,
+                "current": i + 1,
+                "total": n,
+                "percent": round((i + 1) / n * 100, 2),
+                "description": "recorded",
+            },
+        )
+    return n
