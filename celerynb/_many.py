@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -16,6 +17,8 @@ from ._job import Job
 from ._registry import registry
 from ._session import Session, _display_name, current_session
 from ._store import store
+
+log = logging.getLogger(__name__)
 
 CHUNKS_PER_PROCESS = 4  # enough chunks to balance uneven items, few enough to be cheap
 DEFAULT_PROCESSES = 4  # when the workers' concurrency is not known yet
@@ -112,6 +115,12 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
 
 def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
     """Watch again the jobs this notebook submitted from earlier kernels (see ``_store``)."""
+    if session.reply_to is not None:
+        log.warning(
+            "celerynb: with the rpc:// result backend nothing is stored: jobs of earlier "
+            "kernels cannot be re-attached (use a Redis or database result backend for that)"
+        )
+        return []
     previous = store.previous(session.backend_key)
     again: dict[str, Job | JobGroup] = {}
     records = []

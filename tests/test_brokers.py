@@ -145,3 +145,16 @@ def test_database_backend_is_polled_in_batches_at_a_bounded_rate(current):
     assert all(" IN " in statement.upper() for _, statement in rounds), rounds[-1][1]
     gaps = [b[0] - a[0] for a, b in zip(rounds, rounds[1:])]
     assert min(gaps) >= 0.45, gaps  # one query per round for 40 tasks, two rounds a second
+
+
+def test_rpc_jobs_of_earlier_kernels_are_not_reattached_and_say_why(current, caplog, monkeypatch):
+    kind, session, _ = current
+    if kind != "rpc":
+        pytest.skip("rpc:// only")
+    from celerynb import _store
+
+    _store.store.record(_store.JobRecord("earlier-job", "f", "f()", False), session.backend_key)
+    monkeypatch.setattr(_store, "RUN_ID", "a later kernel")
+    with caplog.at_level(logging.WARNING, logger="celerynb"):
+        assert celerynb.jobs(previous=True) == []
+    assert any("cannot be re-attached" in r.getMessage() for r in caplog.records)
