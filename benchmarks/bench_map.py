@@ -27,7 +27,8 @@ the rest queued). With 0 and then 1,000 jobs watched, over a 3 s idle window: CP
 time of the ``celerynb-watcher`` thread, and how late ``time.sleep(0.01)`` returns in
 the main thread (p50/p99). Then the gate opens: time until all 1,000 are done and
 watcher CPU during that burst. Also the Redis connections this process holds in
-pub/sub mode. Goal: exactly one for 1,000 jobs.
+pub/sub mode. Goal: exactly one carries the 1,000 jobs' channels (another listens
+to worker heartbeats, whatever the number of jobs).
 
 Needs the contenders: ``pip install -e '.[bench]'`` (rows say so when one is missing).
 Run from the repository root:
@@ -547,10 +548,13 @@ def print_watching(watching: Watching) -> None:
         f"({100 * watching.burst_cpu / watching.finish_seconds:.1f}% core)"
     )
     subscribed = watching.idle[-1].subscribed
+    carrying = [channels for channels in subscribed if channels >= WATCHED_JOBS]
     print(
-        f"pub/sub connections with {WATCHED_JOBS:,} jobs watched: {len(subscribed)} "
-        f"({'as expected' if len(subscribed) == 1 else 'expected 1'}); "
-        f"after they finished: {len(watching.after)} ({', '.join(map(str, watching.after))} ch)"
+        f"pub/sub connections with {WATCHED_JOBS:,} jobs watched: {len(subscribed)}, "
+        f"{len(carrying)} carrying the jobs' channels "
+        f"({'as expected' if len(carrying) == 1 else 'expected 1'}; another listens to worker "
+        f"heartbeats); after they finished: {len(watching.after)} "
+        f"({', '.join(map(str, watching.after))} ch)"
     )
 
 

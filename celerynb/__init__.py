@@ -20,6 +20,7 @@ from ._errors import (
 )
 from ._group import ItemCounts, JobGroup
 from ._job import Job
+from ._liveness import LOST, WorkerLostError
 from ._many import as_completed, attach, map, wait
 from ._registry import UnknownJobError
 from ._reporting import report, tqdm
@@ -56,6 +57,7 @@ __all__ = [
     "Job",
     "JobGroup",
     "JobTable",
+    "LOST",
     "LocalCluster",
     "NotConnectedError",
     "PayloadRefusedError",
@@ -67,6 +69,7 @@ __all__ = [
     "UnknownJobError",
     "UntrustedResultError",
     "WorkerInfo",
+    "WorkerLostError",
     "WorkerTable",
     "apply_async",
     "as_completed",

@@ -19,6 +19,7 @@ from celery import states
 
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text
+from ._liveness import LOST
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
@@ -33,8 +34,14 @@ _BADGE_COLOURS = {
     states.SUCCESS: "#198754",
     states.FAILURE: "#dc3545",
     states.REVOKED: "#fd7e14",
+    LOST: "#dc3545",
 }
-_BAR_STYLES = {states.SUCCESS: "success", states.FAILURE: "danger", states.REVOKED: "warning"}
+_BAR_STYLES = {
+    states.SUCCESS: "success",
+    states.FAILURE: "danger",
+    states.REVOKED: "warning",
+    LOST: "danger",
+}
 
 
 def pick_batch(dirty: set[Any], last_drawn: dict[Any, float], budget: int) -> list[Any]:

@@ -12,6 +12,7 @@ from celery import states
 
 from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
 from ._future import WatchedFuture
+from ._liveness import LOST, WorkerLostError
 from ._schema import PROGRESS, ProgressSnapshot, parse_meta
 from ._signing import is_envelope, open_envelope
 from ._store import JobRecord
@@ -140,6 +141,20 @@ class Job(WatchedFuture):
 
     def _record(self) -> JobRecord:
         return JobRecord(self.id, self.name, self.call_repr, self._shipped)
+
+    def _lose(self, hostname: str, silent_for: float) -> None:
+        """Finish as LOST: the worker running this job stopped sending heartbeats."""
+        with self._lock:
+            if self.done():
+                return
+            self._snapshot = self._snapshot.with_state(LOST)
+        self._abandon(
+            WorkerLostError(
+                f"worker {hostname} stopped sending heartbeats {silent_for:.0f}s ago while "
+                f"running task {self.id}: it was killed or cut off, so the task will not "
+                "finish there (an app with acks_late may re-queue it)"
+            )
+        )
 
     def _abandon(self, error: BaseException) -> None:
         """Finish with ``error``: nothing will report on this job any more."""

@@ -7,6 +7,7 @@ outside a task it is plain ``tqdm.auto.tqdm``. Writes are throttled per task.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -22,6 +23,9 @@ from ._schema import PROGRESS, bar_meta, task_meta
 DEFAULT_MAX_WRITES_PER_SECOND = 10.0
 
 
+log = logging.getLogger(__name__)
+
+
 class TaskProgress:
     """The bars of one running task and the throttled writes of their state."""
 
@@ -35,6 +39,7 @@ class TaskProgress:
         self._last_write = float("-inf")
         self._pending = False
         self._lock = threading.Lock()
+        self.write_failed = False
 
     def update_bar(self, key: int, meta: dict[str, Any], *, force: bool = False) -> None:
         """Record one bar's state; write if the throttle allows or ``force``."""
@@ -55,7 +60,18 @@ class TaskProgress:
 
     def _write(self, bars: list[dict[str, Any]]) -> None:
         meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
-        self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
+        try:
+            self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
+        except Exception as exc:  # progress is best effort: never fail the task for it
+            with self._lock:
+                self._pending = True  # the next update writes again
+            if not self.write_failed:
+                log.warning(
+                    "celerynb: could not write the progress of task %s: %s", self.task_id, exc
+                )
+            self.write_failed = True
+            return
+        self.write_failed = False
         self.writes += 1
 
 

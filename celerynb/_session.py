@@ -16,6 +16,7 @@ from kombu.utils.json import dumps as json_dumps
 from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
 from ._errors import CelerynbError, NotConnectedError, SerializationError
 from ._job import Job
+from ._liveness import WorkerMonitor
 from ._registry import registry
 from ._revoker import Revoker
 from ._rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
@@ -60,7 +61,7 @@ class Session:
         # rpc:// sends states to the sender's reply queue: one queue for this session.
         self.reply_to = new_reply_queue_name() if is_rpc_backend(app) else None
         self._reply_queue_declared = False
-        self.watcher = Watcher(source_for(app, self.reply_to))
+        self.watcher = Watcher(source_for(app, self.reply_to), monitor=WorkerMonitor(app))
         # rpc:// stores nothing: no REVOKED to write for other observers.
         self._revoker = Revoker(app, stores_states=self.reply_to is None)
         self.closed = False

@@ -25,6 +25,9 @@ class StateSource(Protocol):
     def poll(self, timeout: float) -> list[Update]:
         """Wait up to ``timeout`` seconds for updates; return them (maybe none)."""
 
+    def resync(self) -> list[Update]:
+        """After a lost connection: connect again and return every current state."""
+
     def wake(self) -> None:
         """Make a pending ``poll`` return soon. Safe from any thread."""
 

@@ -13,17 +13,32 @@ import threading
 import time
 from typing import Any, Protocol
 
+from celery import states
+
+from ._liveness import WorkerMonitor
+from ._schema import PROGRESS
 from ._sources import StateSource, Update
 
 log = logging.getLogger(__name__)
 
 FULL_CHECK_SECONDS = 1.0
+FIRST_BACKOFF = 0.25  # seconds before the first reconnection attempt; doubles up to MAX
+MAX_BACKOFF = 5.0
+RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
 
 
 class Watched(Protocol):
     id: str
 
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def progress(self) -> Any: ...
+
     def done(self) -> bool: ...
+
+    def _lose(self, hostname: str, silent_for: float) -> None: ...
 
     def _apply_meta(self, meta: dict[str, Any]) -> None: ...
 
@@ -31,8 +46,11 @@ class Watched(Protocol):
 class Watcher:
     """Serves all jobs of a connection from one thread and one source."""
 
-    def __init__(self, source: StateSource, poll_timeout: float = 0.5) -> None:
+    def __init__(
+        self, source: StateSource, poll_timeout: float = 0.5, monitor: WorkerMonitor | None = None
+    ) -> None:
         self._source = source
+        self._monitor = monitor
         self._poll_timeout = poll_timeout
         self._jobs: dict[str, Watched] = {}
         # Jobs to follow, and Events set once the jobs queued before them are caught up.
@@ -83,6 +101,8 @@ class Watcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._monitor is not None:
+            self._monitor.stop(timeout)
         try:
             self._source.wake()
         except Exception:
@@ -91,6 +111,8 @@ class Watcher:
             self._thread.join(timeout)
 
     def _ensure_running(self) -> None:
+        if self._monitor is not None:
+            self._monitor.start()
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
@@ -100,22 +122,36 @@ class Watcher:
                 self._thread.start()
 
     def _run(self) -> None:
-        backoff = 0.25
+        backoff = FIRST_BACKOFF
+        lost_since: float | None = None  # an outage is reported once, in one line
         while not self._stop.is_set():
             try:
+                if lost_since is not None:
+                    self._dispatch(self._source.resync())  # subscribe again, catch up
+                    log.info(
+                        "celerynb: reconnected after %.1fs; watching %d job(s) again",
+                        time.monotonic() - lost_since,
+                        len(self._jobs),
+                    )
+                    lost_since = None
                 self._step()
-                backoff = 0.25
+                backoff = FIRST_BACKOFF
                 self.status = "watching"
             except Exception as exc:
                 self.status = f"reconnecting: {type(exc).__name__}: {exc}"
-                log.warning("celerynb watcher: %s; retrying in %.1fs", exc, backoff)
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    log.warning(
+                        "celerynb: lost the connection to the result backend (%s: %s); "
+                        "reconnecting in the background, the bars resume when it is back",
+                        type(exc).__name__,
+                        exc,
+                    )
+                else:
+                    log.debug("celerynb watcher: still reconnecting: %s", exc)
                 if self._stop.wait(backoff):
                     break
-                backoff = min(backoff * 2, 5.0)
-                try:
-                    self._dispatch(self._source.resync())
-                except Exception as again:
-                    log.debug("celerynb watcher: resync failed: %s", again)
+                backoff = min(backoff * 2, MAX_BACKOFF)
         try:
             self._source.close()
         except Exception:
@@ -147,12 +183,22 @@ class Watcher:
         now = time.monotonic()
         if now >= self._next_full_check:
             self._next_full_check = now + FULL_CHECK_SECONDS
+            self._lose_jobs_of_silent_workers()
             finished |= {task_id for task_id, job in self._jobs.items() if job.done()}
         if finished:
             self._source.unwatch(list(finished))
             for task_id in finished:
                 self._jobs.pop(task_id, None)
             self._finished_by_updates = set()
+
+    def _lose_jobs_of_silent_workers(self) -> None:
+        monitor = self._monitor
+        if monitor is None:
+            return
+        for job in self._jobs.values():
+            hostname = job.progress.hostname
+            if hostname and job.state in RUNNING_STATES and monitor.is_lost(hostname):
+                job._lose(hostname, monitor.silent_for(hostname) or 0.0)
 
     def _dispatch(self, updates: list[Update]) -> None:
         for task_id, meta in updates:

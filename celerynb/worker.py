@@ -30,6 +30,10 @@ WORKER_DEFAULTS: dict[str, Any] = {
     # Never copy args (the pickled payload) into every state write.
     "result_extended": False,
     "broker_connection_retry_on_startup": True,
+    # A result backend restarting (e.g. Redis) must not lose results: retry storing
+    # them, with backoff, a bounded number of times (~2 min), instead of failing.
+    "result_backend_always_retry": True,
+    "result_backend_max_retries": 15,
 }
 
 
