@@ -9,7 +9,7 @@ Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job
 from ._cell import CellResult
 from ._cluster import LocalCluster, RedisServerNotFoundError
 from ._commands import cancel, jobs, submit_cell, workers
-from ._connect import connect
+from ._connect import ConnectionSettingsError, connect
 from ._errors import (
     CelerynbError,
     NotConnectedError,
@@ -20,7 +20,7 @@ from ._errors import (
 )
 from ._group import ItemCounts, JobGroup
 from ._job import Job
-from ._liveness import LOST, WorkerLostError
+from ._liveness import LOST, UNKNOWN, WorkerLostError
 from ._many import as_completed, attach, map, wait
 from ._registry import UnknownJobError
 from ._reporting import report, tqdm
@@ -29,6 +29,7 @@ from ._session import (
     BrokerUnreachableError,
     ConnectionClosedError,
     Session,
+    UnknownTaskError,
     apply_async,
     current_session,
     submit,
@@ -53,6 +54,7 @@ __all__ = [
     "CelerynbError",
     "CellResult",
     "ConnectionClosedError",
+    "ConnectionSettingsError",
     "ItemCounts",
     "Job",
     "JobGroup",
@@ -65,8 +67,10 @@ __all__ = [
     "RedisServerNotFoundError",
     "RemoteError",
     "SerializationError",
+    "UNKNOWN",
     "Session",
     "UnknownJobError",
+    "UnknownTaskError",
     "UntrustedResultError",
     "WorkerInfo",
     "WorkerLostError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
@@ -36,10 +37,14 @@ def default_backend(broker: str) -> str:
 
 
 def mask_url(url: str | None) -> str:
-    """``url`` with its password replaced by ``**``, safe to print."""
+    """``url`` with its password replaced by ``**``, safe to print (even when malformed)."""
     if not url:
         return str(url)
-    return maybe_sanitize_url(url, mask="**")
+    url = url.rsplit("QuietRedisBackend+", 1)[-1].rsplit("QuietSentinelBackend+", 1)[-1]
+    try:
+        return maybe_sanitize_url(url, mask="**")
+    except Exception:  # kombu cannot parse it: hide whatever sits between ':' and '@'
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1**@", url)
 
 
 def mask_password(text: str, url: str | None) -> str:

@@ -9,11 +9,16 @@ from typing import Any
 from celery import Celery
 
 from ._backend import quiet_backend_url
-from ._config import BACKEND_ENV, BROKER_ENV, default_backend
-from ._errors import NotConnectedError
+from ._config import BACKEND_ENV, BROKER_ENV, default_backend, mask_password, mask_url
+from ._errors import CelerynbError, NotConnectedError, one_line
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
-CONFIG_MODULE = "celeryconfig"  # Celery's conventional configuration module
+CONFIG_MODULE = "celeryconfig"
+STALLED_SOCKET_TIMEOUT = 5.0  # Celery's conventional configuration module
+
+
+class ConnectionSettingsError(CelerynbError, ValueError):
+    """A broker or result backend URL (or setting) that Celery cannot use."""
 
 
 def connect(
@@ -47,6 +52,8 @@ def connect(
             main=target.main,
         )
     elif isinstance(target, str):
+        if not target.strip():
+            raise ConnectionSettingsError("connect() got an empty broker URL")
         app = _client_app(target, backend or default_backend(target), {})
     elif hasattr(target, "broker_url") and hasattr(target, "secret"):
         owner = target
@@ -60,7 +67,16 @@ def connect(
             "connect() takes a LocalCluster, a broker URL or a Celery app, "
             f"not {type(target).__name__}"
         )
-    session = Session(app, secret=key, owner=owner, user_app=user_app)
+    try:
+        session = Session(app, secret=key, owner=owner, user_app=user_app)
+    except Exception as exc:  # Celery builds the result backend here and can refuse it
+        backend_url = str(app.conf.result_backend)
+        raise ConnectionSettingsError(
+            one_line(
+                f"cannot use the result backend {mask_url(backend_url)}: "
+                f"{type(exc).__name__}: {mask_password(str(exc), backend_url)}"
+            )
+        ) from None
     if check:
         session.check_broker()
     if owner is not None and hasattr(owner, "on_close"):
@@ -101,6 +117,9 @@ def _client_app(
     app.conf.setdefault("result_backend_always_retry", False)
     transport_options = dict(app.conf.broker_transport_options or {})
     transport_options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT)
+    # A stalled server (e.g. rediss:// against a plain Redis: the TLS handshake waits
+    # forever) must fail, not hang; the transport's own waits are shorter than this.
+    transport_options.setdefault("socket_timeout", STALLED_SOCKET_TIMEOUT)
     app.conf.broker_transport_options = transport_options
     app.conf.task_serializer = conf.get("task_serializer", "json")
     return app

@@ -19,7 +19,7 @@ from celery import states
 
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text
-from ._liveness import LOST
+from ._liveness import LOST, UNKNOWN, UNKNOWN_NOTE
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
@@ -35,6 +35,7 @@ _BADGE_COLOURS = {
     states.FAILURE: "#dc3545",
     states.REVOKED: "#fd7e14",
     LOST: "#dc3545",
+    UNKNOWN: "#fd7e14",
 }
 _BAR_STYLES = {
     states.SUCCESS: "success",
@@ -178,6 +179,8 @@ class WidgetRenderer:
     def _details_html(self) -> str:
         job = self.job
         parts = []
+        if job.state == UNKNOWN:
+            parts.append(f"<i class='celerynb-note'>{html.escape(UNKNOWN_NOTE)}</i>")
         if len(job.progress.bars) > 1:
             lines = "\n".join(bar_line(b, 70) for b in job.progress.bars[1:])
             parts.append(f"<pre class='celerynb-bars'>{html.escape(lines)}</pre>")

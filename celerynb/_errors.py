@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space: error
+    messages built from user input (a URL) or a library's text stay one line."""
+    return " ".join(text.split())
+
+
 class CelerynbError(Exception):
     """Base class of every error celerynb raises on purpose."""
 

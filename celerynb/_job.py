@@ -12,7 +12,7 @@ from celery import states
 
 from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
 from ._future import WatchedFuture
-from ._liveness import LOST, WorkerLostError
+from ._liveness import LOST, UNKNOWN, WorkerLostError
 from ._schema import PROGRESS, ProgressSnapshot, parse_meta
 from ._signing import is_envelope, open_envelope
 from ._store import JobRecord
@@ -52,6 +52,8 @@ class Job(WatchedFuture):
         self._snapshot = ProgressSnapshot()
         self._lock = threading.Lock()
         self._progress_updates = 0
+        self.attached = False  # watched by id (attach), not submitted by this kernel
+        self.asked_workers = False
 
     # -- public state ---------------------------------------------------------
     @property
@@ -141,6 +143,14 @@ class Job(WatchedFuture):
 
     def _record(self) -> JobRecord:
         return JobRecord(self.id, self.name, self.call_repr, self._shipped)
+
+    def _mark_unknown(self) -> None:
+        """Still PENDING, but nobody has the task: show UNKNOWN (a later state wins)."""
+        with self._lock:
+            if self.done() or self._snapshot.state != states.PENDING:
+                return
+            self._snapshot = self._snapshot.with_state(UNKNOWN)
+        self._notify()
 
     def _lose(self, hostname: str, silent_for: float) -> None:
         """Finish as LOST: the worker running this job stopped sending heartbeats."""

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 LOST_AFTER = 6.0  # seconds without a heartbeat: three missed beats of Celery's 2 s
 OFFLINE_GRACE = 2.0  # seconds after a worker-offline event
 LOST = "LOST"  # celerynb's state for a job whose worker is gone
+UNKNOWN = "UNKNOWN"  # an attached task with no stored state that no worker has
+UNKNOWN_AFTER = 5.0  # seconds an attached task may stay PENDING before workers are asked
+UNKNOWN_NOTE = (
+    "no state is stored for this task and no worker has it: a wrong id, a result that "
+    "expired (result_expires), or a task still waiting in a queue"
+)
 
 
 class WorkerLostError(CelerynbError):
@@ -57,6 +63,10 @@ class WorkerMonitor:
             receiver.should_stop = True
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def workers_heard(self) -> list[str]:
+        """Workers heard and not gone offline."""
+        return [h for h in list(self._last_heard) if h not in self._offline]
 
     def heard(self, hostname: str) -> bool:
         """True once a heartbeat (or online event) of ``hostname`` was received."""
@@ -125,3 +135,10 @@ class WorkerMonitor:
         if hostname:
             self._offline.add(hostname)
             self._last_heard.setdefault(hostname, time.monotonic())
+
+
+def unknown_to_workers(app: Any, task_ids: list[str], timeout: float = 1.0) -> set[str]:
+    """The ids of ``task_ids`` that no online worker has (active, reserved or scheduled)."""
+    replies = app.control.inspect(timeout=timeout).query_task(*task_ids) or {}
+    known = {task_id for tasks in replies.values() for task_id in (tasks or {})}
+    return set(task_ids) - known

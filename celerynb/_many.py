@@ -173,7 +173,13 @@ def _task_name(result: AsyncResult) -> str | None:
 def _futures(jobs: Any) -> builtins.list[concurrent.futures.Future]:
     if isinstance(jobs, concurrent.futures.Future):
         return [jobs]
-    return builtins.list(jobs)
+    if not isinstance(jobs, Iterable) or isinstance(jobs, str | bytes):
+        raise TypeError(f"expected Jobs and JobGroups, got {type(jobs).__name__}")
+    futures = builtins.list(jobs)
+    for future in futures:
+        if not isinstance(future, concurrent.futures.Future):
+            raise TypeError(f"expected Jobs and JobGroups, got {type(future).__name__}")
+    return futures
 
 
 def wait(

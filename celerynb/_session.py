@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import reprlib
 import threading
@@ -14,7 +15,7 @@ from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
 from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
-from ._errors import CelerynbError, NotConnectedError, SerializationError
+from ._errors import CelerynbError, NotConnectedError, SerializationError, one_line
 from ._job import Job
 from ._liveness import WorkerMonitor
 from ._registry import registry
@@ -24,7 +25,7 @@ from ._signing import seal
 from ._sources import source_for
 from ._store import backend_key
 from ._watcher import Watcher
-from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers
+from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers, registered_task_names
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,20 @@ log = logging.getLogger(__name__)
 # block far longer: celery issue 4627).
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 4.0
+# One message's serialized call at most (base64 in JSON adds a third on the wire; Redis
+# and RabbitMQ take far more, but the broker, every worker and the result path would
+# carry it): large data belongs in shared storage, passed by reference.
+MAX_MESSAGE_BYTES = 32 * 2**20
+NAME_CHECK_TIMEOUT = 1.0  # seconds to wait for workers to list their tasks
 SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
 
 
 class BrokerUnreachableError(CelerynbError, ConnectionError):
     """The broker did not answer."""
+
+
+class UnknownTaskError(CelerynbError, LookupError):
+    """No online worker registered a task of that name."""
 
 
 class ConnectionClosedError(CelerynbError):
@@ -61,11 +71,12 @@ class Session:
         # rpc:// sends states to the sender's reply queue: one queue for this session.
         self.reply_to = new_reply_queue_name() if is_rpc_backend(app) else None
         self._reply_queue_declared = False
-        self.watcher = Watcher(source_for(app, self.reply_to), monitor=WorkerMonitor(app))
+        self.watcher = Watcher(source_for(app, self.reply_to), monitor=WorkerMonitor(app), app=app)
         # rpc:// stores nothing: no REVOKED to write for other observers.
         self._revoker = Revoker(app, stores_states=self.reply_to is None)
         self.closed = False
         self._processes: int | None = None
+        self._known_task_names: set[str] = set()
 
     @property
     def broker_url(self) -> str:
@@ -92,8 +103,10 @@ class Session:
                 conn.ensure_connection(max_retries=1, timeout=timeout)
         except Exception as exc:
             raise BrokerUnreachableError(
-                f"cannot reach the broker at {self.broker_url}: {type(exc).__name__}: "
-                f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
+                one_line(
+                    f"cannot reach the broker at {self.broker_url}: {type(exc).__name__}: "
+                    f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
+                )
             ) from None
 
     def submit(
@@ -121,6 +134,8 @@ class Session:
             options["queue"] = queue
         if isinstance(fn, str | Task):
             task_name = fn if isinstance(fn, str) else fn.name
+            if isinstance(fn, str):
+                self._check_task_name(task_name)
             _check_json(task_name, args, kwargs)
             send_args, send_kwargs, shipped = list(args), kwargs, False
             if isinstance(fn, Task) and not queue and getattr(fn, "queue", None):
@@ -161,12 +176,34 @@ class Session:
         except Exception as exc:
             job._finish_cancelled()
             raise BrokerUnreachableError(
-                f"could not send {job.call_repr} to the broker at {self.broker_url}: "
-                f"{type(exc).__name__}: {mask_password(str(exc), self.app.conf.broker_write_url)}"
+                one_line(
+                    f"could not send {job.call_repr} to the broker at {self.broker_url}: "
+                    f"{type(exc).__name__}: "
+                    f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
+                )
             ) from None
         if record:
             registry.add(job)
         return job
+
+    def _check_task_name(self, name: str) -> None:
+        """Refuse a task name no online worker registered (sent, it would wait forever:
+        a worker drops a task it does not know). Asks the workers once per new name."""
+        local = (self.app, self.user_app)
+        if name in self._known_task_names or any(a is not None and name in a.tasks for a in local):
+            return
+        heard = self.watcher.workers_heard()
+        registered = registered_task_names(
+            self.app, timeout=NAME_CHECK_TIMEOUT, nodes=heard or None
+        )
+        if registered is None:
+            return  # no worker online to ask: it may start later and know the task
+        self._known_task_names |= registered
+        if name not in registered:
+            candidates = registered.union(*(a.tasks for a in local if a is not None))
+            similar = difflib.get_close_matches(name, sorted(candidates), n=3)
+            hint = f"; did you mean {', '.join(similar)}?" if similar else ""
+            raise UnknownTaskError(f"no online worker has a task named {name!r}{hint}")
 
     def revoke(self, task_ids: str | list[str]) -> None:
         """Revoke tasks, terminating those already running (prefork pool).
@@ -202,6 +239,7 @@ class Session:
             except LookupError:
                 pass
             job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
+            job.attached, job.asked_workers = True, False  # see Watcher: UNKNOWN after a while
             self.watcher.watch(job)
             if register:
                 registry.add(job)
@@ -285,22 +323,39 @@ def apply_async(
 
 
 def _check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    for label, value in [
-        *((f"argument {i + 1}", a) for i, a in enumerate(args)),
-        *((f"argument {k!r}", v) for k, v in kwargs.items()),
-    ]:
+    sizes: dict[str, int] = {}
+    for label, value in _labelled(args, kwargs):
         try:
-            json_dumps(value)
+            sizes[label] = len(json_dumps(value))
         except Exception as exc:
             raise SerializationError(
                 f"{label} of {name} ({type(value).__name__}) cannot be sent as JSON: {exc}; "
                 "registered tasks take JSON arguments"
             ) from None
+    if sum(sizes.values()) > MAX_MESSAGE_BYTES:
+        _refuse_size(name, sum(sizes.values()), sizes)
+
+
+def _labelled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        *((f"argument {i + 1}", a) for i, a in enumerate(args)),
+        *((f"argument {k!r}", v) for k, v in kwargs.items()),
+    ]
+
+
+def _refuse_size(name: str, total: int, sizes: dict[str, int]) -> None:
+    largest = max(sizes, key=sizes.__getitem__) if sizes else "the call"
+    mib = 2**20
+    raise SerializationError(
+        f"the call {name}() takes {total / mib:.1f} MiB once serialized (largest: {largest}, "
+        f"{sizes.get(largest, total) / mib:.1f} MiB), over the {MAX_MESSAGE_BYTES // mib} MiB "
+        "limit for one message: pass large data by reference (a file path, a URL, a key)"
+    )
 
 
 def _pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
-        return cloudpickle.dumps((fn, args, kwargs))
+        payload = cloudpickle.dumps((fn, args, kwargs))
     except Exception as whole:
         parts = [("the function", fn)]
         parts += [(f"argument {i + 1}", a) for i, a in enumerate(args)]
@@ -314,6 +369,11 @@ def _pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> byte
                     f"({type(value).__name__}): {type(exc).__name__}: {exc}"
                 ) from None
         raise SerializationError(f"cannot ship {_display_name(fn)}(): {whole}") from None
+    if len(payload) > MAX_MESSAGE_BYTES:
+        parts = [("the function", fn), *_labelled(args, kwargs)]
+        sizes = {label: len(cloudpickle.dumps(value)) for label, value in parts}
+        _refuse_size(_display_name(fn), len(payload), sizes)
+    return payload
 
 
 def _display_name(fn: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from celery import states
 
-from ._liveness import WorkerMonitor
+from ._liveness import UNKNOWN_AFTER, WorkerMonitor, unknown_to_workers
 from ._schema import PROGRESS
 from ._sources import StateSource, Update
 
@@ -47,10 +47,15 @@ class Watcher:
     """Serves all jobs of a connection from one thread and one source."""
 
     def __init__(
-        self, source: StateSource, poll_timeout: float = 0.5, monitor: WorkerMonitor | None = None
+        self,
+        source: StateSource,
+        poll_timeout: float = 0.5,
+        monitor: WorkerMonitor | None = None,
+        app: Any = None,
     ) -> None:
         self._source = source
         self._monitor = monitor
+        self._app = app
         self._poll_timeout = poll_timeout
         self._jobs: dict[str, Watched] = {}
         # Jobs to follow, and Events set once the jobs queued before them are caught up.
@@ -85,6 +90,10 @@ class Watcher:
             self._source.wake()
         except Exception as exc:  # the thread will catch up when it polls
             log.debug("celerynb: wake failed: %s", exc)
+
+    def workers_heard(self) -> list[str]:
+        """Workers whose heartbeats were heard (none without a monitor)."""
+        return self._monitor.workers_heard() if self._monitor is not None else []
 
     @property
     def sees_every_update(self) -> bool:
@@ -184,6 +193,7 @@ class Watcher:
         if now >= self._next_full_check:
             self._next_full_check = now + FULL_CHECK_SECONDS
             self._lose_jobs_of_silent_workers()
+            self._ask_about_long_pending_attached_jobs(now)
             finished |= {task_id for task_id, job in self._jobs.items() if job.done()}
         if finished:
             self._source.unwatch(list(finished))
@@ -199,6 +209,37 @@ class Watcher:
             hostname = job.progress.hostname
             if hostname and job.state in RUNNING_STATES and monitor.is_lost(hostname):
                 job._lose(hostname, monitor.silent_for(hostname) or 0.0)
+
+    def _ask_about_long_pending_attached_jobs(self, now: float) -> None:
+        """Attached jobs PENDING for ``UNKNOWN_AFTER`` s: ask the workers once (in a
+        thread of its own: the answer takes up to a second) and show those nobody
+        has as UNKNOWN rather than PENDING forever."""
+        if self._app is None:
+            return
+        waiting = [
+            job
+            for job in self._jobs.values()
+            if getattr(job, "attached", False)
+            and not getattr(job, "asked_workers", True)
+            and job.state == states.PENDING
+            and now - job._submitted_at >= UNKNOWN_AFTER
+        ]
+        if not waiting:
+            return
+        for job in waiting:
+            job.asked_workers = True
+
+        def ask() -> None:
+            try:
+                unknown = unknown_to_workers(self._app, [job.id for job in waiting])
+            except Exception as exc:
+                log.debug("celerynb: asking the workers about pending tasks failed: %s", exc)
+                return
+            for job in waiting:
+                if job.id in unknown:
+                    job._mark_unknown()
+
+        threading.Thread(target=ask, name="celerynb-ask-workers", daemon=True).start()
 
     def _dispatch(self, updates: list[Update]) -> None:
         for task_id, meta in updates:

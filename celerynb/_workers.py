@@ -56,3 +56,19 @@ def _pool_name(stats: dict[str, Any]) -> str:
 
 def _tasks(entries: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(t.get("id", "?")), str(t.get("name", "?"))) for t in entries or ())
+
+
+def registered_task_names(
+    app: Any, timeout: float = INSPECT_TIMEOUT, nodes: list[str] | None = None
+) -> set[str] | None:
+    """Names of the tasks the online workers registered; None when no worker answered.
+
+    With ``nodes`` (workers known to be online) the answer comes as soon as they replied.
+    """
+    ask = app.control.inspect(
+        destination=nodes or None, timeout=timeout, limit=len(nodes) if nodes else None
+    )
+    replies = ask.registered() or {}
+    if not replies:
+        return None
+    return {name.split(" ", 1)[0] for names in replies.values() for name in names or ()}

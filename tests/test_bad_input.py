@@ -69,3 +69,67 @@ def test_missing_redis_server_says_how_to_get_one(monkeypatch):
 def test_bad_worker_count_is_refused():
     with pytest.raises(ValueError, match="workers must be a positive int"):
         celerynb.LocalCluster(workers=0)
+
+
+def test_a_call_too_big_for_one_message_is_refused_naming_the_argument(session):
+    from celerynb._session import MAX_MESSAGE_BYTES
+
+    before = len(celerynb.jobs())
+    huge = b"x" * (MAX_MESSAGE_BYTES + 1)
+    with pytest.raises(celerynb.SerializationError) as info:
+        celerynb.submit(len, 1, huge)
+    message = str(info.value)
+    assert "largest: argument 2" in message and "32 MiB limit" in message and "\n" not in message
+    with pytest.raises(celerynb.SerializationError, match="largest: argument 'data'"):
+        celerynb.submit("celery.accumulate", data="y" * MAX_MESSAGE_BYTES)
+    assert len(celerynb.jobs()) == before, "nothing was sent"
+
+
+def test_broker_down_at_submit_fails_within_five_seconds_with_masked_url(tmp_path, monkeypatch):
+    import subprocess
+
+    import celerynb._session as session_module
+    from celerynb._cluster import _stop_process, free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--requirepass", "hunter2", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = f"redis://:hunter2@127.0.0.1:{port}/0"
+        monkeypatch.setattr(session_module, "_current", session_module._current)
+        from conftest import wait_for
+
+        assert wait_for(lambda: _connects(url), timeout=20)
+        session = celerynb.connect(url, secret="s")
+        _stop_process(server)
+        started = time.monotonic()
+        with pytest.raises(celerynb.BrokerUnreachableError) as info:
+            session.submit(len, ([1],))
+        took = time.monotonic() - started
+        message = str(info.value)
+        assert took < 5, f"submit took {took:.1f}s to fail"
+        assert "hunter2" not in message and f"127.0.0.1:{port}" in message and "\n" not in message
+        assert all(job.done() for job in celerynb.jobs() if job._session is session)
+        session.close()
+    finally:
+        _stop_process(server)
+
+
+def _connects(url):
+    try:
+        celerynb.connect(url, secret="s").close()
+        return True
+    except celerynb.BrokerUnreachableError:
+        return False
+
+
+def test_a_task_name_no_worker_knows_is_refused_with_a_suggestion(session):
+    before = len(celerynb.jobs())
+    with pytest.raises(celerynb.UnknownTaskError, match="did you mean celery.accumulate"):
+        celerynb.submit("celery.acumulate", 1)
+    with pytest.raises(celerynb.UnknownTaskError, match="no online worker has a task named"):
+        celerynb.submit("no.such.task")
+    assert len(celerynb.jobs()) == before

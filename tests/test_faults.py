@@ -143,3 +143,19 @@ def _pings(client):
         return client.ping()
     except Exception:
         return False
+
+
+def test_an_unknown_or_expired_task_id_shows_unknown_within_ten_seconds(session):
+    import uuid
+
+    elsewhere = session.app.send_task("celery.accumulate", args=(1,))  # sent by other code
+    assert elsewhere.get(timeout=30) == [1]
+    elsewhere.forget()  # its result is gone, as after result_expires
+    started = time.monotonic()
+    never_sent = celerynb.attach(str(uuid.uuid4()))
+    expired = celerynb.attach(elsewhere.id)
+    for job in (never_sent, expired):
+        assert wait_for(lambda job=job: job.state == celerynb.UNKNOWN, timeout=15), job.state
+    assert time.monotonic() - started < 10
+    assert not expired.done(), "not final: a task still waiting in a queue could yet start"
+    assert "UNKNOWN" in expired.status_line()

@@ -86,3 +86,19 @@ def test_secret_does_not_appear_in_reprs(session, cluster):
         assert cluster.secret not in text
         assert session.secret.decode() not in text
     assert os.environ.get("CELERYNB_SECRET") != cluster.secret  # the kernel's env is untouched
+
+
+def test_a_forged_progress_entry_is_only_data(session, tmp_path):
+    mark = tmp_path / "unpickled-from-progress"
+    job = celerynb.submit(sleeper, 2)
+    assert wait_for(lambda: job.state in ("STARTED", "PROGRESS"), timeout=20)
+    forged = {
+        "schema": "celerynb.progress/1",
+        "bars": [{"n": "lots", "total": {"__reduce__": marker_pickle(str(mark))}}, "junk"],
+        "current": marker_pickle(str(mark)),
+        "total": None,
+        "updated": "not a time",
+    }
+    session.app.backend.store_result(job.id, forged, "PROGRESS")
+    assert job.result(timeout=30) == "real"  # the real run still wins
+    assert not mark.exists(), "something in a progress entry was executed"
