@@ -20,7 +20,7 @@ from ._errors import (
 )
 from ._group import ItemCounts, JobGroup
 from ._job import Job
-from ._liveness import LOST, UNKNOWN, WorkerLostError
+from ._liveness import LOST, REQUEUED, UNKNOWN, WorkerLostError
 from ._many import as_completed, attach, map, wait
 from ._registry import UnknownJobError
 from ._reporting import report, tqdm
@@ -64,6 +64,7 @@ __all__ = [
     "NotConnectedError",
     "PayloadRefusedError",
     "ProgressSnapshot",
+    "REQUEUED",
     "RedisServerNotFoundError",
     "RemoteError",
     "SerializationError",

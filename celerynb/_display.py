@@ -19,7 +19,7 @@ from celery import states
 
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text
-from ._liveness import LOST, UNKNOWN, UNKNOWN_NOTE
+from ._liveness import LOST, REQUEUED, UNKNOWN, UNKNOWN_NOTE
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
@@ -36,6 +36,7 @@ _BADGE_COLOURS = {
     states.REVOKED: "#fd7e14",
     LOST: "#dc3545",
     UNKNOWN: "#fd7e14",
+    REQUEUED: "#fd7e14",
 }
 _BAR_STYLES = {
     states.SUCCESS: "success",

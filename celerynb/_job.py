@@ -12,7 +12,7 @@ from celery import states
 
 from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
 from ._future import WatchedFuture
-from ._liveness import LOST, UNKNOWN, WorkerLostError
+from ._liveness import LOST, REQUEUED, UNKNOWN, WorkerLostError
 from ._schema import PROGRESS, ProgressSnapshot, parse_meta
 from ._signing import is_envelope, open_envelope
 from ._store import JobRecord
@@ -53,6 +53,7 @@ class Job(WatchedFuture):
         self._lock = threading.Lock()
         self._progress_updates = 0
         self.attached = False  # watched by id (attach), not submitted by this kernel
+        self.requeued_if_worker_lost = False  # acks_late + reject_on_worker_lost
         self.asked_workers = False
 
     # -- public state ---------------------------------------------------------
@@ -153,11 +154,18 @@ class Job(WatchedFuture):
         self._notify()
 
     def _lose(self, hostname: str, silent_for: float) -> None:
-        """Finish as LOST: the worker running this job stopped sending heartbeats."""
+        """The worker running this job stopped sending heartbeats: finish as LOST, or,
+        for a task its app re-queues, show REQUEUED and follow its next run."""
         with self._lock:
             if self.done():
                 return
-            self._snapshot = self._snapshot.with_state(LOST)
+            if self.requeued_if_worker_lost:
+                self._snapshot = self._snapshot.with_state(REQUEUED)
+            else:
+                self._snapshot = self._snapshot.with_state(LOST)
+        if self.requeued_if_worker_lost:
+            self._notify()
+            return
         self._abandon(
             WorkerLostError(
                 f"worker {hostname} stopped sending heartbeats {silent_for:.0f}s ago while "

@@ -158,6 +158,7 @@ class Session:
             call_repr=call_repr or _call_repr(fn, args, kwargs),
             code=fn if shipped else None,
         )
+        job.requeued_if_worker_lost = not shipped and self._requeues_on_worker_loss(task_name)
         self.watcher.watch(job)
         try:
             if self.reply_to is not None:
@@ -185,6 +186,15 @@ class Session:
         if record:
             registry.add(job)
         return job
+
+    def _requeues_on_worker_loss(self, task_name: str) -> bool:
+        """True when the task, as this kernel's apps configure it, is re-queued if its
+        worker dies (``acks_late`` with ``reject_on_worker_lost``)."""
+        for app in (self.user_app, self.app):
+            task = app.tasks.get(task_name) if app is not None else None
+            if task is not None:
+                return bool(task.acks_late and task.reject_on_worker_lost)
+        return False
 
     def _check_task_name(self, name: str) -> None:
         """Refuse a task name no online worker registered (sent, it would wait forever:

@@ -44,7 +44,7 @@ def register(app: Celery, secret: str | bytes | None = None) -> Any:
     """
     key = secret.encode() if isinstance(secret, str) else secret
 
-    @app.task(name=SHIPPED_TASK_NAME, bind=True)
+    @app.task(name=SHIPPED_TASK_NAME, bind=True, shared=False)
     def run_shipped_task(self: Any, envelope: dict[str, Any]) -> dict[str, Any]:
         return run_shipped(self, envelope, secret=key)
 

@@ -64,51 +64,43 @@ def project_env(cluster: celerynb.LocalCluster) -> dict[str, str]:
     return env
 
 
+def start_project_worker(
+    env: dict[str, str], name: str, queue: str, log: Path, concurrency: int = 2
+) -> subprocess.Popen[bytes]:
+    """Start ``celery -A myproject worker`` on ``queue`` and wait until it answers a ping."""
+    from celerynb._cluster import _die_with_parent, _stop_process
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "myproject", "worker",
+         f"--concurrency={concurrency}", "--loglevel=INFO", "-n", name, "-Q", queue,
+         "--without-gossip", "--without-mingle", f"--logfile={log}"],
+        env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent(signal.SIGQUIT),
+    )  # fmt: skip
+    probe = Celery("probe", broker=env["MYPROJECT_BROKER_URL"], set_as_current=False)
+    try:
+        answered = wait_for(
+            lambda: proc.poll() is not None or probe.control.ping(destination=[name], timeout=0.5),
+            timeout=60,
+        )
+    finally:
+        probe.close()
+    if not answered or proc.poll() is not None:
+        _stop_process(proc)
+        raise AssertionError(f"myproject worker {name} did not start: {log}")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def project_worker(cluster: celerynb.LocalCluster, tmp_path_factory) -> Iterator[str]:
     """A worker of the user's own app (``celery -A myproject worker``), queue ``myproject``."""
-    from celerynb._cluster import _die_with_parent, _stop_process
+    from celerynb._cluster import _stop_process
 
     name = f"myproject-{cluster.port}@localhost"
     log = tmp_path_factory.mktemp("myproject") / "worker.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "myproject",
-            "worker",
-            "--concurrency=2",
-            "--loglevel=INFO",
-            "-n",
-            name,
-            "-Q",
-            "myproject",
-            "--without-gossip",
-            "--without-mingle",
-            f"--logfile={log}",
-        ],
-        env=project_env(cluster),
-        cwd=PROJECT_DIR,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=_die_with_parent(signal.SIGQUIT),
-    )
+    proc = start_project_worker(project_env(cluster), name, "myproject", log)
     try:
-        probe = Celery("probe", broker=cluster.broker_url, set_as_current=False)
-        try:
-            answered = wait_for(
-                lambda: (
-                    proc.poll() is not None or probe.control.ping(destination=[name], timeout=0.5)
-                ),
-                timeout=60,
-            )
-        finally:
-            probe.close()
-        assert answered and proc.poll() is None, f"myproject worker did not start: {log}"
         yield name
     finally:
         _stop_process(proc)

@@ -159,3 +159,48 @@ def test_an_unknown_or_expired_task_id_shows_unknown_within_ten_seconds(session)
     assert time.monotonic() - started < 10
     assert not expired.done(), "not final: a task still waiting in a queue could yet start"
     assert "UNKNOWN" in expired.status_line()
+
+
+def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
+    cluster, tmp_path, monkeypatch
+):
+    import sys
+
+    from conftest import PROJECT_DIR, project_env, start_project_worker
+    from services import private_amqp_queue, require_rabbitmq
+
+    from celerynb._cluster import _stop_process
+
+    amqp = require_rabbitmq()  # RabbitMQ re-queues a dead consumer's message at once
+    with private_amqp_queue() as queue:
+        env = project_env(cluster)
+        env["MYPROJECT_BROKER_URL"] = amqp  # results still go to the cluster's Redis
+        first = start_project_worker(env, f"first-{queue}@localhost", queue, tmp_path / "1.log", 1)
+        second = None
+        for key in ("MYPROJECT_BROKER_URL", "MYPROJECT_RESULT_BACKEND"):
+            monkeypatch.setenv(key, env[key])
+        monkeypatch.syspath_prepend(str(PROJECT_DIR))
+        monkeypatch.setattr(session_module, "_current", session_module._current)
+        try:
+            from myproject.celery import app
+            from myproject.tasks import survives_worker_loss
+
+            session = celerynb.connect(app)
+            job = session.submit(survives_worker_loss, (100, 0.05), queue=queue)
+            assert wait_for(lambda: job.state == "PROGRESS", timeout=60), job.state
+            assert job.progress.hostname == f"first-{queue}@localhost"
+            assert wait_for(lambda: session.watcher._monitor.heard(job.progress.hostname))
+            os.killpg(first.pid, signal.SIGKILL)
+            assert wait_for(lambda: job.state == celerynb.REQUEUED, timeout=15), job.state
+            assert not job.done()
+            name = f"second-{queue}@localhost"
+            second = start_project_worker(env, name, queue, tmp_path / "2.log", 1)
+            assert job.result(timeout=90) == name  # followed to the run that finished
+            assert job.state == "SUCCESS" and job.progress.n == 100
+            session.close()
+        finally:
+            _stop_process(first)
+            if second is not None:
+                _stop_process(second)
+            for module in [m for m in sys.modules if m.split(".")[0] == "myproject"]:
+                del sys.modules[module]

@@ -39,3 +39,13 @@ def recorded(self, n, pause=0.0):
             },
         )
     return n
+
+
+@app.task(acks_late=True, reject_on_worker_lost=True)
+def survives_worker_loss(n, pause=0.0):
+    """Re-queued when its worker dies: runs again elsewhere; returns where it finished."""
+    from celery import current_task
+
+    for _ in tqdm(range(n), desc="survives"):
+        time.sleep(pause)
+    return current_task.request.hostname
