@@ -20,6 +20,18 @@ from ._tracebacks import restore_sources, source_map
 
 # Order in which non-final states may follow each other; a late message of an
 # earlier state (catch-up racing pub/sub) must not move a job backwards.
+MAX_RUNS = 3  # runs of a re-queued task that each lost its worker, before it is stopped
+
+
+def _run_of(state: str, meta: dict[str, Any]) -> tuple[str, int] | None:
+    """(hostname, pid) of the process a STARTED state comes from, else None."""
+    info = meta.get("result")
+    if state != states.STARTED or not isinstance(info, dict):
+        return None
+    hostname, pid = info.get("hostname"), info.get("pid")
+    return (str(hostname), int(pid)) if hostname and isinstance(pid, int) else None
+
+
 _ORDER = {states.PENDING: 0, states.RECEIVED: 1, states.STARTED: 2, PROGRESS: 3}
 
 
@@ -54,6 +66,7 @@ class Job(WatchedFuture):
         self._progress_updates = 0
         self.attached = False  # watched by id (attach), not submitted by this kernel
         self.requeued_if_worker_lost = False  # acks_late + reject_on_worker_lost
+        self._runs: list[tuple[str, int]] = []  # (hostname, pid) of each STARTED seen
         self.asked_workers = False
 
     # -- public state ---------------------------------------------------------
@@ -82,20 +95,43 @@ class Job(WatchedFuture):
     # -- fed by the watcher ---------------------------------------------------
     def _apply_meta(self, meta: dict[str, Any]) -> None:
         state = meta.get("status", states.PENDING)
+        too_many_runs = False
         with self._lock:
             if self.done():
                 return
             current = self._snapshot
-            if state not in states.READY_STATES and not self._moves_forward(current, state, meta):
+            run = _run_of(state, meta)
+            rerun = run is not None and bool(self._runs) and run not in self._runs
+            if run is not None and run not in self._runs:
+                self._runs.append(run)
+            if rerun:  # a STARTED from another process: the task runs again (re-queued)
+                too_many_runs = self.requeued_if_worker_lost and len(self._runs) > MAX_RUNS
+            elif state not in states.READY_STATES and not self._moves_forward(current, state, meta):
                 return
             self._snapshot = parse_meta(state, meta.get("result"), current)
             if state == states.SUCCESS and not self._session.watcher.sees_every_update:
                 self._snapshot = self._snapshot.completed()
             if state == PROGRESS:
                 self._progress_updates += 1
+        if too_many_runs:
+            self._stop_redelivery_loop()
+            return
         if state in states.READY_STATES:
             self._settle(state, meta)
         self._notify()
+
+    def _stop_redelivery_loop(self) -> None:
+        """The task started ``MAX_RUNS + 1`` times: each run lost its worker and the app
+        re-queued it. Revoke it so no worker takes it again, and fail (as dask's
+        KilledWorker does) instead of letting it kill workers forever."""
+        self._session.revoke(self.id)
+        where = ", ".join(f"{host} pid {pid}" for host, pid in self._runs[:-1])
+        self._abandon(
+            WorkerLostError(
+                f"task {self.id} lost its worker {len(self._runs) - 1} times ({where}) and was "
+                "re-queued each time; stopped and revoked so it cannot kill more workers"
+            )
+        )
 
     @staticmethod
     def _moves_forward(current: ProgressSnapshot, state: str, meta: dict[str, Any]) -> bool:

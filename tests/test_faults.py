@@ -197,6 +197,14 @@ def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
             second = start_project_worker(env, name, queue, tmp_path / "2.log", 1)
             assert job.result(timeout=90) == name  # followed to the run that finished
             assert job.state == "SUCCESS" and job.progress.n == 100
+
+            # A task that kills every worker process running it is stopped, not looped.
+            from myproject.tasks import kills_its_worker
+
+            looping = session.submit(kills_its_worker, queue=queue)
+            with pytest.raises(celerynb.WorkerLostError, match="lost its worker 3 times"):
+                looping.result(timeout=90)
+            assert wait_for(lambda: len(looping._runs) == 4, timeout=5)
             session.close()
         finally:
             _stop_process(first)

@@ -107,7 +107,7 @@ def app_connection(kernel):
 
 def test_existing_app_and_its_registered_tasks(kernel, project_worker, app_connection):
     cell = app_connection
-    assert re.match(r"celerynb: connected to app 'myproject' \(4 tasks\) at redis://", cell.stdout)
+    assert re.match(r"celerynb: connected to app 'myproject' \(5 tasks\) at redis://", cell.stdout)
     # A registered task found by its short name, another through its module.
     kernel.ok("fact = %celery_submit -o factorial calculate_factorial(5)")
     kernel.ok("from myproject import tasks; x = [1, 2, 3]")

@@ -49,3 +49,13 @@ def survives_worker_loss(n, pause=0.0):
     for _ in tqdm(range(n), desc="survives"):
         time.sleep(pause)
     return current_task.request.hostname
+
+
+@app.task(acks_late=True, reject_on_worker_lost=True)
+def kills_its_worker():
+    """Kills the pool process running it, every time: re-queued, it would loop forever."""
+    import os
+    import signal
+
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGKILL)
