@@ -245,7 +245,9 @@ class LocalCluster:
             stdout=subprocess.DEVNULL,
             stderr=open(self._dir / "worker.stderr", "wb"),  # noqa: SIM115 - child owns it
             start_new_session=True,
-            preexec_fn=_die_with_parent(signal.SIGQUIT),
+            # Its owner died without closing it: nothing is left to shut down cleanly for
+            # (Redis dies too, and a cold shutdown then hangs); its pool follows it.
+            preexec_fn=_die_with_parent(signal.SIGKILL),
         )
         self._processes.append(proc)
 

@@ -49,6 +49,30 @@ def test_interpreter_exit_stops_the_cluster(tmp_path):
     assert not __import__("os").path.exists(directory)
 
 
+def test_a_killed_owner_leaves_no_process_behind():
+    script = textwrap.dedent(
+        """
+        import psutil, time, celerynb
+        cluster = celerynb.LocalCluster(workers=2)
+        pids = [p for pid in cluster.pids
+                for p in [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]]
+        print(" ".join(map(str, pids)), cluster.log_path.parent, flush=True)
+        time.sleep(120)
+        """
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        *pids, directory = owner.stdout.readline().split()
+        pids = [int(p) for p in pids]
+        assert len(pids) >= 4  # redis-server, the worker and its two pool processes
+    finally:
+        owner.kill()  # SIGKILL: no atexit, no close()
+        owner.wait(10)
+        owner.stdout.close()
+    assert wait_for(lambda: gone(pids), timeout=10), "a process outlived its killed owner"
+    __import__("shutil").rmtree(directory, ignore_errors=True)  # its files cannot clean up
+
+
 def test_redis_server_is_found():
     path = celerynb._cluster.find_redis_server()
     assert subprocess.run([path, "--version"], capture_output=True, timeout=10).returncode == 0
