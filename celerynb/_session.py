@@ -240,6 +240,9 @@ class Session:
         bounded by ``SYNC_TIMEOUT``), so finished tasks show as finished at once.
         ``register=False`` keeps new jobs out of ``jobs()`` (parts of a JobGroup).
         """
+        bad = [t for t in task_ids if not isinstance(t, str) or not t.strip()]
+        if bad:  # an empty id would poison the watcher's reads for every job
+            raise ValueError(f"task ids must be non-empty strings, got {bad[0]!r}")
         jobs: list[Job] = []
         new = 0
         for task_id, name in zip(task_ids, names or [None] * len(task_ids)):

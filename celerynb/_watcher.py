@@ -40,6 +40,8 @@ class Watched(Protocol):
 
     def _lose(self, hostname: str, silent_for: float) -> None: ...
 
+    def _abandon(self, error: BaseException) -> None: ...
+
     def _apply_meta(self, meta: dict[str, Any]) -> None: ...
 
 
@@ -182,7 +184,13 @@ class Watcher:
         if new:
             for job in new:
                 self._jobs[job.id] = job
-            self._dispatch(self._source.watch([job.id for job in new]))
+            try:
+                self._dispatch(self._source.watch([job.id for job in new]))
+            except (ValueError, TypeError) as exc:  # bad ids, not a lost connection:
+                for job in new:  # drop them, or every later read would fail too
+                    self._jobs.pop(job.id, None)
+                    job._abandon(exc)
+                log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
         for event in caught_up:
             event.set()
         self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0))

@@ -133,3 +133,11 @@ def test_a_task_name_no_worker_knows_is_refused_with_a_suggestion(session):
     with pytest.raises(celerynb.UnknownTaskError, match="no online worker has a task named"):
         celerynb.submit("no.such.task")
     assert len(celerynb.jobs()) == before
+
+
+def test_empty_task_ids_are_refused_and_the_watcher_keeps_working(session):
+    for target in ("", "  ", {"": 0}, [""]):
+        with pytest.raises(ValueError, match="task ids must be non-empty strings"):
+            celerynb.attach(target)
+    assert celerynb.submit(abs, -3).result(timeout=30) == 3
+    assert session.watcher.status == "watching"
