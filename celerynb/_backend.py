@@ -37,3 +37,11 @@ def quiet_backend_url(url: str | None) -> str | None:
     if scheme in QUIET_SCHEMES:
         return f"{__name__}:QuietRedisBackend+{url}"
     return url
+
+
+def plain_backend_url(url: str) -> str:
+    """``url`` without the ``module:Class+`` prefix ``quiet_backend_url`` adds."""
+    prefix = f"{__name__}:"
+    if url.startswith(prefix) and "+" in url:
+        return url.partition("+")[2]
+    return url

@@ -40,7 +40,6 @@ def mask_url(url: str | None) -> str:
     """``url`` with its password replaced by ``**``, safe to print (even when malformed)."""
     if not url:
         return str(url)
-    url = url.rsplit("QuietRedisBackend+", 1)[-1].rsplit("QuietSentinelBackend+", 1)[-1]
     try:
         return maybe_sanitize_url(url, mask="**")
     except Exception:  # kombu cannot parse it: hide whatever sits between ':' and '@'

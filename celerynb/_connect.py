@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery
 
-from ._backend import quiet_backend_url
+from ._backend import plain_backend_url, quiet_backend_url
 from ._config import BACKEND_ENV, BROKER_ENV, default_backend, mask_password, mask_url
 from ._errors import CelerynbError, NotConnectedError, one_line
 from ._session import CONNECT_TIMEOUT, Session, make_current
@@ -70,7 +70,7 @@ def connect(
     try:
         session = Session(app, secret=key, owner=owner, user_app=user_app)
     except Exception as exc:  # Celery builds the result backend here and can refuse it
-        backend_url = str(app.conf.result_backend)
+        backend_url = plain_backend_url(str(app.conf.result_backend))
         raise ConnectionSettingsError(
             one_line(
                 f"cannot use the result backend {mask_url(backend_url)}: "

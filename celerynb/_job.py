@@ -18,8 +18,6 @@ from ._signing import is_envelope, open_envelope
 from ._store import JobRecord
 from ._tracebacks import restore_sources, source_map
 
-# Order in which non-final states may follow each other; a late message of an
-# earlier state (catch-up racing pub/sub) must not move a job backwards.
 MAX_RUNS = 3  # runs of a re-queued task that each lost its worker, before it is stopped
 
 
@@ -32,6 +30,8 @@ def _run_of(state: str, meta: dict[str, Any]) -> tuple[str, int] | None:
     return (str(hostname), int(pid)) if hostname and isinstance(pid, int) else None
 
 
+# Order in which non-final states may follow each other; a late message of an
+# earlier state (catch-up racing pub/sub) must not move a job backwards.
 _ORDER = {states.PENDING: 0, states.RECEIVED: 1, states.STARTED: 2, PROGRESS: 3}
 
 
@@ -101,8 +101,9 @@ class Job(WatchedFuture):
                 return
             current = self._snapshot
             run = _run_of(state, meta)
-            rerun = run is not None and bool(self._runs) and run not in self._runs
+            rerun = False
             if run is not None and run not in self._runs:
+                rerun = bool(self._runs)
                 self._runs.append(run)
             if rerun:  # a STARTED from another process: the task runs again (re-queued)
                 too_many_runs = self.requeued_if_worker_lost and len(self._runs) > MAX_RUNS

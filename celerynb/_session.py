@@ -252,7 +252,7 @@ class Session:
             except LookupError:
                 pass
             job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
-            job.attached, job.asked_workers = True, False  # see Watcher: UNKNOWN after a while
+            job.attached = True  # see Watcher: UNKNOWN after a while
             self.watcher.watch(job)
             if register:
                 registry.add(job)

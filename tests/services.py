@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,3 +67,23 @@ def private_postgres_database() -> Iterator[str]:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+def start_redis(directory: object, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """A private redis-server on 127.0.0.1:``port`` (``options``: e.g. a password or
+    persistence); stop it with ``celerynb._cluster._stop_process``."""
+    from celerynb._cluster import find_redis_server
+
+    return subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--dir", str(directory), *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+
+
+def pings(client: object) -> bool:
+    """True when the redis ``client``'s server answers."""
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except Exception:
+        return False

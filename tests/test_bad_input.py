@@ -86,17 +86,13 @@ def test_a_call_too_big_for_one_message_is_refused_naming_the_argument(session):
 
 
 def test_broker_down_at_submit_fails_within_five_seconds_with_masked_url(tmp_path, monkeypatch):
-    import subprocess
+    from services import start_redis
 
     import celerynb._session as session_module
     from celerynb._cluster import _stop_process, free_port
 
     port = free_port()
-    server = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--requirepass", "hunter2", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    server = start_redis(tmp_path, port, "--requirepass", "hunter2")
     try:
         url = f"redis://:hunter2@127.0.0.1:{port}/0"
         monkeypatch.setattr(session_module, "_current", session_module._current)

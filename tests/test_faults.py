@@ -7,6 +7,7 @@ import time
 
 import pytest
 from conftest import wait_for
+from services import pings
 
 import celerynb
 import celerynb._session as session_module
@@ -74,15 +75,9 @@ def short_steps(n, pause):
 
 def start_persistent_redis(directory, port):
     """A redis-server that keeps its data across restarts (append-only file)."""
-    import subprocess
+    from services import start_redis
 
-    from celerynb._cluster import find_redis_server
-
-    return subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    return start_redis(directory, port, "--appendonly", "yes", "--appendfsync", "always")
 
 
 def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch, caplog):
@@ -96,7 +91,7 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
     url = f"redis://127.0.0.1:{port}"
     server = start_persistent_redis(tmp_path, port)
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    assert wait_for(lambda: _pings(client), timeout=20)
+    assert wait_for(lambda: pings(client), timeout=20)
     try:
         # 20 threads: every job is running when Redis goes away. (A message a prefork
         # worker has prefetched but not started then waits for kombu's visibility
@@ -113,7 +108,7 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
                 with caplog.at_level(logging.INFO, logger="celerynb"):
                     _stop_process(server)  # SIGTERM: Redis writes its data and exits
                     server = start_persistent_redis(tmp_path, port)
-                    assert wait_for(lambda: _pings(client), timeout=20)
+                    assert wait_for(lambda: pings(client), timeout=20)
                     restarted_at = time.monotonic()
                     for job in jobs:
                         job.add_listener(
@@ -136,13 +131,6 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
     finally:
         client.close()
         _stop_process(server)
-
-
-def _pings(client):
-    try:
-        return client.ping()
-    except Exception:
-        return False
 
 
 def test_an_unknown_or_expired_task_id_shows_unknown_within_ten_seconds(session):

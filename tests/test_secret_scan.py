@@ -3,13 +3,13 @@ kernel sends to the frontend (outputs, widgets, errors, logs), the workers' log 
 job store are scanned for them."""
 
 import json
-import subprocess
 
 from conftest import wait_for
 from kernel_helpers import Kernel
+from services import pings, start_redis
 
 import celerynb
-from celerynb._cluster import _stop_process, find_redis_server, free_port
+from celerynb._cluster import _stop_process, free_port
 
 PASSWORD = "pw-7f3a9c-do-not-show"
 
@@ -18,14 +18,10 @@ def test_the_password_and_the_secret_appear_nowhere(tmp_path):
     import redis
 
     port = free_port()
-    server = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--requirepass", PASSWORD, "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    server = start_redis(tmp_path, port, "--requirepass", PASSWORD)
     url = f"redis://:{PASSWORD}@127.0.0.1:{port}"
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    assert wait_for(lambda: _pings(client), timeout=20)
+    assert wait_for(lambda: pings(client), timeout=20)
     store = tmp_path / "jobs.sqlite3"
     try:
         with celerynb.LocalCluster(workers=1, broker=f"{url}/0", backend=f"{url}/1") as local:
@@ -74,10 +70,3 @@ def _exercise(kernel):
     kernel.run("celerynb.connect(URL + '/0', backend=URL.replace('redis', 'rediss') + '/1')")
     kernel.run("celerynb.connect(DOWN + '/0')")
     kernel.ok("logging.getLogger('celerynb').warning('%s', celerynb.current_session())")
-
-
-def _pings(client):
-    try:
-        return client.ping()
-    except Exception:
-        return False
