@@ -30,6 +30,10 @@ def secret_from_env(explicit: str | bytes | None = None) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
+# URL schemes of kombu's Redis transport.
+REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+
+
 def default_backend(broker: str) -> str:
     """The result backend used when none is given: the broker itself when it is
     Redis, else ``rpc://`` (results sent back as messages)."""

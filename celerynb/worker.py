@@ -16,10 +16,10 @@ from typing import Any
 
 from celery import Celery
 
-from ._config import BACKEND_ENV, BROKER_ENV, SHIPPED_TASK_NAME, default_backend
+from ._config import BACKEND_ENV, BROKER_ENV, REDIS_SCHEMES, SHIPPED_TASK_NAME, default_backend
 from ._runner import run_shipped
 
-# Settings celerynb relies on; users' apps get them through ``register``.
+# Settings of celerynb's own worker app (a user's app keeps its own; see the README).
 WORKER_DEFAULTS: dict[str, Any] = {
     "task_serializer": "json",
     "result_serializer": "json",
@@ -63,7 +63,20 @@ def _backend_from_env(broker: str) -> str | None:
     )
 
 
+def _broker_settings(broker: str) -> dict[str, Any]:
+    """Settings that depend on the broker's transport."""
+    if broker.split("://", 1)[0] not in REDIS_SCHEMES:
+        return {}
+    # Take a message only when a process is free to run it. Redis delivers again any
+    # message left unacknowledged longer than its visibility_timeout, and a prefetched
+    # message is unacknowledged until it starts: while a long job runs, the job queued
+    # behind it would run once per timeout (measured: 3 times), and after a Redis
+    # restart it would wait that long (1 h by default).
+    return {"worker_disable_prefetch": True}
+
+
 _broker = _broker_from_env()
 app = Celery("celerynb", broker=_broker, backend=_backend_from_env(_broker))
 app.conf.update(WORKER_DEFAULTS)
+app.conf.update(_broker_settings(_broker))
 register(app)

@@ -3,6 +3,8 @@ truth within seconds and never waits forever."""
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -93,9 +95,7 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     assert wait_for(lambda: pings(client), timeout=20)
     try:
-        # 20 threads: every job is running when Redis goes away. (A message a prefork
-        # worker has prefetched but not started then waits for kombu's visibility
-        # timeout, one hour by default, before it is delivered again.)
+        # 20 threads: every job is running when Redis goes away.
         with celerynb.LocalCluster(
             workers=20, pool="threads", broker=f"{url}/0", backend=f"{url}/1"
         ) as local:
@@ -126,6 +126,37 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
                 assert len(warnings) == 1, [r.getMessage() for r in warnings]
                 assert "lost the connection to the result backend" in warnings[0].getMessage()
                 assert "\n" not in warnings[0].getMessage()
+            finally:
+                session.close()
+    finally:
+        client.close()
+        _stop_process(server)
+
+
+def test_a_redis_restart_leaves_no_queued_job_behind_on_prefork_workers(tmp_path, monkeypatch):
+    """Jobs waiting in the queue when Redis restarts all run: a prefork worker holds no
+    prefetched message, which kombu would deliver again only after its visibility
+    timeout (1 h by default)."""
+    import redis
+
+    from celerynb._cluster import _stop_process, free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+    server = start_persistent_redis(tmp_path, port)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    assert wait_for(lambda: pings(client), timeout=20)
+    try:
+        with celerynb.LocalCluster(workers=2, broker=f"{url}/0", backend=f"{url}/1") as local:
+            monkeypatch.setattr(session_module, "_current", session_module._current)
+            session = celerynb.connect(local)
+            try:
+                jobs = [session.submit(short_steps, (20, 0.05)) for _ in range(10)]
+                assert wait_for(lambda: any(j.state == "PROGRESS" for j in jobs), timeout=60)
+                _stop_process(server)
+                server = start_persistent_redis(tmp_path, port)
+                assert wait_for(lambda: pings(client), timeout=20)
+                assert [job.result(timeout=60) for job in jobs] == [200] * 10
             finally:
                 session.close()
     finally:
@@ -200,3 +231,87 @@ def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
                 _stop_process(second)
             for module in [m for m in sys.modules if m.split(".")[0] == "myproject"]:
                 del sys.modules[module]
+
+
+def record_run(path, tag, seconds):
+    with open(path, "a") as runs:
+        runs.write(f"{tag}\n")
+    time.sleep(seconds)
+    return tag
+
+
+def runs_per_job(path):
+    from collections import Counter
+
+    return Counter(path.read_text().split()) if path.exists() else Counter()
+
+
+@pytest.fixture
+def short_visibility_worker(tmp_path, monkeypatch):
+    """Start, on a private Redis, a one-process celerynb worker whose broker re-delivers
+    messages unacknowledged for over 1 s; yield a starter taking extra environment."""
+    import redis
+    from conftest import PROJECT_DIR
+    from services import start_redis
+
+    from celerynb._cluster import _die_with_parent, _stop_process, free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(tmp_path, port)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    started = []
+    secret = "short-visibility-test-secret"
+
+    def start(**extra_env):
+        env = dict(os.environ, CELERYNB_BROKER_URL=url, CELERYNB_SECRET=secret, **extra_env)
+        env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "short_visibility", "worker",
+             "--concurrency=1", "--loglevel=WARNING", "-n", f"short-{port}@localhost",
+             "--without-gossip", "--without-mingle", f"--logfile={tmp_path / 'worker.log'}"],
+            env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent(signal.SIGQUIT),
+        )  # fmt: skip
+        started.append(worker)
+        monkeypatch.setattr(session_module, "_current", session_module._current)
+        session = celerynb.connect(url, secret=secret)
+        started.append(session)
+        assert wait_for(lambda: session.app.control.ping(timeout=0.5), timeout=60)
+        return session
+
+    assert wait_for(lambda: pings(client), timeout=20)
+    try:
+        yield start
+    finally:
+        for thing in reversed(started):
+            if isinstance(thing, subprocess.Popen):
+                _stop_process(thing)
+            else:
+                thing.close()
+        client.close()
+        _stop_process(server)
+
+
+def test_a_job_queued_behind_a_long_one_runs_once_whatever_the_visibility_timeout(
+    short_visibility_worker, tmp_path
+):
+    """Redis re-delivers a message unacknowledged for longer than its visibility_timeout
+    (celery issues 5935, 3430). celerynb's worker takes a message only when it can start
+    it, so a job that waits behind a longer one is not delivered again."""
+    session = short_visibility_worker()
+    runs = tmp_path / "runs.txt"
+    jobs = [session.submit(record_run, (str(runs), f"job{i}", 3)) for i in range(3)]
+    assert [job.result(timeout=90) for job in jobs] == ["job0", "job1", "job2"]
+    assert runs_per_job(runs) == {"job0": 1, "job1": 1, "job2": 1}
+
+
+def test_the_visibility_timeout_trap_is_real_when_prefetching(short_visibility_worker, tmp_path):
+    """The control for the test above: the same worker with prefetching runs a job that
+    waits in its prefetch buffer more than once."""
+    session = short_visibility_worker(SHORT_VISIBILITY_PREFETCH="1")
+    runs = tmp_path / "runs.txt"
+    for i in range(3):
+        session.submit(record_run, (str(runs), f"job{i}", 3))
+    assert wait_for(lambda: max(runs_per_job(runs).values(), default=0) > 1, timeout=60)
