@@ -18,7 +18,7 @@ from typing import Any
 from celery import states
 
 from ._cell import captured_output
-from ._format import bar_line, job_final_line, meter_text
+from ._format import bar_line, job_final_line, meter_text, scaled_counts
 from ._liveness import LOST, REQUEUED, UNKNOWN, UNKNOWN_NOTE
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
@@ -210,34 +210,52 @@ class WidgetRenderer:
         return "".join(parts)
 
 
+def _job_bar_class() -> Any:
+    from tqdm.std import tqdm as std_tqdm
+
+    class JobBar(std_tqdm):  # type: ignore[misc]
+        """A tqdm text bar showing a job's reported progress: the worker's count, total and
+        rate, and the job's elapsed time, rather than what tqdm would measure itself (a bar
+        opened mid-run would otherwise show an absurd first rate)."""
+
+        def __init__(self, job: Any, file: Any) -> None:
+            self.job = job
+            super().__init__(total=None, desc=job.name, file=file, leave=False, dynamic_ncols=True)
+
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            drawn = super().format_dict
+            progress = self.job.progress
+            drawn.update(
+                n=progress.n,
+                total=progress.total,
+                elapsed=self.job.elapsed,
+                rate=progress.rate,
+                desc=progress.desc or self.job.name,
+                unit=progress.unit,
+                unit_scale=scaled_counts(progress),
+                postfix=self.job.state,
+            )
+            return drawn
+
+    return JobBar
+
+
 class TextRenderer:
     """A tqdm text bar on stderr, for terminals and scripts; a final line when done."""
 
     def __init__(self, job: Any, file: Any = None) -> None:
-        from tqdm.std import tqdm as std_tqdm
-
         self.job = job
         self.file = file or sys.stderr
-        self.bar = std_tqdm(
-            total=None, desc=job.name, file=self.file, leave=False, dynamic_ncols=True
-        )
+        self.bar = _job_bar_class()(job, self.file)
         self.draw()
 
     def draw(self) -> bool:
-        job, bar = self.job, self.bar
-        progress = job.progress
-        bar.desc = progress.desc or job.name
-        bar.unit = progress.unit
-        # Through update(), so tqdm measures the rate (setting n would not).
-        if progress.n < bar.n or progress.total != bar.total:
-            bar.reset(total=progress.total)
-        bar.update(progress.n - bar.n)
-        bar.set_postfix_str(job.state, refresh=False)
-        if not job.done():
-            bar.refresh()
+        if not self.job.done():
+            self.bar.refresh()
             return False
-        bar.close()
-        print(final_text(job), file=self.file)
+        self.bar.close()
+        print(final_text(self.job), file=self.file)
         return True
 
 

@@ -13,6 +13,11 @@ _FINISHED = "{n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 _WITHOUT_TOTAL = "{n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
+def scaled_counts(bar: ProgressSnapshot | BarSnapshot) -> bool:
+    """Counts in tqdm's scaled form (``20.0M``) for big totals; ``30/30`` stays as is."""
+    return (bar.total or bar.n or 0) >= 10_000
+
+
 def meter_text(
     snapshot: ProgressSnapshot | BarSnapshot, elapsed: float, *, finished: bool = False
 ) -> str:
@@ -24,7 +29,7 @@ def meter_text(
         bar.total,
         elapsed,
         unit=bar.unit,
-        unit_scale=(bar.total or bar.n or 0) >= 10_000,  # 20.0M, but 30/30 stays 30/30
+        unit_scale=scaled_counts(bar),
         rate=bar.rate,
         postfix=bar.postfix or None,
         bar_format=bar_format,

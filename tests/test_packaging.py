@@ -24,3 +24,20 @@ def test_worker_side_imports_no_notebook_code():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_notebook_series_is_committed_without_outputs():
+    from pathlib import Path
+
+    import nbformat
+
+    notebooks = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+    assert [p.name[:3] for p in notebooks] == ["01-", "02-", "03-", "04-", "05-"]
+    for path in notebooks:
+        cells = nbformat.read(path, as_version=4).cells
+        ran = [
+            c.source[:40]
+            for c in cells
+            if c.cell_type == "code" and (c.outputs or c.execution_count)
+        ]
+        assert not ran, f"{path.name} has outputs in: {ran}"

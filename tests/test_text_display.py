@@ -49,3 +49,23 @@ def test_terminal_ipython_displays_a_text_bar(cluster, tmp_path):
     cell = ["--InteractiveShell.ast_node_interactivity=all", "-c", script(cluster, "job")]
     out = run([str(ipython), "--no-banner", "--colors=NoColor", *cell])
     assert "texty: SUCCESS 100% 30/30" in out.stderr and "-> 60" in out.stderr
+
+
+def test_the_text_bar_draws_the_workers_count_and_rate_not_its_own():
+    """A bar opened mid-run measured its own rate from its first update: billions of it/s."""
+    import io
+    from types import SimpleNamespace
+
+    from celerynb._display import TextRenderer
+    from celerynb._schema import BarSnapshot, ProgressSnapshot
+
+    progress = ProgressSnapshot(
+        "PROGRESS", (BarSnapshot(4_616_387, 30_000_000, "simulate", rate=11.9e6),)
+    )
+    job = SimpleNamespace(
+        name="simulate", progress=progress, elapsed=0.4, state="PROGRESS", done=lambda: False
+    )
+    out = io.StringIO()
+    TextRenderer(job, file=out)
+    drawn = out.getvalue()
+    assert "4.62M/30.0M" in drawn and "11.9Mit/s" in drawn and "PROGRESS" in drawn, drawn
