@@ -13,7 +13,7 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend, SentinelBackend
 
-QUIET_SCHEMES = {"redis", "rediss", "sentinel"}
+from ._config import REDIS_SCHEMES
 
 
 class QuietRedisBackend(RedisBackend):
@@ -34,7 +34,7 @@ def quiet_backend_url(url: str | None) -> str | None:
     scheme = url.partition("://")[0]
     if scheme == "sentinel":
         return f"{__name__}:QuietSentinelBackend+{url}"
-    if scheme in QUIET_SCHEMES:
+    if scheme in REDIS_SCHEMES:
         return f"{__name__}:QuietRedisBackend+{url}"
     return url
 

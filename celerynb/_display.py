@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from celery import states
+from tqdm.std import tqdm as std_tqdm
 
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
@@ -210,35 +211,30 @@ class WidgetRenderer:
         return "".join(parts)
 
 
-def _job_bar_class() -> Any:
-    from tqdm.std import tqdm as std_tqdm
+class JobBar(std_tqdm):  # type: ignore[misc]
+    """A tqdm text bar showing a job's reported progress: the worker's count, total and
+    rate, and the job's elapsed time, rather than what tqdm would measure itself (a bar
+    opened mid-run would otherwise show an absurd first rate)."""
 
-    class JobBar(std_tqdm):  # type: ignore[misc]
-        """A tqdm text bar showing a job's reported progress: the worker's count, total and
-        rate, and the job's elapsed time, rather than what tqdm would measure itself (a bar
-        opened mid-run would otherwise show an absurd first rate)."""
+    def __init__(self, job: Any, file: Any) -> None:
+        self.job = job
+        super().__init__(total=None, desc=job.name, file=file, leave=False, dynamic_ncols=True)
 
-        def __init__(self, job: Any, file: Any) -> None:
-            self.job = job
-            super().__init__(total=None, desc=job.name, file=file, leave=False, dynamic_ncols=True)
-
-        @property
-        def format_dict(self) -> dict[str, Any]:
-            drawn = super().format_dict
-            progress = self.job.progress
-            drawn.update(
-                n=progress.n,
-                total=progress.total,
-                elapsed=self.job.elapsed,
-                rate=progress.rate,
-                desc=progress.desc or self.job.name,
-                unit=progress.unit,
-                unit_scale=scaled_counts(progress),
-                postfix=self.job.state,
-            )
-            return drawn
-
-    return JobBar
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        drawn = super().format_dict
+        progress = self.job.progress
+        drawn.update(
+            n=progress.n,
+            total=progress.total,
+            elapsed=self.job.elapsed,
+            rate=progress.rate,
+            desc=progress.desc or self.job.name,
+            unit=progress.unit,
+            unit_scale=scaled_counts(progress),
+            postfix=self.job.state,
+        )
+        return drawn
 
 
 class TextRenderer:
@@ -247,7 +243,7 @@ class TextRenderer:
     def __init__(self, job: Any, file: Any = None) -> None:
         self.job = job
         self.file = file or sys.stderr
-        self.bar = _job_bar_class()(job, self.file)
+        self.bar = JobBar(job, self.file)
         self.draw()
 
     def draw(self) -> bool:

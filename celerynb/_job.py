@@ -196,11 +196,9 @@ class Job(WatchedFuture):
         with self._lock:
             if self.done():
                 return
-            if self.requeued_if_worker_lost:
-                self._snapshot = self._snapshot.with_state(REQUEUED)
-            else:
-                self._snapshot = self._snapshot.with_state(LOST)
-        if self.requeued_if_worker_lost:
+            requeued = self.requeued_if_worker_lost
+            self._snapshot = self._snapshot.with_state(REQUEUED if requeued else LOST)
+        if requeued:
             self._notify()
             return
         self._abandon(
