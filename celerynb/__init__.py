@@ -16,15 +16,16 @@ from ._errors import (
     PayloadRefusedError,
     RemoteError,
     SerializationError,
+    UndecodableResultError,
     UntrustedResultError,
 )
 from ._group import ItemCounts, JobGroup
 from ._job import Job
-from ._liveness import LOST, REQUEUED, UNKNOWN, WorkerLostError
+from ._liveness import WorkerLostError
 from ._many import as_completed, attach, map, wait
 from ._registry import UnknownJobError
 from ._reporting import report, tqdm
-from ._schema import PROGRESS, BarSnapshot, ProgressSnapshot
+from ._schema import LOST, PROGRESS, REQUEUED, UNKNOWN, BarSnapshot, ProgressSnapshot
 from ._session import (
     BrokerUnreachableError,
     ConnectionClosedError,
@@ -69,6 +70,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "UNKNOWN",
+    "UndecodableResultError",
     "Session",
     "UnknownJobError",
     "UnknownTaskError",

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._remote_errors import pickle_exception
 from ._reporting import report, running_task
-from ._runner import pickle_exception
 
 REPORT_INTERVAL = 0.1
 

@@ -20,7 +20,7 @@ from tqdm.std import tqdm as std_tqdm
 
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
-from ._liveness import LOST, REQUEUED, UNKNOWN, UNKNOWN_NOTE
+from ._schema import LOST, REQUEUED, UNKNOWN
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
@@ -150,7 +150,7 @@ class WidgetRenderer:
         colour = _BADGE_COLOURS.get(state, "#6c757d")
         badge = (
             f'<span class="celerynb-state" style="background:{colour};color:white;'
-            f'padding:1px 6px;border-radius:4px;font-size:85%">{state}</span>'
+            f'padding:1px 6px;border-radius:4px;font-size:85%">{html.escape(state)}</span>'
         )
         label = html.escape(progress.desc or job.name)
         if progress.total:
@@ -181,8 +181,8 @@ class WidgetRenderer:
     def _details_html(self) -> str:
         job = self.job
         parts = []
-        if job.state == UNKNOWN:
-            parts.append(f"<i class='celerynb-note'>{html.escape(UNKNOWN_NOTE)}</i>")
+        if job.note:
+            parts.append(f"<i class='celerynb-note'>{html.escape(job.note)}</i>")
         if len(job.progress.bars) > 1:
             lines = "\n".join(bar_line(b, 70) for b in job.progress.bars[1:])
             parts.append(f"<pre class='celerynb-bars'>{html.escape(lines)}</pre>")

@@ -29,6 +29,10 @@ class UntrustedResultError(PayloadRefusedError):
     """A result in the backend is not signed by a worker holding the shared secret."""
 
 
+class UndecodableResultError(CelerynbError):
+    """A result backend entry could not be decoded with the configured serializer."""
+
+
 class RemoteTraceback(Exception):
     """Carries the traceback text of an exception raised on a worker.
 

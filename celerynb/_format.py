@@ -56,7 +56,8 @@ def job_status_line(job: Any) -> str:
     label = progress.desc or job.name
     percent = f" {progress.percent:.0f}%" if progress.percent is not None else ""
     meter = f" {meter_text(progress, job.elapsed, finished=job.done())}" if progress.bars else ""
-    return f"{label}: {job.state}{percent}{meter}"
+    note = f" ({job.note})" if job.note else ""
+    return f"{label}: {job.state}{percent}{meter}{note}"
 
 
 def job_final_line(job: Any) -> str:

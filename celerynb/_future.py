@@ -54,6 +54,11 @@ class WatchedFuture(Future):
             except Exception:  # a broken display must not stop the watcher
                 pass
 
+    @property
+    def note(self) -> str | None:
+        """Why it is not where one would expect, when known (shown under the bar)."""
+        return None
+
     # -- outcome ----------------------------------------------------------------
     @property
     def remote_traceback(self) -> str | None:

@@ -15,7 +15,8 @@ from celery import states
 
 from ._chunks import ChunkResult
 from ._future import WatchedFuture
-from ._job import Job, exception_from_info
+from ._job import Job
+from ._remote_errors import exception_from_info
 from ._schema import PROGRESS, BarSnapshot, ProgressSnapshot
 from ._store import JobRecord
 
@@ -185,7 +186,10 @@ class JobGroup(WatchedFuture):
             self._finished_at = time.monotonic()
         unfinished = [job for job in self.jobs if not job.done()]
         if unfinished and self._session is not None:
-            self._session.revoke([job.id for job in unfinished])
+            for shipped in (True, False):
+                ids = [job.id for job in unfinished if (job._shipped is True) == shipped]
+                if ids:
+                    self._session.revoke(ids, shipped=shipped)
         for job in unfinished:
             job._finish_cancelled()
         self._notify()

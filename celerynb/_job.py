@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import reprlib
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -10,15 +12,28 @@ from typing import Any
 import cloudpickle
 from celery import states
 
-from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
+from ._errors import RemoteError, RemoteTraceback, ShippedTaskError, UntrustedResultError
 from ._future import WatchedFuture
-from ._liveness import LOST, REQUEUED, UNKNOWN, WorkerLostError
-from ._schema import PROGRESS, ProgressSnapshot, parse_meta
+from ._liveness import UNKNOWN_NOTE, WorkerLostError
+from ._remote_errors import exception_from_info
+from ._schema import (
+    LOST,
+    PROGRESS,
+    REQUEUED,
+    UNKNOWN,
+    ProgressSnapshot,
+    acceptable_state,
+    parse_meta,
+)
 from ._signing import is_envelope, open_envelope
+from ._sources import UNDECODABLE
 from ._store import JobRecord
-from ._tracebacks import restore_sources, source_map
+
+log = logging.getLogger(__name__)
 
 MAX_RUNS = 3  # runs of a re-queued task that each lost its worker, before it is stopped
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 80
 
 
 def _run_of(state: str, meta: dict[str, Any]) -> tuple[str, int] | None:
@@ -33,6 +48,10 @@ def _run_of(state: str, meta: dict[str, Any]) -> tuple[str, int] | None:
 # Order in which non-final states may follow each other; a late message of an
 # earlier state (catch-up racing pub/sub) must not move a job backwards.
 _ORDER = {states.PENDING: 0, states.RECEIVED: 1, states.STARTED: 2, PROGRESS: 3}
+
+
+class _Unverified(Exception):
+    """A final state that does not carry a valid signature for a shipped job."""
 
 
 class Job(WatchedFuture):
@@ -68,6 +87,7 @@ class Job(WatchedFuture):
         self.requeued_if_worker_lost = False  # acks_late + reject_on_worker_lost
         self._runs: list[tuple[str, int]] = []  # (hostname, pid) of each STARTED seen
         self.asked_workers = False
+        self._note: str | None = None
 
     # -- public state ---------------------------------------------------------
     @property
@@ -89,12 +109,22 @@ class Job(WatchedFuture):
         """Revoke the task (terminating it where the pool allows); False if already done."""
         if self.done():
             return False
-        self._session.revoke(self.id)
+        self._session.revoke(self.id, shipped=self._shipped is True)
         return self._finish_cancelled()
 
     # -- fed by the watcher ---------------------------------------------------
     def _apply_meta(self, meta: dict[str, Any]) -> None:
         state = meta.get("status", states.PENDING)
+        if not acceptable_state(state, custom=self._shipped is not True):
+            self._ignore(f"a state that is not a Celery state ({_short.repr(state)})")
+            return
+        outcome: tuple[str, Any] | None = None
+        if state in states.READY_STATES:
+            try:
+                outcome = self._outcome(state, meta)
+            except _Unverified as why:
+                self._ignore(str(why))
+                return
         too_many_runs = False
         with self._lock:
             if self.done():
@@ -117,15 +147,34 @@ class Job(WatchedFuture):
         if too_many_runs:
             self._stop_redelivery_loop()
             return
-        if state in states.READY_STATES:
-            self._settle(state, meta)
+        if outcome is not None:
+            self._settle(*outcome)
+        self._notify()
+
+    @property
+    def note(self) -> str | None:
+        """Why the job is not where one would expect, when celerynb knows; else None."""
+        if self.state == UNKNOWN:
+            return UNKNOWN_NOTE
+        return self._note
+
+    def _ignore(self, what: str) -> None:
+        """An entry from the backend that does not count: note it (one log line per job)."""
+        note = f"ignored {what} found in the result backend"
+        with self._lock:
+            if self.done():
+                return
+            first = self._note is None
+            self._note = note
+        if first:
+            log.warning("celerynb: job %s: %s", self.id, note)
         self._notify()
 
     def _stop_redelivery_loop(self) -> None:
         """The task started ``MAX_RUNS + 1`` times: each run lost its worker and the app
         re-queued it. Revoke it so no worker takes it again, and fail (as dask's
         KilledWorker does) instead of letting it kill workers forever."""
-        self._session.revoke(self.id)
+        self._session.revoke(self.id, shipped=self._shipped is True)
         where = ", ".join(f"{host} pid {pid}" for host, pid in self._runs[:-1])
         self._abandon(
             WorkerLostError(
@@ -147,27 +196,53 @@ class Job(WatchedFuture):
                 return updated >= current.updated
         return True
 
-    def _settle(self, state: str, meta: dict[str, Any]) -> None:
-        if state == states.REVOKED:
-            self._finish_cancelled()
-            return
+    def _outcome(self, state: str, meta: dict[str, Any]) -> tuple[str, Any]:
+        """``("value", v)``, ``("error", e)`` or ``("cancel", None)`` for a final state.
+
+        For a shipped job (or an attached one whose entry claims to be signed) only
+        an outcome signed for this task counts: anything else raises ``_Unverified``.
+        A signed entry that cannot be opened (a version mismatch) is the job's error.
+        """
+        result = meta.get("result")
+        if meta.get(UNDECODABLE) and self._shipped is True:  # garbage can be written by anyone
+            raise _Unverified(f"an entry that cannot be decoded ({result})")
+        signed = self._shipped is True or (
+            self._shipped is None and (is_envelope(result) or isinstance(result, ShippedTaskError))
+        )
+        if not signed:
+            if state == states.REVOKED:
+                return ("cancel", None)
+            if state == states.SUCCESS:
+                return ("value", result)
+            return ("error", self._plain_error(result, meta.get("traceback")))
+        secret = self._session.secret
         try:
             if state == states.SUCCESS:
-                value = self._decode_value(meta.get("result"))
-                self._finished_at = time.monotonic()
+                data = open_envelope(result, secret=secret, purpose="result", task_id=self.id)
+                return ("value", cloudpickle.loads(data))
+            envelope = result.envelope if isinstance(result, ShippedTaskError) else None
+            data = open_envelope(envelope, secret=secret, purpose="error", task_id=self.id)
+            if state == states.REVOKED:
+                return ("cancel", None)
+            return ("error", exception_from_info(data, self._code))
+        except UntrustedResultError as exc:
+            what = _short.repr(getattr(result, "summary", None) or str(result))
+            raise _Unverified(f"an unsigned {state} ({what}: {exc})") from None
+        except Exception as exc:  # verified, but cannot be opened here
+            return ("error", exc)
+
+    def _settle(self, kind: str, value: Any) -> None:
+        if kind == "cancel":
+            self._finish_cancelled()
+            return
+        self._finished_at = time.monotonic()
+        try:
+            if kind == "value":
                 self.set_result(value)
             else:
-                error = self._decode_error(meta.get("result"), meta.get("traceback"))
-                self._finished_at = time.monotonic()
-                self.set_exception(error)
+                self.set_exception(value)
         except InvalidStateError:
             pass
-        except Exception as exc:  # untrusted or undecodable result
-            self._finished_at = time.monotonic()
-            try:
-                self.set_exception(exc)
-            except InvalidStateError:
-                pass
 
     def _finish_cancelled(self) -> bool:
         with self._lock:
@@ -221,37 +296,11 @@ class Job(WatchedFuture):
             return
         self._notify()
 
-    def _decode_value(self, result: Any) -> Any:
-        if not self._shipped and not (self._shipped is None and is_envelope(result)):
-            return result
-        data = open_envelope(result, secret=self._session.secret, purpose="result", task_id=self.id)
-        return cloudpickle.loads(data)
-
-    def _decode_error(self, error: Any, traceback_text: str | None) -> BaseException:
-        if self._shipped is not False and isinstance(error, ShippedTaskError):
-            data = open_envelope(
-                error.envelope, secret=self._session.secret, purpose="error", task_id=self.id
-            )
-            return exception_from_info(data, self._code)
+    @staticmethod
+    def _plain_error(error: Any, traceback_text: str | None) -> BaseException:
+        """The exception of a registered task's FAILURE (Celery rebuilt it, or a text)."""
         if not isinstance(error, BaseException):
             error = RemoteError(str(error))
         if traceback_text:
-            error.__cause__ = RemoteTraceback(traceback_text)
+            error.__cause__ = RemoteTraceback(str(traceback_text))
         return error
-
-
-def exception_from_info(data: bytes, code: Any = None) -> BaseException:
-    """Rebuild a worker's exception from its pickled info (see ``_runner``), with the
-    remote traceback (source lines restored from ``code``) as its cause."""
-    info = cloudpickle.loads(data)
-    rebuilt: BaseException | None = None
-    if info.get("exc") is not None:
-        try:
-            rebuilt = cloudpickle.loads(info["exc"])
-        except Exception:
-            rebuilt = None
-    if not isinstance(rebuilt, BaseException):
-        rebuilt = RemoteError(f"{info.get('type')}: {info.get('message')}")
-    tb_text = restore_sources(info.get("tb", ""), source_map(code))
-    rebuilt.__cause__ = RemoteTraceback(tb_text)
-    return rebuilt

@@ -20,9 +20,6 @@ log = logging.getLogger(__name__)
 
 LOST_AFTER = 6.0  # seconds without a heartbeat: three missed beats of Celery's 2 s
 OFFLINE_GRACE = 2.0  # seconds after a worker-offline event
-LOST = "LOST"  # celerynb's state for a job whose worker is gone
-REQUEUED = "REQUEUED"  # its worker is gone, and the app re-queues the task (acks_late)
-UNKNOWN = "UNKNOWN"  # an attached task with no stored state that no worker has
 UNKNOWN_AFTER = 5.0  # seconds an attached task may stay PENDING before workers are asked
 UNKNOWN_NOTE = (
     "no state is stored for this task and no worker has it: a wrong id, a result that "

@@ -74,7 +74,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
             )
     except BaseException:
         if jobs:
-            session.revoke([job.id for job in jobs])
+            session.revoke([job.id for job in jobs], shipped=True)
         raise
     group = JobGroup(
         jobs,

@@ -14,19 +14,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from celery import states
 from kombu.utils.encoding import ensure_bytes
 
-from ._errors import CelerynbError
-from ._sources import Update
+from ._sources import Update, decoded
 
 log = logging.getLogger(__name__)
 
 BATCH = 500  # task ids per query
-
-
-class UndecodableResultError(CelerynbError):
-    """A result backend entry could not be decoded with the configured serializer."""
 
 
 class PollingSource:
@@ -89,7 +83,7 @@ def read_states(backend: Any, task_ids: list[str]) -> Iterator[Update]:
             if raw is not None:
                 yield (
                     task_id,
-                    _decoded(backend, task_id, lambda raw=raw: backend.decode_result(raw)),
+                    decoded(task_id, lambda raw=raw: backend.decode_result(raw)),
                 )
     else:
         for task_id in task_ids:
@@ -106,7 +100,7 @@ def _read_database(backend: Any, task_ids: list[str]) -> Iterator[Update]:
     for row in rows:
         yield (
             row["task_id"],
-            _decoded(backend, row["task_id"], lambda row=row: _row_meta(backend, row)),
+            decoded(row["task_id"], lambda row=row: _row_meta(backend, row)),
         )
 
 
@@ -117,15 +111,3 @@ def _row_meta(backend: Any, row: dict[str, Any]) -> dict[str, Any]:
     row["result"] = None if raw is None else backend.decode(ensure_bytes(raw))
     row["children"] = None
     return backend.meta_from_decoded(row)
-
-
-def _decoded(backend: Any, task_id: str, decode: Any) -> dict[str, Any]:
-    try:
-        return decode()
-    except Exception as exc:
-        log.warning("celerynb: cannot decode the stored state of task %s: %s", task_id, exc)
-        error = UndecodableResultError(
-            f"the result backend holds an entry for task {task_id} that cannot be decoded "
-            f"with the configured serializer ({type(exc).__name__}); refused"
-        )
-        return {"status": states.FAILURE, "result": error, "traceback": None}

@@ -19,7 +19,7 @@ from typing import Any
 
 import kombu
 
-from ._sources import Update
+from ._sources import Update, decoded
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class RpcReplySource:
     def _on_message(self, body: Any, message: Any) -> None:
         if not isinstance(body, dict) or "task_id" not in body:
             return
-        meta = self._app.backend.meta_from_decoded(dict(body))
         task_id = str(body["task_id"])
+        meta = decoded(task_id, lambda: self._app.backend.meta_from_decoded(dict(body)))
         if task_id in self._watched:
             self._received.append((task_id, meta))
             return

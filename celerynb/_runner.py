@@ -1,29 +1,84 @@
-"""Worker side: run a shipped (signed, pickled) callable and sign its outcome."""
+"""Worker side: run a shipped (signed, pickled) callable once and sign its outcome."""
 
 from __future__ import annotations
 
-import traceback
+import logging
+import os
 from typing import Any
 
 import cloudpickle
+from celery import states
+from celery.exceptions import Ignore
 
+from ._claims import Holder, LeaseKeeper, Refused, claim_key, claim_run, store_for
 from ._config import secret_from_env
 from ._errors import SerializationError, ShippedTaskError
-from ._signing import open_envelope, seal
+from ._outcomes import holding_claim
+from ._remote_errors import pickle_exception
+from ._signing import (
+    CLOCK_SKEW,
+    VersionMismatchError,
+    check_age,
+    check_versions,
+    envelope_data,
+    seal,
+    verify_envelope,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_CALL_AGE_ENV = "CELERYNB_MAX_CALL_AGE"
+DEFAULT_MAX_CALL_AGE = 24 * 3600.0  # seconds a signed call may wait before it is refused
+
+
+def max_call_age() -> float:
+    """``$CELERYNB_MAX_CALL_AGE`` (seconds), else one day."""
+    try:
+        return float(os.environ.get(MAX_CALL_AGE_ENV) or DEFAULT_MAX_CALL_AGE)
+    except ValueError:
+        return DEFAULT_MAX_CALL_AGE
 
 
 def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[str, Any]:
     """Body of the generic ``celerynb.run_shipped`` task.
 
-    Verifies ``envelope`` BEFORE unpickling (refusal raises PayloadRefusedError),
-    calls the function, and returns its result sealed for the kernel. A failure
-    raises ShippedTaskError carrying the sealed exception and traceback.
+    Verifies ``envelope`` BEFORE unpickling (signature, task id, age: a refusal
+    raises PayloadRefusedError), claims the call so that it runs once (a replayed
+    or duplicate delivery is dropped without writing any state), calls the
+    function, and returns its result sealed for the kernel. A failure raises
+    ShippedTaskError carrying the sealed exception and traceback.
     """
     key = secret if secret is not None else secret_from_env()
     task_id = task.request.id
-    fn, args, kwargs = cloudpickle.loads(
-        open_envelope(envelope, secret=key, purpose="call", task_id=task_id)
-    )
+    body = verify_envelope(envelope, secret=key, purpose="call", task_id=task_id)
+    age_limit = max_call_age()
+    check_age(body, age_limit)
+    claims = store_for(task.app)
+    claim = claim_key(task_id, str(body.get("nonce")))
+    me = Holder.this_process()
+    try:
+        claim_run(claims, claim, me)
+    except Refused as why:
+        log.warning("celerynb: refused to run task %s: %s", task_id, why)
+        raise Ignore() from None  # no state written: the real run's states stand
+    try:
+        with LeaseKeeper(claims, claim, me), holding_claim(task_id):
+            _announce_started(task)
+            return _call(body, key, task_id)
+    finally:
+        try:
+            claims.finish(claim, keep=age_limit + CLOCK_SKEW)
+        except Exception as exc:
+            log.warning("celerynb: could not close the claim of task %s: %s", task_id, exc)
+
+
+def _call(body: dict[str, Any], key: bytes, task_id: str) -> dict[str, Any]:
+    try:
+        check_versions(body)
+    except VersionMismatchError as exc:  # a verified call: say so, signed
+        sealed = seal(pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
+        raise ShippedTaskError(str(exc), sealed) from None
+    fn, args, kwargs = cloudpickle.loads(envelope_data(body))
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:
@@ -39,16 +94,16 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     return seal(data, secret=key, purpose="result", task_id=task_id)
 
 
-def pickle_exception(exc: BaseException) -> bytes:
-    """The exception, its type, message and traceback text, pickled for the kernel."""
-    # Skip run_shipped's own frame: the user's code starts one frame down.
-    tb_start = exc.__traceback__.tb_next if exc.__traceback__ else None
-    tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
+def _announce_started(task: Any) -> None:
+    """STARTED, written by the run that holds the claim (Celery's own is held back)."""
+    if not (task.track_started or task.app.conf.task_track_started):
+        return
     try:
-        pickled_exc: bytes | None = cloudpickle.dumps(exc)
-        cloudpickle.loads(pickled_exc)  # some exceptions pickle but do not unpickle
-    except Exception:
-        pickled_exc = None
-    return cloudpickle.dumps(
-        {"exc": pickled_exc, "type": type(exc).__qualname__, "message": str(exc), "tb": tb}
-    )
+        task.backend.store_result(
+            task.request.id,
+            {"pid": os.getpid(), "hostname": task.request.hostname},
+            states.STARTED,
+            request=task.request,
+        )
+    except Exception as exc:
+        log.warning("celerynb: could not store STARTED for %s: %s", task.request.id, exc)

@@ -20,12 +20,42 @@ reads the other's progress.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from celery import states
+
 PROGRESS = "PROGRESS"
+# celerynb's own states, set by the kernel, never read from a backend.
+LOST = "LOST"  # the job's worker is gone
+REQUEUED = "REQUEUED"  # its worker is gone, and the app re-queues the task (acks_late)
+UNKNOWN = "UNKNOWN"  # an attached task with no stored state that no worker has
+KNOWN_STATES = frozenset(states.ALL_STATES) | {PROGRESS}
+# A custom state of a user's app (``update_state(state="DOWNLOADING")``).
+_CUSTOM_STATE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+
+
+def acceptable_state(state: Any, *, custom: bool) -> bool:
+    """Whether a state read from a backend is taken as a state at all.
+
+    Celery's states and PROGRESS always; with ``custom``, also an app's own state
+    names of up to 32 capitals, digits and underscores (never celerynb's own names).
+    Anything else (markup, control characters, a non-string) is refused.
+    """
+    if not isinstance(state, str):
+        return False
+    if state in KNOWN_STATES:
+        return True
+    return (
+        custom
+        and state not in (LOST, REQUEUED, UNKNOWN)
+        and _CUSTOM_STATE.fullmatch(state) is not None
+    )
+
+
 SCHEMA = "celerynb.progress/1"
 BAR_FIELDS = ("n", "total", "desc", "unit", "rate", "elapsed", "postfix")
 

@@ -73,7 +73,9 @@ class Session:
         self._reply_queue_declared = False
         self.watcher = Watcher(source_for(app, self.reply_to), monitor=WorkerMonitor(app), app=app)
         # rpc:// stores nothing: no REVOKED to write for other observers.
-        self._revoker = Revoker(app, stores_states=self.reply_to is None)
+        self._revoker = Revoker(
+            app, stores_states=self.reply_to is None, secret=lambda: self.secret
+        )
         self.closed = False
         self._processes: int | None = None
         self._known_task_names: set[str] = set()
@@ -215,13 +217,14 @@ class Session:
             hint = f"; did you mean {', '.join(similar)}?" if similar else ""
             raise UnknownTaskError(f"no online worker has a task named {name!r}{hint}")
 
-    def revoke(self, task_ids: str | list[str]) -> None:
+    def revoke(self, task_ids: str | list[str], *, shipped: bool = False) -> None:
         """Revoke tasks, terminating those already running (prefork pool).
 
         Returns at once; one background thread sends the revokes, batched (see
-        ``_revoker``).
+        ``_revoker``). ``shipped`` tasks get a signed REVOKED in the backend.
         """
-        self._revoker.revoke([task_ids] if isinstance(task_ids, str) else list(task_ids))
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        self._revoker.revoke(ids, shipped=shipped)
 
     def attach(self, task_id: str, name: str | None = None) -> Job:
         """Watch a task started anywhere, by id; see ``attach_many``."""

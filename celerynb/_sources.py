@@ -9,10 +9,38 @@ Both are used from the watcher thread only, except ``wake()``.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from celery import states
+
+from ._errors import UndecodableResultError
+
+log = logging.getLogger(__name__)
+
 Update = tuple[str, dict[str, Any]]  # (task_id, decoded meta)
+UNDECODABLE = "celerynb_undecodable"  # set in the meta standing for an unreadable entry
+
+
+def decoded(task_id: str, decode: Callable[[], Any]) -> dict[str, Any]:
+    """``decode()``'s meta, or, when the entry cannot be decoded (garbage, a pickle,
+    a state that is not a string...), a FAILURE meta for this one task saying so:
+    one bad entry must not stop the others (nor be re-read forever)."""
+    try:
+        meta = decode()
+        if not isinstance(meta, dict):
+            raise TypeError(f"decoded to {type(meta).__name__}, not a dict")
+        hash(meta.get("status"))
+        return meta
+    except Exception as exc:
+        log.warning("celerynb: cannot decode the stored state of task %s: %s", task_id, exc)
+        error = UndecodableResultError(
+            f"the result backend holds an entry for task {task_id} that cannot be decoded "
+            f"with the configured serializer ({type(exc).__name__}); refused"
+        )
+        return {"status": states.FAILURE, "result": error, "traceback": None, UNDECODABLE: True}
 
 
 class StateSource(Protocol):
@@ -115,7 +143,7 @@ class RedisPushSource:
             for key, raw in zip(chunk, self._backend.client.mget(chunk)):
                 task_id = self._channel_to_id.get(key)
                 if raw is not None and task_id is not None:
-                    updates.append((task_id, self._backend.decode_result(raw)))
+                    updates.append((task_id, self._decode_raw(task_id, raw)))
         return updates
 
     def _decode(self, message: dict[str, Any]) -> Update | None:
@@ -125,7 +153,10 @@ class RedisPushSource:
         task_id = self._channel_to_id.get(channel)
         if task_id is None:
             return None
-        return task_id, self._backend.decode_result(message["data"])
+        return task_id, self._decode_raw(task_id, message["data"])
+
+    def _decode_raw(self, task_id: str, raw: Any) -> dict[str, Any]:
+        return decoded(task_id, lambda: self._backend.decode_result(raw))
 
 
 def source_for(app: Any, reply_to: str | None = None) -> StateSource:

@@ -16,7 +16,14 @@ from typing import Any
 
 from celery import Celery
 
-from ._config import BACKEND_ENV, BROKER_ENV, REDIS_SCHEMES, SHIPPED_TASK_NAME, default_backend
+from ._config import (
+    BACKEND_ENV,
+    BROKER_ENV,
+    REDIS_SCHEMES,
+    SHIPPED_TASK_NAME,
+    default_backend,
+)
+from ._outcomes import ShippedTask
 from ._runner import run_shipped
 
 # Settings of celerynb's own worker app (a user's app keeps its own; see the README).
@@ -40,11 +47,15 @@ WORKER_DEFAULTS: dict[str, Any] = {
 def register(app: Celery, secret: str | bytes | None = None) -> Any:
     """Register celerynb's generic task on ``app`` so its workers run shipped callables.
 
-    ``secret`` defaults to ``$CELERYNB_SECRET`` read when a task runs.
+    ``secret`` defaults to ``$CELERYNB_SECRET`` read when a task runs. Every final
+    state of a shipped call is signed, including those the worker's main process
+    writes (a lost pool process, a time limit, a revoke: see ``_outcomes``).
     """
     key = secret.encode() if isinstance(secret, str) else secret
 
-    @app.task(name=SHIPPED_TASK_NAME, bind=True, shared=False)
+    # Options, not attributes set afterwards: touching the task now would bind it to
+    # the app's configuration before the app's module has finished configuring it.
+    @app.task(name=SHIPPED_TASK_NAME, bind=True, shared=False, base=ShippedTask, celerynb_key=key)
     def run_shipped_task(self: Any, envelope: dict[str, Any]) -> dict[str, Any]:
         return run_shipped(self, envelope, secret=key)
 

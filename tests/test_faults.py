@@ -307,11 +307,16 @@ def test_a_job_queued_behind_a_long_one_runs_once_whatever_the_visibility_timeou
     assert runs_per_job(runs) == {"job0": 1, "job1": 1, "job2": 1}
 
 
-def test_the_visibility_timeout_trap_is_real_when_prefetching(short_visibility_worker, tmp_path):
-    """The control for the test above: the same worker with prefetching runs a job that
-    waits in its prefetch buffer more than once."""
+def test_the_visibility_timeout_trap_is_real_when_prefetching_and_claims_stop_the_copies(
+    short_visibility_worker, tmp_path
+):
+    """The control for the test above: the same worker with prefetching gets a job that
+    waits in its prefetch buffer delivered more than once (the trap is real); each copy
+    is refused by the call's claim, so every job still runs once."""
     session = short_visibility_worker(SHORT_VISIBILITY_PREFETCH="1")
     runs = tmp_path / "runs.txt"
-    for i in range(3):
-        session.submit(record_run, (str(runs), f"job{i}", 3))
-    assert wait_for(lambda: max(runs_per_job(runs).values(), default=0) > 1, timeout=60)
+    log = tmp_path / "worker.log"
+    jobs = [session.submit(record_run, (str(runs), f"job{i}", 3)) for i in range(3)]
+    assert wait_for(lambda: log.exists() and "refused to run task" in log.read_text(), timeout=60)
+    assert [job.result(timeout=90) for job in jobs] == ["job0", "job1", "job2"]
+    assert runs_per_job(runs) == {"job0": 1, "job1": 1, "job2": 1}

@@ -1,0 +1,274 @@
+"""Worker side: a shipped call runs once, whoever replays its message.
+
+A signed call can be captured (``MONITOR`` on the broker, a copied message) and
+published again under the same task id: the signature still holds. Before a worker
+runs a call it *claims* the call's (task id, nonce) in a store all workers share:
+
+- nobody holds it: this run takes it, as a lease it renews while it runs;
+- it is marked done: the call already ran (or was ended) — refused as a replay;
+- another run holds it: a legitimate redelivery happens only when that run died
+  (``acks_late`` after a lost worker, a visibility-timeout redelivery), so a holder
+  on this machine whose process is gone is taken over at once, and otherwise the
+  claim is waited for: a dead holder's lease expires within ``LEASE_SECONDS``, a
+  live one keeps renewing it and this copy is refused as a duplicate.
+
+The shared store is Redis (the result backend's, else the broker's). Where there
+is none (``rpc://`` over RabbitMQ, a database backend), claims are per process,
+which only catches replays that reach the same process; the signed time stamp
+still bounds the age of any replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ._config import REDIS_SCHEMES
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 10.0  # a run's claim lives this long unless renewed
+RENEW_EVERY = LEASE_SECONDS / 3
+WAIT_STEP = 0.25  # seconds between looks at a claim held by another run
+DONE = "done"
+KEY_PREFIX = "celerynb-claim-"
+
+_CAS_SET = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
+"""
+_CAS_EXPIRE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def claim_key(task_id: str, nonce: str) -> str:
+    return f"{KEY_PREFIX}{task_id}-{nonce}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process running a call: machine, pid and a token of its own."""
+
+    host: str
+    pid: int
+    token: str
+
+    @classmethod
+    def this_process(cls) -> Holder:
+        return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
+
+    def encode(self) -> str:
+        return f"{self.host}|{self.pid}|{self.token}"
+
+    @classmethod
+    def parse(cls, value: str | None) -> Holder | None:
+        if not value or value == DONE:
+            return None
+        parts = value.rsplit("|", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2])
+
+
+class ClaimStore(Protocol):
+    shared: bool  # True when every worker sees the same claims
+
+    def try_claim(self, key: str, value: str, lease: float) -> bool: ...
+
+    def current(self, key: str) -> str | None: ...
+
+    def replace(self, key: str, old: str, new: str, lease: float) -> bool: ...
+
+    def renew(self, key: str, value: str, lease: float) -> bool: ...
+
+    def finish(self, key: str, keep: float) -> None: ...
+
+
+class RedisClaimStore:
+    """Claims as Redis keys with expiry (``SET NX PX``; compare-and-set in Lua)."""
+
+    shared = True
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._cas_set = client.register_script(_CAS_SET)
+        self._cas_expire = client.register_script(_CAS_EXPIRE)
+
+    def try_claim(self, key: str, value: str, lease: float) -> bool:
+        return bool(self._client.set(key, value, nx=True, px=_ms(lease)))
+
+    def current(self, key: str) -> str | None:
+        value = self._client.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def replace(self, key: str, old: str, new: str, lease: float) -> bool:
+        return bool(self._cas_set(keys=[key], args=[old, new, _ms(lease)]))
+
+    def renew(self, key: str, value: str, lease: float) -> bool:
+        return bool(self._cas_expire(keys=[key], args=[value, _ms(lease)]))
+
+    def finish(self, key: str, keep: float) -> None:
+        self._client.set(key, DONE, px=_ms(keep))
+
+
+class LocalClaimStore:
+    """Claims in this process's memory: the fallback without a shared Redis."""
+
+    shared = False
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= self._clock():
+            self._entries.pop(key, None)
+            return None
+        return entry[0]
+
+    def try_claim(self, key: str, value: str, lease: float) -> bool:
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._entries[key] = (value, self._clock() + lease)
+            return True
+
+    def current(self, key: str) -> str | None:
+        with self._lock:
+            return self._live(key)
+
+    def replace(self, key: str, old: str, new: str, lease: float) -> bool:
+        with self._lock:
+            if self._live(key) != old:
+                return False
+            self._entries[key] = (new, self._clock() + lease)
+            return True
+
+    def renew(self, key: str, value: str, lease: float) -> bool:
+        return self.replace(key, value, value, lease)
+
+    def finish(self, key: str, keep: float) -> None:
+        with self._lock:
+            self._entries[key] = (DONE, self._clock() + keep)
+            if len(self._entries) > 100_000:  # bound memory: drop what expired
+                for stale in [k for k in self._entries if self._live(k) is None]:
+                    self._entries.pop(stale, None)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Refused(Exception):
+    """This delivery of a call must not run; ``str()`` says why."""
+
+
+def claim_run(
+    store: ClaimStore,
+    key: str,
+    me: Holder,
+    *,
+    lease: float = LEASE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    alive: Callable[[int], bool] = process_alive,
+) -> None:
+    """Take the claim ``key`` for ``me``, or raise Refused (see the module's rules)."""
+    mine = me.encode()
+    deadline = clock() + lease + 2 * WAIT_STEP
+    while True:
+        if store.try_claim(key, mine, lease):
+            return
+        value = store.current(key)
+        if value == DONE:
+            raise Refused("it already ran: a replayed or duplicate message")
+        holder = Holder.parse(value)
+        if holder is not None and holder.host == me.host and not alive(holder.pid):
+            if store.replace(key, value, mine, lease):  # type: ignore[arg-type]
+                log.info("celerynb: run of %s taken over from dead pid %s", key, holder.pid)
+                return
+            continue
+        if clock() >= deadline:
+            where = f"{holder.host} pid {holder.pid}" if holder else "another process"
+            raise Refused(f"it is running in {where}: a replayed or duplicate message")
+        sleep(WAIT_STEP)
+
+
+class LeaseKeeper:
+    """Renews a claim from a daemon thread while a call runs."""
+
+    def __init__(self, store: ClaimStore, key: str, me: Holder, lease: float = LEASE_SECONDS):
+        self._store, self._key, self._value, self._lease = store, key, me.encode(), lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="celerynb-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join(RENEW_EVERY)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                if not self._store.renew(self._key, self._value, self._lease):
+                    log.warning("celerynb: lost the claim %s (its lease expired)", self._key)
+                    return
+            except Exception as exc:  # a store outage: the next round tries again
+                log.debug("celerynb: renewing %s failed: %s", self._key, exc)
+
+
+_stores: dict[tuple[int, int], ClaimStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(app: Any) -> ClaimStore:
+    """This process's claim store for ``app``: Redis where the app has one."""
+    cache_key = (os.getpid(), id(app))  # a forked pool child needs its own connections
+    with _stores_lock:
+        store = _stores.get(cache_key)
+        if store is None:
+            store = _stores[cache_key] = _make_store(app)
+        return store
+
+
+def _make_store(app: Any) -> ClaimStore:
+    from celery.backends.redis import RedisBackend
+
+    backend = app.backend
+    if isinstance(backend, RedisBackend):
+        return RedisClaimStore(backend.client)
+    broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
+    if broker.split("://", 1)[0] in REDIS_SCHEMES and not broker.startswith("sentinel"):
+        import redis
+
+        return RedisClaimStore(redis.Redis.from_url(broker, socket_timeout=10))
+    return LocalClaimStore()
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)

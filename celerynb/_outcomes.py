@@ -1,0 +1,225 @@
+"""Worker side: every final state of a shipped call is signed, whichever process writes it.
+
+The kernel accepts a shipped job's SUCCESS, FAILURE or REVOKED only when it is
+signed for that task (anyone who can write to the result backend could forge an
+unsigned one). The pool process signs what the call returned or raised
+(``_runner``). The worker's main process writes the rest: a pool process that
+died (``WorkerLostError``), a hard time limit, a revoke. ``ShippedTaskBackend``
+stands in for the task's result backend and signs those, but only for a run it
+can vouch for (``ShippedRequest`` tells it which request it acts for):
+
+- the call's envelope verifies for that task id, and
+- with a shared claim store, the claim of that call is held by the very pool
+  process that ran it (a replayed copy with a forged time limit header gets no
+  signature), and the claim is then closed, so no copy runs after it.
+
+It also keeps a replayed copy from writing STARTED (only the run holding the
+claim announces itself), and removes a forged SUCCESS that would otherwise stop
+Celery's Redis backend from storing the real result.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Task, states
+from celery.exceptions import TaskRevokedError
+from celery.worker.request import Request
+
+from ._claims import DONE, Holder, claim_key, store_for
+from ._config import secret_from_env
+from ._errors import ShippedTaskError
+from ._remote_errors import pickle_exception
+from ._signing import CLOCK_SKEW, seal, verify_envelope
+
+log = logging.getLogger(__name__)
+
+_acting = threading.local()  # .request: the Request the main process acts for
+_claimed = threading.local()  # .task_ids: calls this pool process holds the claim of
+
+
+@contextmanager
+def holding_claim(task_id: str) -> Iterator[None]:
+    """Within it, this thread's run of ``task_id`` holds the claim (may write STARTED)."""
+    ids = getattr(_claimed, "task_ids", None)
+    if ids is None:
+        ids = _claimed.task_ids = set()
+    ids.add(task_id)
+    try:
+        yield
+    finally:
+        ids.discard(task_id)
+
+
+def _holds_claim(task_id: str) -> bool:
+    return task_id in getattr(_claimed, "task_ids", ())
+
+
+@contextmanager
+def _acting_for(request: Any) -> Iterator[None]:
+    previous = getattr(_acting, "request", None)
+    _acting.request = request
+    try:
+        yield
+    finally:
+        _acting.request = previous
+
+
+class ShippedRequest(Request):
+    """The worker's request for ``celerynb.run_shipped``: says which request the main
+    process writes a final state for, so ``ShippedTaskBackend`` can sign it."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
+        with _acting_for(self):
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        with _acting_for(self):
+            return super().on_timeout(soft, timeout)
+
+    def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool):
+        # An expiry comes from the message's (unsigned) expires header: not vouched for.
+        with _acting_for(None if expired else self):
+            return super()._announce_revoked(reason, terminated, signum, expired)
+
+
+class ShippedTaskBackend:
+    """The result backend as ``celerynb.run_shipped`` sees it (see the module docstring)."""
+
+    def __init__(self, app: Any, secret: Any) -> None:
+        self._app = app
+        self._secret = secret  # a callable returning the key, or raising without one
+        self.max_call_age: float = 24 * 3600
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._app.backend, name)
+
+    @property
+    def backend(self) -> Any:
+        return self._app.backend
+
+    def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any):
+        if state == states.STARTED and not _holds_claim(task_id):
+            return result  # Celery's own STARTED comes before the claim; the run writes it
+        if state in states.READY_STATES:
+            self._drop_forged_success(task_id)
+        return self.backend.store_result(task_id, result, state, *args, **kwargs)
+
+    def mark_as_done(self, task_id: str, result: Any, *args: Any, **kwargs: Any) -> Any:
+        self._drop_forged_success(task_id)
+        return self.backend.mark_as_done(task_id, result, *args, **kwargs)
+
+    def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any):
+        if not (isinstance(exc, ShippedTaskError) and exc.envelope):
+            exc = self._vouched(task_id, exc) or exc
+        self._drop_forged_success(task_id)
+        return self.backend.mark_as_failure(task_id, exc, *args, **kwargs)
+
+    def mark_as_revoked(
+        self,
+        task_id: str,
+        reason: str = "",
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.REVOKED,
+    ) -> Any:
+        signed = self._vouched(task_id, TaskRevokedError(reason), revoked=True)
+        if signed is None:
+            return self.backend.mark_as_revoked(task_id, reason, request, store_result, state)
+        self._drop_forged_success(task_id)
+        if store_result:
+            self.backend.store_result(task_id, signed, state, traceback=None, request=request)
+        return None
+
+    # -- signing for the main process -----------------------------------------------
+    def _vouched(
+        self, task_id: str, exc: BaseException, *, revoked: bool = False
+    ) -> ShippedTaskError | None:
+        """``exc`` signed for ``task_id`` when the current request is vouched for."""
+        request = getattr(_acting, "request", None)
+        if request is None or request.id != task_id:
+            return None
+        try:
+            key = self._secret()
+            args = request.args or [None]
+            body = verify_envelope(args[0], secret=key, purpose="call", task_id=task_id)
+            claims = store_for(self._app)
+            claim = claim_key(task_id, str(body.get("nonce")))
+            if not revoked and not self._ran_here(claims, claim, request):
+                return None
+            claims.finish(claim, keep=self.max_call_age + CLOCK_SKEW)
+        except Exception as exc_info:
+            log.debug("celerynb: not signing the outcome of %s: %s", task_id, exc_info)
+            return None
+        sealed = seal(pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
+        return ShippedTaskError(f"{type(exc).__name__}: {exc}", sealed)
+
+    @staticmethod
+    def _ran_here(claims: Any, claim: str, request: Any) -> bool:
+        pid = getattr(request, "worker_pid", None)
+        if pid is None:
+            return False
+        if not claims.shared:
+            return True  # the claim lives in the pool process: only the pid can be checked
+        value = claims.current(claim)
+        holder = Holder.parse(value)
+        return (
+            value != DONE
+            and holder is not None
+            and holder.host == socket.gethostname()
+            and holder.pid == pid
+        )
+
+    def _drop_forged_success(self, task_id: str) -> None:
+        """A SUCCESS already stored for a call being finished now is forged (or stale):
+        Celery's Redis backend would keep it and drop the real outcome; an entry it
+        cannot decode would make storing fail. Forget either."""
+        from celery.backends.base import BaseKeyValueStoreBackend
+
+        backend = self.backend
+        if not isinstance(backend, BaseKeyValueStoreBackend):  # only these keep a SUCCESS
+            return
+        try:
+            meta = backend.get_task_meta(task_id, cache=False)
+            if meta.get("status") != states.SUCCESS:
+                return
+            verify_envelope(
+                meta.get("result"), secret=self._secret(), purpose="result", task_id=task_id
+            )
+            return
+        except Exception as exc:  # forged, or garbage Celery cannot even read back
+            log.warning("celerynb: removed a forged entry stored for task %s: %s", task_id, exc)
+        try:
+            backend.forget(task_id)
+        except Exception as exc:
+            log.debug("celerynb: could not forget %s: %s", task_id, exc)
+
+
+class ShippedTask(Task):
+    """Base of ``celerynb.run_shipped``: its requests and its result backend sign."""
+
+    Request = ShippedRequest
+    celerynb_key: bytes | None = None  # the shared secret, else $CELERYNB_SECRET
+    _signing_backend: ShippedTaskBackend | None = None
+
+    @property
+    def backend(self) -> Any:
+        if self._signing_backend is None:
+            from ._runner import max_call_age
+
+            key = self.celerynb_key
+            signing = ShippedTaskBackend(
+                self.app, lambda: key if key is not None else secret_from_env()
+            )
+            signing.max_call_age = max_call_age()
+            self._signing_backend = signing
+        return self._signing_backend
+
+    @backend.setter
+    def backend(self, value: Any) -> None:  # Celery may set it; the app's backend is used
+        pass

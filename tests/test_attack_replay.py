@@ -1,0 +1,134 @@
+"""Replayed signed calls: a captured message published again runs nothing, under the same
+task id or a new one, now or days later; a legitimate redelivery still runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from conftest import PROJECT_DIR, wait_for
+
+import celerynb
+from celerynb._config import SHIPPED_TASK_NAME
+from celerynb._session import _pickle_call
+from celerynb._signing import seal
+
+
+def record_run(path, label, gate=None):
+    """Appends ``label`` to ``path`` (one line per run), then waits for ``gate``."""
+    import os
+    import time
+
+    with open(path, "a") as runs:
+        runs.write(label + "\n")
+    deadline = time.monotonic() + 60
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return label
+
+
+def runs_of(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def signed_call(session, fn, args, *, sealed_at=None):
+    """A call as the kernel signs it: (task id, envelope)."""
+    task_id = str(uuid.uuid4())
+    envelope = seal(
+        _pickle_call(fn, args, {}),
+        secret=session.secret,
+        purpose="call",
+        task_id=task_id,
+        now=sealed_at,
+    )
+    return task_id, envelope
+
+
+def publish(session, task_id, envelope, **options):
+    session.app.send_task(SHIPPED_TASK_NAME, args=[envelope], task_id=task_id, **options)
+
+
+def refusals(cluster, task_id):
+    text = cluster.log_path.read_text(errors="replace")
+    return text.count(f"refused to run task {task_id}")
+
+
+def test_a_replay_of_a_call_that_ran_runs_nothing_and_writes_nothing(session, cluster, tmp_path):
+    runs = tmp_path / "runs"
+    task_id, envelope = signed_call(session, record_run, (str(runs), "once"))
+    publish(session, task_id, envelope)
+    assert celerynb.attach(task_id).result(timeout=30) == "once"
+    stored = session.app.backend.get_task_meta(task_id, cache=False)
+    for _ in range(2):
+        publish(session, task_id, envelope)
+    assert wait_for(lambda: refusals(cluster, task_id) == 2, timeout=30), refusals(cluster, task_id)
+    assert runs_of(runs) == ["once"]
+    assert session.app.backend.get_task_meta(task_id, cache=False) == stored  # untouched
+
+
+def test_a_replay_while_the_call_runs_is_refused_and_the_run_goes_on(session, cluster, tmp_path):
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    task_id, envelope = signed_call(session, record_run, (str(runs), "original", str(gate)))
+    job = celerynb.attach(task_id)
+    publish(session, task_id, envelope)
+    assert wait_for(lambda: runs_of(runs) == ["original"], timeout=30)
+    publish(session, task_id, envelope)  # the other pool process takes it and waits
+    assert wait_for(lambda: job.state == "STARTED", timeout=10)
+    time.sleep(0.5)  # let the copy reach the claim while the original holds it
+    gate.touch()
+    assert job.result(timeout=30) == "original"
+    assert wait_for(lambda: refusals(cluster, task_id) == 1, timeout=30)
+    assert runs_of(runs) == ["original"]
+
+
+def test_a_call_sealed_too_long_ago_is_refused_unopened(session, tmp_path):
+    runs = tmp_path / "runs"
+    sealed_at = time.time() - 2 * 24 * 3600
+    task_id, envelope = signed_call(session, record_run, (str(runs), "old"), sealed_at=sealed_at)
+    publish(session, task_id, envelope)
+    result = session.app.AsyncResult(task_id)
+    assert wait_for(lambda: result.state == "FAILURE", timeout=30), result.state
+    assert isinstance(result.result, celerynb.PayloadRefusedError)
+    assert "sealed" in str(result.result) and "CELERYNB_MAX_CALL_AGE" in str(result.result)
+    assert runs_of(runs) == []
+
+
+def dies_once(marker):
+    """Kills its own pool process the first time; returns on the run after that."""
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second run"
+
+
+def test_a_redelivery_after_a_lost_pool_process_still_runs(cluster, session, tmp_path):
+    """acks_late + reject_on_worker_lost: the same message comes back after its pool
+    process died; the dead run's claim is taken over and the call completes."""
+    from celerynb._cluster import _die_with_parent, _stop_process
+
+    name = f"requeue-{uuid.uuid4().hex[:6]}@localhost"
+    env = cluster.worker_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "requeue_on_loss", "worker", "--concurrency=1",
+         "--loglevel=INFO", "-n", name, "-Q", "requeue-on-loss", "--without-gossip",
+         "--without-mingle", f"--logfile={tmp_path / 'worker.log'}"],
+        env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent(signal.SIGQUIT),
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: session.app.control.ping([name], timeout=0.5), timeout=60)
+        marker = tmp_path / "died-once"
+        job = celerynb.apply_async(dies_once, (str(marker),), queue="requeue-on-loss")
+        assert job.result(timeout=60) == "second run"
+        assert marker.exists()
+        log = (tmp_path / "worker.log").read_text(errors="replace")
+        assert "refused to run" not in log
+    finally:
+        _stop_process(worker)

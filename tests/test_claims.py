@@ -1,0 +1,101 @@
+"""The run-once rule for shipped calls, with a clock the test controls (no server)."""
+
+import pytest
+
+from celerynb._claims import (
+    DONE,
+    LEASE_SECONDS,
+    Holder,
+    LocalClaimStore,
+    Refused,
+    claim_key,
+    claim_run,
+)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def run(store, clock, me, *, alive=lambda pid: True, key="k"):
+    claim_run(store, key, me, clock=clock, sleep=clock.sleep, alive=alive)
+
+
+def test_the_first_delivery_takes_the_claim_and_a_replay_after_it_finished_is_refused(clock):
+    store = LocalClaimStore(clock)
+    me = Holder("host", 10, "a")
+    run(store, clock, me)
+    store.finish("k", keep=3600)
+    with pytest.raises(Refused, match="already ran"):
+        run(store, clock, Holder("host", 11, "b"))
+    assert clock.now == 1000.0  # refused at once, no waiting
+
+
+def test_a_copy_delivered_while_the_run_is_alive_is_refused_after_one_lease(clock):
+    store = LocalClaimStore(clock)
+    original = Holder("host", 10, "a")
+    run(store, clock, original)
+
+    def sleep(seconds):  # the original's lease keeper renews meanwhile
+        clock.now += seconds
+        store.renew("k", original.encode(), LEASE_SECONDS)
+
+    with pytest.raises(Refused, match="running in host pid 10"):
+        claim_run(store, "k", Holder("other", 20, "b"), clock=clock, sleep=sleep)
+    assert LEASE_SECONDS <= clock.now - 1000.0 <= LEASE_SECONDS + 1
+
+
+def test_a_redelivery_after_the_holder_died_elsewhere_runs_once_its_lease_expired(clock):
+    store = LocalClaimStore(clock)
+    run(store, clock, Holder("machine-a", 10, "a"))  # then machine-a dies: no renewal
+    run(store, clock, Holder("machine-b", 20, "b"))
+    assert LEASE_SECONDS - 1 <= clock.now - 1000.0 <= LEASE_SECONDS + 1
+    assert store.current("k") == Holder("machine-b", 20, "b").encode()
+
+
+def test_a_redelivery_after_a_pool_process_died_on_this_machine_takes_over_at_once(clock):
+    store = LocalClaimStore(clock)
+    run(store, clock, Holder("host", 10, "a"))
+    run(store, clock, Holder("host", 11, "b"), alive=lambda pid: pid != 10)
+    assert clock.now == 1000.0
+    assert store.current("k") == Holder("host", 11, "b").encode()
+
+
+def test_a_live_holder_on_this_machine_is_not_taken_over(clock):
+    store = LocalClaimStore(clock)
+    run(store, clock, Holder("host", 10, "a"))
+
+    def sleep(seconds):
+        clock.now += seconds
+        store.renew("k", Holder("host", 10, "a").encode(), LEASE_SECONDS)
+
+    with pytest.raises(Refused):
+        claim_run(store, "k", Holder("host", 11, "b"), clock=clock, sleep=sleep)
+
+
+def test_claims_are_per_call_and_holders_round_trip():
+    assert claim_key("t1", "n1") != claim_key("t1", "n2") != claim_key("t2", "n1")
+    holder = Holder("a-host.example", 4242, "tok")
+    assert Holder.parse(holder.encode()) == holder
+    assert Holder.parse(DONE) is None and Holder.parse(None) is None
+    assert Holder.parse("garbage") is None
+
+
+def test_a_local_store_forgets_expired_claims(clock):
+    store = LocalClaimStore(clock)
+    assert store.try_claim("k", "v", 5)
+    assert not store.try_claim("k", "w", 5)
+    clock.now += 5.1
+    assert store.current("k") is None and store.try_claim("k", "w", 5)
