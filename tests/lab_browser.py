@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,21 @@ class Lab:
                     killed.append(" ".join(proc.cmdline())[:200])
                     proc.kill()
         return killed
+
+
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[Lab]:
+    """A started ``Lab`` on ``root``; stopped after, failing if it left a process behind."""
+    server = Lab(root)
+    server.start()
+    try:
+        yield server
+    except BaseException:
+        log(f"jupyter lab log, last lines:\n{server.tail()}")
+        raise
+    finally:
+        killed = server.stop()
+        assert not killed, f"processes left behind by jupyter lab: {killed}"
 
 
 def read_widget_js(cell_source: str) -> str:

@@ -8,11 +8,10 @@ script in the page can run code in the kernel.
 from __future__ import annotations
 
 import json
-import shutil
 
 import nbformat
 import pytest
-from lab_browser import CHROMIUM_FLAGS, KERNEL_IDLE_JS, Lab, find_chromium, log
+from lab_browser import CHROMIUM_FLAGS, KERNEL_IDLE_JS, find_chromium, log, serving
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
 CHROMIUM = find_chromium()
@@ -69,17 +68,8 @@ def lab(tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nbformat.write(notebook, root / "forged.ipynb")
-    server = Lab(root)
-    server.start()
-    try:
+    with serving(root) as server:
         yield server
-    except BaseException:
-        log(f"jupyter lab log, last lines:\n{server.tail()}")
-        raise
-    finally:
-        killed = server.stop()
-        assert not killed, f"processes left behind by jupyter lab: {killed}"
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_markup_forged_in_the_backend_runs_no_script_in_jupyterlab(lab, tmp_path):

@@ -19,11 +19,11 @@ from lab_browser import (
     CELLS_RAN_JS,
     CHROMIUM_FLAGS,
     KERNEL_IDLE_JS,
-    Lab,
     find_chromium,
     log,
     read_widget_js,
     record_timeline_js,
+    serving,
 )
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
@@ -52,16 +52,8 @@ def lab(tmp_path):
     root = tmp_path / "notebooks"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
-    server = Lab(root)
-    server.start()
-    try:
+    with serving(root) as server:
         yield server
-    except BaseException:
-        log(f"jupyter lab log, last lines:\n{server.tail()}")
-        raise
-    finally:
-        killed = server.stop()
-        assert not killed, f"processes left behind by jupyter lab: {killed}"
 
 
 @pytest.fixture

@@ -68,9 +68,7 @@ def sleeper(seconds):
     return "real"
 
 
-def test_kernel_ignores_a_forged_result_without_unpickling_and_the_real_one_wins(
-    session, tmp_path
-):
+def test_kernel_ignores_a_forged_result_without_unpickling_and_the_real_one_wins(session, tmp_path):
     mark = tmp_path / "unpickled-in-kernel"
     job = celerynb.submit(sleeper, 3)
     assert wait_for(lambda: job.state in ("STARTED", "PROGRESS"), timeout=20)
