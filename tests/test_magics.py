@@ -9,6 +9,8 @@ import pytest
 from conftest import project_env, wait_for
 from kernel_helpers import Kernel
 
+from celerynb._config import mask_url
+
 FUNCTIONS = """
 import time, celery, celerynb
 def simulate(n, pause=0.01):
@@ -55,7 +57,7 @@ def test_connect_without_arguments_uses_celery_broker_url(kernel, cluster):
     cell = kernel.ok("%celery_connect")
     assert cell.stdout.count("\n") == 1, cell.stdout
     assert re.fullmatch(
-        rf"celerynb: connected to {re.escape(cluster.broker_url)}; "
+        rf"celerynb: connected to {re.escape(mask_url(cluster.broker_url))}; "
         r"2 workers online \(4 processes\)\n",
         cell.stdout,
     ), cell.stdout
@@ -274,7 +276,7 @@ def test_local_cluster_of_the_magic_stops_with_the_kernel(tmp_path):
         cell = kernel.ok("%celery_connect --local -n 1")
         assert re.fullmatch(
             r"celerynb: connected to a local cluster \(1 worker processes\) at "
-            r"redis://127.0.0.1:\d+/0; 1 worker online \(1 processes\)\n",
+            r"redis://:\*\*@127.0.0.1:\d+/0; 1 worker online \(1 processes\)\n",
             cell.stdout,
         ), cell.stdout
         # Jupyter's "interrupt" signals the kernel's process group: the cluster must survive.
