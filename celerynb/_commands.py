@@ -16,6 +16,7 @@ from ._many import reattach_previous
 from ._registry import registry
 from ._session import current_session
 from ._tables import JobTable, WorkerTable
+from ._validation import check_task_ids
 from ._workers import INSPECT_TIMEOUT
 
 _cell_numbers = itertools.count(1)
@@ -46,6 +47,7 @@ def cancel(*ids: str) -> list[str]:
     A full task id that is not a job of this kernel is revoked on the workers.
     Jobs that already finished are left as they are.
     """
+    check_task_ids(list(ids))
     found: list[Job] = []
     revoked: list[str] = []
     for task_id in ids:
@@ -85,8 +87,9 @@ def submit_cell(
     job = current_session().submit(
         run_cell,
         (source, filename, blob, names),
+        queue=queue,
         name=label,
-        call_repr=f"{label}: {first_line}"[:60],
+        call_repr=f"{label}: {first_line}"[:60],  # shown, never stored (see _store)
     )
     if names:
         job.add_done_callback(lambda done: _assign_outputs(done, namespace))

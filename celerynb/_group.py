@@ -203,10 +203,9 @@ class JobGroup(WatchedFuture):
         return text
 
     def _record(self) -> JobRecord:
-        return JobRecord(
+        return JobRecord(  # never call_repr: a name and a shape rebuild it
             self.id,
             self.name,
-            self.call_repr,
             True if self._chunked else None,
             tuple(job.id for job in self.jobs),
             tuple(self._spans) if self._chunked else None,

@@ -255,7 +255,7 @@ class Job(WatchedFuture):
         return True
 
     def _record(self) -> JobRecord:
-        return JobRecord(self.id, self.name, self.call_repr, self._shipped)
+        return JobRecord(self.id, self.name, self._shipped)  # never call_repr: it shows arguments
 
     def _mark_unknown(self) -> None:
         """Still PENDING, but nobody has the task: show UNKNOWN (a later state wins)."""

@@ -26,6 +26,7 @@ from ._commands import assign_on_success, cancel, jobs, submit_cell, workers
 from ._connect import connect
 from ._errors import CelerynbError, NotConnectedError
 from ._session import Session, apply_async, current_session
+from ._validation import shown
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ def evaluate_call(
     try:
         tree = ast.parse(text.strip(), "<celery_submit>", "eval")
     except SyntaxError as exc:
-        raise UsageError(f"not a Python call: {text.strip()!r} ({exc.msg})") from None
+        raise UsageError(f"not a Python call: {shown(text.strip())} ({exc.msg})") from None
     call = tree.body
     if not isinstance(call, ast.Call):
         raise UsageError(
-            f"expected a call such as simulate(10_000), got {text.strip()!r}"
+            f"expected a call such as simulate(10_000), got {shown(text.strip())}"
             + (" (add the arguments in parentheses)" if isinstance(call, ast.Name) else "")
         )
     capture = "__celerynb_capture__"
@@ -79,14 +80,15 @@ def evaluate_call(
 
 
 def _usage_errors(magic: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn any failure into one short UsageError line (details in the debug log)."""
+    """Turn any failure into one short UsageError line (details in the debug log); our
+    own UsageErrors and argparse's, which may quote the input, are cut to one line too."""
 
     @functools.wraps(magic)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return magic(*args, **kwargs)
-        except UsageError:
-            raise
+        except UsageError as exc:
+            raise UsageError(_one_line(exc)) from None
         except Exception as exc:
             log.debug("celerynb magic failed", exc_info=True)
             raise UsageError(_one_line(exc)) from None
@@ -104,9 +106,19 @@ def _require_session() -> Session:
         ) from None
 
 
+def _unquoted(value: str | None) -> str | None:
+    """``-q "gpu"``: IPython's option parsing keeps the quotes; drop one matching pair, as
+    a shell would (a queue named '"gpu"' would leave the job waiting forever)."""
+    if value is not None and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, CelerynbError) else f"{type(exc).__name__}: {exc}"
+    plain = isinstance(exc, CelerynbError | UsageError)  # already says what failed
+    text = str(exc) if plain else f"{type(exc).__name__}: {exc}"
     text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    text = text.encode("utf-8", "backslashreplace").decode()  # a lone surrogate, escaped
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
@@ -210,7 +222,7 @@ class CeleryMagics(Magics):
             if len(outputs) > 1:
                 raise UsageError("-o takes one variable for a call (a cell takes several)")
             function, call_args, call_kwargs = evaluate_call(code, namespace, self._app_tasks())
-            job = apply_async(function, call_args, call_kwargs, queue=args.queue)
+            job = apply_async(function, call_args, call_kwargs, queue=_unquoted(args.queue))
             if outputs:
                 assign_on_success(job, namespace, outputs[0])
         else:
@@ -220,7 +232,7 @@ class CeleryMagics(Magics):
                 cell,
                 namespace,
                 outputs=args.output,
-                queue=args.queue,
+                queue=_unquoted(args.queue),
                 hidden=self.shell.user_ns_hidden,
                 label=f"cell [{self.shell.execution_count}]",
             )

@@ -16,7 +16,8 @@ from ._group import JobGroup
 from ._job import Job
 from ._registry import registry
 from ._session import Session, _display_name, current_session
-from ._store import store
+from ._store import JobRecord, store
+from ._validation import check_queue
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ def auto_chunksize(items: int, processes: int) -> int:
 def chunk_spans(items: int, chunksize: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of each chunk."""
     return [(start, min(start + chunksize, items)) for start in range(0, items, chunksize)]
+
+
+def map_call_repr(name: str, items: int) -> str:
+    """How displays call a map: ``map(simulate, 1000 items)`` (rebuilt on re-attach too)."""
+    return f"map({name}, {items} items)"
 
 
 def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
@@ -55,6 +61,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     items = list(zip(*iterables)) if star else list(iterables[0])
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+    check_queue(queue)  # as Session.submit does, also when there are no items to send
     session = current_session()
     size = chunksize or auto_chunksize(len(items), session.processes_hint or DEFAULT_PROCESSES)
     spans = chunk_spans(len(items), size)
@@ -80,7 +87,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
         jobs,
         spans,
         name=name,
-        call_repr=f"map({name}, {len(items)} items)",
+        call_repr=map_call_repr(name, len(items)),
         session=session,
         code=fn,
     )
@@ -135,8 +142,7 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
     watched = iter(session.attach_many(task_ids, names, register=False))
     for record in records:
         jobs = [next(watched) for _ in (record.task_ids or (record.id,))]
-        if not record.task_ids:
-            jobs[0].call_repr = record.call_repr
+        if not record.task_ids:  # shown by its name: the store keeps no arguments
             registry.add(jobs[0])
             again[record.id] = jobs[0]
             continue
@@ -144,13 +150,20 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
             jobs,
             record.spans,
             name=record.name,
-            call_repr=record.call_repr,
+            call_repr=_group_call_repr(record),
             session=session,
             group_id=record.id,
         )
         registry.add(group)
         again[record.id] = group
     return [again[record.id] for record in previous]  # oldest first
+
+
+def _group_call_repr(record: JobRecord) -> str:
+    """A re-attached group's call, rebuilt from its name and shape (no call text is stored)."""
+    if record.spans is None:
+        return record.name  # attached tasks: "12 tasks", "group 1a2b3c4d"
+    return map_call_repr(record.name, record.spans[-1][1] if record.spans else 0)
 
 
 def _attach_group(session: Session, ids: list[str], name: str) -> JobGroup:

@@ -24,6 +24,7 @@ from ._rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._signing import seal
 from ._sources import source_for
 from ._store import backend_key
+from ._validation import check_queue, check_task_ids
 from ._watcher import Watcher
 from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers, registered_task_names
 
@@ -126,13 +127,17 @@ class Session:
 
         ``queue`` routes it; ``name`` and ``call_repr`` replace how displays call it;
         ``record=False`` keeps it out of ``jobs()`` (a part of a JobGroup).
+
+        Raises:
+            ValueError: ``queue`` is not a usable queue name (see ``check_queue``).
         """
+        check_queue(queue)  # every path sends through here: apply_async, map, cells
         if self.closed:
             raise NotConnectedError(f"this connection to {self.broker_url} was closed")
         kwargs = dict(kwargs or {})
         task_id = str(uuid.uuid4())
         options: dict[str, Any] = {"task_id": task_id}
-        if queue:
+        if queue is not None:
             options["queue"] = queue
         if isinstance(fn, str | Task):
             task_name = fn if isinstance(fn, str) else fn.name
@@ -243,9 +248,7 @@ class Session:
         bounded by ``SYNC_TIMEOUT``), so finished tasks show as finished at once.
         ``register=False`` keeps new jobs out of ``jobs()`` (parts of a JobGroup).
         """
-        bad = [t for t in task_ids if not isinstance(t, str) or not t.strip()]
-        if bad:  # an empty id would poison the watcher's reads for every job
-            raise ValueError(f"task ids must be non-empty strings, got {bad[0]!r}")
+        check_task_ids(task_ids)
         jobs: list[Job] = []
         new = 0
         for task_id, name in zip(task_ids, names or [None] * len(task_ids)):

@@ -2,8 +2,11 @@
 
 After a kernel restart, ``celerynb.jobs(previous=True)`` reads it to find the
 jobs the notebook had (in flight or finished since) and watches them again.
-Only ids, names and the shape of groups are stored: never arguments or results,
-never a URL's password (backends are matched by a hash of their URL).
+Only ids, names (a function's or task's name, ``cell [3]``) and the shape of
+groups (task ids, chunk spans) are stored: never a call's arguments, a cell's
+text or results, never a URL's password (backends are matched by a hash of
+their URL). The file and SQLite's ``-wal``/``-shm`` files are private to their
+owner (0600), in a directory of mode 0700.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -23,15 +27,21 @@ from typing import Any
 STORE_ENV = "CELERYNB_STORE"
 KEEP_SECONDS = 7 * 24 * 3600  # older records are dropped
 RUN_ID = uuid.uuid4().hex  # this kernel process
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+SIDECARS = ("-wal", "-shm")  # SQLite's files beside the database in WAL mode
+# PRAGMA user_version of a file whose text is gone: version 0 files (celerynb before
+# this version) had a call_repr column holding calls' arguments and cells' first lines.
+SCHEMA_VERSION = 2
+_COLUMNS = "id, notebook, run, backend, name, shipped, task_ids, spans, submitted"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+CREATE TABLE IF NOT EXISTS {table} (
     id TEXT PRIMARY KEY,
     notebook TEXT NOT NULL,
     run TEXT NOT NULL,
     backend TEXT NOT NULL,
     name TEXT NOT NULL,
-    call_repr TEXT NOT NULL,
     shipped INTEGER,
     task_ids TEXT,
     spans TEXT,
@@ -42,15 +52,20 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 @dataclass(frozen=True)
 class JobRecord:
-    """What is kept of one job or group: enough to watch it again."""
+    """What is kept of one job or group: enough to watch it again, and nothing of its call."""
 
     id: str
-    name: str
-    call_repr: str
+    name: str  # a function's or task's name, or a label such as "cell [3]"
     shipped: bool | None
     task_ids: tuple[str, ...] = ()  # a group's tasks; empty for a single job
     spans: tuple[tuple[int, int], ...] | None = None  # a map's chunks
     submitted: float = 0.0
+
+
+def default_directory() -> Path:
+    """``$XDG_DATA_HOME/celerynb`` (~/.local/share/celerynb)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "celerynb"
 
 
 def default_path() -> Path:
@@ -58,8 +73,7 @@ def default_path() -> Path:
     explicit = os.environ.get(STORE_ENV)
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "celerynb" / "jobs.sqlite3"
+    return default_directory() / "jobs.sqlite3"
 
 
 def notebook_key() -> str:
@@ -90,14 +104,23 @@ class JobStore:
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
             self._path = path = self.path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(path, timeout=5, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(_SCHEMA)
-            expired = time.time() - KEEP_SECONDS
-            connection.execute("DELETE FROM jobs WHERE submitted < ?", (expired,))
-            connection.commit()
+            make_private_directory(path.parent, tighten=path.parent == default_directory())
+            make_private_files(path, create=True)
+            # Autocommit: each statement is its own transaction, VACUUM can run.
+            connection = sqlite3.connect(
+                path, timeout=5, check_same_thread=False, isolation_level=None
+            )
+            try:
+                connection.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                _upgrade(connection)
+                expired = time.time() - KEEP_SECONDS
+                connection.execute("DELETE FROM jobs WHERE submitted < ?", (expired,))
+                make_private_files(path, create=False)  # -wal/-shm of an older version
+            except BaseException:
+                connection.close()
+                raise
             self._connection = connection
         return self._connection
 
@@ -113,7 +136,6 @@ class JobStore:
             RUN_ID,
             backend,
             record.name,
-            record.call_repr,
             None if record.shipped is None else int(record.shipped),
             json.dumps(list(record.task_ids)) if record.task_ids else None,
             json.dumps(record.spans) if record.spans is not None else None,
@@ -121,9 +143,9 @@ class JobStore:
         )
         try:
             with self._lock:
-                db = self._db()
-                db.execute("INSERT OR IGNORE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-                db.commit()
+                self._db().execute(
+                    f"INSERT OR IGNORE INTO jobs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", row
+                )
         except (sqlite3.Error, OSError) as exc:
             self.error = f"cannot record jobs in {self.path}: {exc}"
 
@@ -134,7 +156,7 @@ class JobStore:
                 rows = (
                     self._db()
                     .execute(
-                        "SELECT id, name, call_repr, shipped, task_ids, spans, submitted FROM jobs "
+                        "SELECT id, name, shipped, task_ids, spans, submitted FROM jobs "
                         "WHERE notebook = ? AND backend = ? AND run != ? ORDER BY submitted",
                         (notebook_key(), backend, RUN_ID),
                     )
@@ -152,12 +174,78 @@ class JobStore:
             self._connection = None
 
 
+def make_private_directory(directory: Path, *, tighten: bool) -> None:
+    """Create ``directory`` (and missing parents) with mode 0700; ``tighten``: also take
+    group and other bits off it if it exists (celerynb's own directory)."""
+    missing: list[Path] = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another kernel made it meanwhile
+            new.mkdir(mode=DIRECTORY_MODE)
+    if tighten and not missing:
+        _chmod_own(directory, DIRECTORY_MODE)
+
+
+def make_private_files(path: Path, *, create: bool) -> None:
+    """The database ``path`` (created 0600 if ``create``) and its -wal/-shm files, where
+    they exist: refused unless this user owns them, else set to mode 0600."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    # By path, never by opening: closing a descriptor of a file would drop the POSIX
+    # locks SQLite holds on it in this process.
+    for file in (path, *(Path(f"{path}{suffix}") for suffix in SIDECARS)):
+        if os.path.lexists(file):
+            _chmod_own(file, FILE_MODE, regular=True)
+
+
+def _chmod_own(path: Path, mode: int, *, regular: bool = False) -> None:
+    info = os.stat(path)
+    if info.st_uid != os.geteuid():
+        raise PermissionError(
+            f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}): "
+            f"not used; set ${STORE_ENV} to a file of your own"
+        )
+    if regular and not stat.S_ISREG(info.st_mode):
+        raise PermissionError(f"{path} is not a regular file: not used")
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Create the table; rewrite a file of an older version so its stored call text is
+    gone from the file itself, not only from the table."""
+    if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")  # one kernel at a time; the others wait (timeout)
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        if "call_repr" in columns:
+            db.execute(_SCHEMA.format(table="jobs_without_calls"))
+            db.execute(f"INSERT INTO jobs_without_calls ({_COLUMNS}) SELECT {_COLUMNS} FROM jobs")
+            db.execute("DROP TABLE jobs")
+            db.execute("ALTER TABLE jobs_without_calls RENAME TO jobs")
+        db.execute(_SCHEMA.format(table="jobs"))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    # The dropped table's pages (and the WAL's older frames) still hold its text: rebuild
+    # the file, then empty the WAL. If another kernel keeps the WAL busy, the next open
+    # tries again (user_version is set only once both succeeded).
+    db.execute("VACUUM")
+    busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if not busy:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 def _record_from(row: tuple[Any, ...]) -> JobRecord:
-    job_id, name, call_repr, shipped, task_ids, spans, submitted = row
+    job_id, name, shipped, task_ids, spans, submitted = row
     return JobRecord(
         id=job_id,
         name=name,
-        call_repr=call_repr,
         shipped=None if shipped is None else bool(shipped),
         task_ids=tuple(json.loads(task_ids)) if task_ids else (),
         spans=tuple(tuple(s) for s in json.loads(spans)) if spans else None,

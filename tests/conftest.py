@@ -106,6 +106,16 @@ def project_worker(cluster: celerynb.LocalCluster, tmp_path_factory) -> Iterator
         _stop_process(proc)
 
 
+@pytest.fixture(scope="module")
+def shell():
+    """IPython's in-process test shell with the magics loaded (no kernel started)."""
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "celerynb")
+    return ip
+
+
 @pytest.fixture(scope="session")
 def shared_session(cluster: celerynb.LocalCluster) -> celerynb.Session:
     return celerynb.connect(cluster)

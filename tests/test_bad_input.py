@@ -1,5 +1,6 @@
 """Bad input: a clear one-line error at the call, nothing sent, nothing hangs."""
 
+import concurrent.futures
 import threading
 import time
 
@@ -137,3 +138,115 @@ def test_empty_task_ids_are_refused_and_the_watcher_keeps_working(session):
             celerynb.attach(target)
     assert celerynb.submit(abs, -3).result(timeout=30) == 3
     assert session.watcher.status == "watching"
+
+
+def assert_one_short_line(message):
+    assert message and "\n" not in message and len(message) <= 300, repr(message[:400])
+    message.encode("utf-8")  # a lone surrogate of the input is escaped, never shown raw
+
+
+BAD_QUEUES = ["a\nb", "", " fast", "fast\t", "q" * 256, "a\x00b", "\ud800", "bell\x07", 5, b"q"]
+
+
+@pytest.mark.parametrize("queue", BAD_QUEUES, ids=lambda queue: repr(queue)[:12])
+def test_a_bad_queue_name_is_refused_in_one_line_before_anything_is_sent(
+    session, monkeypatch, queue
+):
+    sent = []
+    monkeypatch.setattr(session.app, "send_task", lambda *a, **k: sent.append((a, k)))
+    before = len(celerynb.jobs())
+    for send in (
+        lambda: celerynb.apply_async(abs, (-1,), queue=queue),
+        lambda: celerynb.map(abs, [1, 2], queue=queue),
+        lambda: celerynb.map(abs, [], queue=queue),
+        lambda: celerynb.submit_cell("x = 1", {}, queue=queue),
+        lambda: session.submit(abs, (-1,), queue=queue),
+    ):
+        with pytest.raises(ValueError, match="^queue must be") as info:
+            send()
+        assert_one_short_line(str(info.value))
+        assert repr(queue)[:10] in str(info.value), "the message names the value"
+    assert sent == [] and len(celerynb.jobs()) == before, "nothing was sent"
+
+
+def test_a_good_queue_name_is_sent_and_a_bad_one_is_named_shortened(session):
+    assert celerynb.apply_async(abs, (-4,), queue="celery").result(timeout=30) == 4
+    with pytest.raises(ValueError) as info:
+        celerynb.apply_async(abs, (-4,), queue="q" * 10_000)
+    assert str(info.value).startswith("queue must be at most 255 characters, not 10000: got 'qq")
+    assert "qqq...qqq" in str(info.value) and len(str(info.value)) < 150
+
+
+def test_a_cell_goes_to_the_queue_it_names(session):
+    job = celerynb.submit_cell("x = 1", {}, queue="celerynb-no-worker-listens")
+    try:
+        done, _ = concurrent.futures.wait([job], timeout=1.5)
+        assert not done, "no worker consumes that queue: the cell waits"
+    finally:
+        job.cancel()
+
+
+BAD_IDS = ["\ud800abc", "\udfff", "a\nb", "a\x00b", "\x1b[31mred"]
+
+
+@pytest.mark.parametrize("task_id", BAD_IDS, ids=repr)
+def test_task_ids_with_control_characters_or_lone_surrogates_are_refused(session, task_id):
+    before = len(celerynb.jobs())
+    for call in (
+        lambda: celerynb.attach(task_id),
+        lambda: celerynb.attach(["5b0c2c36-2f43-4a48-9d52-0d7a2c1d1a10", task_id]),
+        lambda: celerynb.cancel(task_id),
+    ):
+        with pytest.raises(ValueError, match="^task ids must be strings without control") as info:
+            call()
+        assert_one_short_line(str(info.value))
+    assert len(celerynb.jobs()) == before
+    assert celerynb.submit(abs, -3).result(timeout=30) == 3
+    assert session.watcher.status == "watching"
+
+
+@pytest.mark.parametrize(
+    ("magic", "line", "cell", "pattern"),
+    [
+        ("celery_submit", '-q "a\nb" abs(-1)', None, r"queue must be free of control"),
+        ("celery_submit", '-q "a\x00b"', "x = 1", r"queue must be free of control"),
+        ("celery_cancel", "\udfff", None, r"task ids must be strings without control"),
+        ("celery_cancel", "ok \ud800abc", None, r"task ids must be strings without control"),
+    ],
+)
+def test_magics_refuse_bad_queues_and_ids_in_one_line(session, shell, magic, line, cell, pattern):
+    from IPython.core.error import UsageError
+
+    before = len(celerynb.jobs())
+    with pytest.raises(UsageError, match=pattern) as info:
+        if cell is None:
+            shell.run_line_magic(magic, line)
+        else:
+            shell.run_cell_magic(magic, line, cell)
+    assert_one_short_line(str(info.value))
+    assert len(celerynb.jobs()) == before
+
+
+def test_a_quoted_queue_of_a_magic_loses_its_quotes(session, shell):
+    job = shell.run_line_magic("celery_submit", '-q "celery" abs(-5)')
+    assert job.result(timeout=30) == 5, "sent to the queue celery, not to '\"celery\"'"
+
+
+@pytest.mark.parametrize(
+    ("magic", "line"),
+    [
+        ("celery_submit", "x" * 100_000),  # "expected a call", quoting the input
+        ("celery_submit", "f(" + "1, " * 40_000),  # "not a Python call", quoting the input
+        ("celery_workers", "-t " + "9x" * 50_000),  # argparse quotes the bad value
+        ("celery_cancel", "0" * 100_000),  # no job has that prefix
+        ("celery_connect", "-n " + "9" * 100_000 + "x"),
+    ],
+    ids=["not-a-call", "syntax", "argparse", "prefix", "connect"],
+)
+def test_a_huge_input_gets_one_short_usage_line(session, shell, magic, line):
+    from IPython.core.error import UsageError
+
+    magic_function = shell.find_line_magic(magic)  # IPython's $-expansion of 100k takes a minute
+    with pytest.raises(UsageError) as info:
+        magic_function(line)
+    assert_one_short_line(str(info.value))

@@ -158,7 +158,7 @@ def test_rpc_jobs_of_earlier_kernels_are_not_reattached_and_say_why(current, cap
         pytest.skip("rpc:// only")
     from celerynb import _store
 
-    _store.store.record(_store.JobRecord("earlier-job", "f", "f()", False), session.backend_key)
+    _store.store.record(_store.JobRecord("earlier-job", "f", False), session.backend_key)
     monkeypatch.setattr(_store, "RUN_ID", "a later kernel")
     with caplog.at_level(logging.WARNING, logger="celerynb"):
         assert celerynb.jobs(previous=True) == []

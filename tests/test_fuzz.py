@@ -4,7 +4,6 @@ line, never crash or hang, and send nothing when they refuse (hypothesis)."""
 import threading
 import time
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,15 +96,6 @@ def test_connect_refuses_bad_urls_quickly_and_never_shows_a_password(monkeypatch
     else:
         session.close()
     assert time.monotonic() - started < 12  # a stalled TLS handshake gives up after 5 s
-
-
-@pytest.fixture(scope="module")
-def shell():
-    from IPython.testing.globalipapp import start_ipython
-
-    ip = start_ipython()
-    ip.run_line_magic("load_ext", "celerynb")
-    return ip
 
 
 magic_lines = st.one_of(

@@ -60,6 +60,14 @@ def test_what_is_not_a_call_is_a_usage_error(text, message):
         evaluate_call(text, {"double": double})
 
 
+def test_a_long_input_is_quoted_short_in_the_error():
+    for text, end in [("x" * 100_000, "(add the arguments in parentheses)"), ("f(" * 50, ")")]:
+        with pytest.raises(UsageError) as info:
+            evaluate_call(text, {})
+        message = str(info.value)
+        assert len(message) < 200 and "\n" not in message and message.endswith(end), message
+
+
 def test_unknown_names_raise_name_error():
     with pytest.raises(NameError, match="nothere"):
         evaluate_call("nothere(1)", {})

@@ -32,16 +32,15 @@ def test_jobs_of_earlier_kernels_come_back_per_notebook_and_backend(
     store = JobStore(tmp_path / "jobs.sqlite3")
     redis_a = backend_key("redis://:secret@host:6379/1")
     monkeypatch.setenv("JPY_SESSION_NAME", "/work/sweep.ipynb")
-    single = JobRecord("t-1", "simulate", "simulate(10)", shipped=True, submitted=time.time())
+    single = JobRecord("t-1", "simulate", shipped=True, submitted=time.time())
     group = JobRecord(
-        "g-1", "square", "map(square, 4 items)", None, ("c-1", "c-2"), ((0, 2), (2, 4)),
-        submitted=time.time() - 60,
+        "g-1", "square", None, ("c-1", "c-2"), ((0, 2), (2, 4)), submitted=time.time() - 60
     )  # fmt: skip
     store.record(single, redis_a)
     store.record(group, redis_a)
-    store.record(JobRecord("t-2", "other", "other()", False), backend_key("redis://elsewhere/1"))
+    store.record(JobRecord("t-2", "other", False), backend_key("redis://elsewhere/1"))
     monkeypatch.setenv("JPY_SESSION_NAME", "/work/another.ipynb")
-    store.record(JobRecord("t-3", "theirs", "theirs()", False), redis_a)
+    store.record(JobRecord("t-3", "theirs", False), redis_a)
 
     monkeypatch.setenv("JPY_SESSION_NAME", "/work/sweep.ipynb")
     assert store.previous(redis_a) == [], "this kernel's own jobs are not 'previous'"
@@ -49,8 +48,7 @@ def test_jobs_of_earlier_kernels_come_back_per_notebook_and_backend(
     found = store.previous(redis_a)
     assert [r.id for r in found] == ["g-1", "t-1"]  # oldest first
     assert found[0] == JobRecord(
-        "g-1", "square", "map(square, 4 items)", None, ("c-1", "c-2"), ((0, 2), (2, 4)),
-        submitted=found[0].submitted,
+        "g-1", "square", None, ("c-1", "c-2"), ((0, 2), (2, 4)), submitted=found[0].submitted
     )  # fmt: skip
     assert found[1].shipped is True
     store.record(single, redis_a)  # re-attached by the new kernel: still found next time
@@ -60,7 +58,7 @@ def test_jobs_of_earlier_kernels_come_back_per_notebook_and_backend(
 
 def test_passwords_never_reach_the_file(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite3")
-    store.record(JobRecord("t-1", "f", "f()", False), backend_key("redis://:hunter2@host/1"))
+    store.record(JobRecord("t-1", "f", False), backend_key("redis://:hunter2@host/1"))
     store.close()
     assert b"hunter2" not in (tmp_path / "jobs.sqlite3").read_bytes()
 
@@ -69,8 +67,8 @@ def test_old_records_are_dropped(tmp_path, other_kernel):
     path = tmp_path / "jobs.sqlite3"
     store = JobStore(path)
     key = backend_key("redis://host/1")
-    store.record(JobRecord("old", "f", "f()", False, submitted=time.time() - 8 * 86400), key)
-    store.record(JobRecord("new", "f", "f()", False), key)
+    store.record(JobRecord("old", "f", False, submitted=time.time() - 8 * 86400), key)
+    store.record(JobRecord("new", "f", False), key)
     store.close()
     other_kernel()
     assert [r.id for r in JobStore(path).previous(key)] == ["new"]
@@ -80,7 +78,7 @@ def test_an_unusable_store_is_reported_and_never_stops_a_job(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     store = JobStore(blocker / "jobs.sqlite3")
-    store.record(JobRecord("t-1", "f", "f()", False), backend_key("redis://host/1"))
+    store.record(JobRecord("t-1", "f", False), backend_key("redis://host/1"))
     assert store.error and "cannot record jobs in" in store.error
     assert store.previous(backend_key("redis://host/1")) == []
     assert "cannot read jobs from" in store.error
