@@ -2,39 +2,41 @@
 
 Worker side: ``tqdm`` and ``report`` report a task's progress.
 Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job``;
-``jobs``, ``workers`` and ``cancel``; ``LocalCluster`` for a local Redis and workers;
-``%load_ext celerynb`` for the magics.
+``map``, ``attach``, ``wait``, ``as_completed`` and ``JobGroup``; ``jobs``, ``workers``
+and ``cancel``; ``LocalCluster`` for a local Redis and workers; ``%load_ext celerynb``
+for the magics. Exceptions: see ``celerynb._errors`` for the hierarchy.
 """
 
 from ._cell import CellResult
-from ._cluster import LocalCluster, RedisServerNotFoundError
+from ._cluster import LocalCluster
 from ._commands import cancel, jobs, submit_cell, workers
-from ._connect import ConnectionSettingsError, connect
+from ._connect import connect
 from ._errors import (
+    BrokerUnreachableError,
     CelerynbError,
+    ClusterStartError,
+    ConnectionClosedError,
+    ConnectionSettingsError,
+    MissingSecretError,
     NotConnectedError,
     PayloadRefusedError,
+    RedisServerNotFoundError,
     RemoteError,
+    RemoteTraceback,
     SerializationError,
     UndecodableResultError,
+    UnknownJobError,
+    UnknownTaskError,
     UntrustedResultError,
+    VersionMismatchError,
+    WorkerLostError,
 )
 from ._group import ItemCounts, JobGroup
 from ._job import Job
-from ._liveness import WorkerLostError
 from ._many import as_completed, attach, map, wait
-from ._registry import UnknownJobError
 from ._reporting import report, tqdm
 from ._schema import LOST, PROGRESS, REQUEUED, UNKNOWN, BarSnapshot, ProgressSnapshot
-from ._session import (
-    BrokerUnreachableError,
-    ConnectionClosedError,
-    Session,
-    UnknownTaskError,
-    apply_async,
-    current_session,
-    submit,
-)
+from ._session import Session, apply_async, current_session, submit
 from ._tables import JobTable, WorkerTable
 from ._workers import WorkerInfo
 
@@ -49,32 +51,36 @@ def load_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "LOST",
     "PROGRESS",
+    "REQUEUED",
+    "UNKNOWN",
     "BarSnapshot",
     "BrokerUnreachableError",
     "CelerynbError",
     "CellResult",
+    "ClusterStartError",
     "ConnectionClosedError",
     "ConnectionSettingsError",
     "ItemCounts",
     "Job",
     "JobGroup",
     "JobTable",
-    "LOST",
     "LocalCluster",
+    "MissingSecretError",
     "NotConnectedError",
     "PayloadRefusedError",
     "ProgressSnapshot",
-    "REQUEUED",
     "RedisServerNotFoundError",
     "RemoteError",
+    "RemoteTraceback",
     "SerializationError",
-    "UNKNOWN",
-    "UndecodableResultError",
     "Session",
+    "UndecodableResultError",
     "UnknownJobError",
     "UnknownTaskError",
     "UntrustedResultError",
+    "VersionMismatchError",
     "WorkerInfo",
     "WorkerLostError",
     "WorkerTable",
@@ -94,3 +100,10 @@ __all__ = [
     "wait",
     "workers",
 ]
+
+# Public classes print as ``celerynb.X`` (as httpx does), wherever they are defined.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith("celerynb."):
+        _value.__module__ = __name__
+del _name, _value

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV, default_backend, mask_url
-from ._errors import CelerynbError
+from ._errors import ClusterStartError, RedisServerNotFoundError
 
 START_TIMEOUT = 60.0
 
@@ -39,14 +39,6 @@ DISABLED_REDIS_COMMANDS = (
 )
 # Logged once the server listens (6.2 and 7.x): only then is the port surely its own.
 REDIS_READY_LINE = "Ready to accept connections"
-
-
-class RedisServerNotFoundError(CelerynbError, FileNotFoundError):
-    """No redis-server binary on PATH or in an installed Python package."""
-
-
-class ClusterStartError(CelerynbError, RuntimeError):
-    """A process of the LocalCluster did not come up."""
 
 
 def find_redis_server() -> str:

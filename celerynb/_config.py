@@ -7,16 +7,12 @@ import re
 
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
-from ._errors import CelerynbError
+from ._errors import MissingSecretError
 
 SECRET_ENV = "CELERYNB_SECRET"
 BROKER_ENV = "CELERYNB_BROKER_URL"
 BACKEND_ENV = "CELERYNB_RESULT_BACKEND"
 SHIPPED_TASK_NAME = "celerynb.run_shipped"
-
-
-class MissingSecretError(CelerynbError):
-    """No shared secret is configured for signing shipped callables."""
 
 
 def secret_from_env(explicit: str | bytes | None = None) -> bytes:

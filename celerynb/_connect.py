@@ -10,15 +10,11 @@ from celery import Celery
 
 from ._backend import plain_backend_url, quiet_backend_url
 from ._config import BACKEND_ENV, BROKER_ENV, default_backend, mask_password, mask_url
-from ._errors import CelerynbError, NotConnectedError, one_line
+from ._errors import ConnectionSettingsError, NotConnectedError, one_line
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
 CONFIG_MODULE = "celeryconfig"
 STALLED_SOCKET_TIMEOUT = 5.0  # Celery's conventional configuration module
-
-
-class ConnectionSettingsError(CelerynbError, ValueError):
-    """A broker or result backend URL (or setting) that Celery cannot use."""
 
 
 def connect(

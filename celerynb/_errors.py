@@ -1,6 +1,38 @@
-"""Exceptions shared by the kernel side and the worker side (no heavy imports)."""
+"""Every exception celerynb raises on purpose, in one place (no heavy imports).
+
+They print as ``celerynb.X`` (``__init__`` sets their ``__module__``)::
+
+    Exception
+     ├── CelerynbError                         every error celerynb raises on purpose
+     │    ├── NotConnectedError                no connection yet, or it was closed
+     │    ├── ConnectionSettingsError (ValueError)   a URL or setting Celery cannot use
+     │    ├── BrokerUnreachableError (ConnectionError)   the broker did not answer
+     │    ├── ConnectionClosedError            the session watching a job was closed
+     │    ├── UnknownTaskError (LookupError)   no online worker registered that task name
+     │    ├── UnknownJobError (LookupError)    no job of this kernel has that id
+     │    ├── SerializationError (TypeError)   a call, argument or result cannot be sent
+     │    ├── MissingSecretError               no CELERYNB_SECRET to sign shipped calls
+     │    ├── PayloadRefusedError              a signed payload failed verification
+     │    │    ├── UntrustedResultError        ... a result or error from the backend
+     │    │    └── VersionMismatchError        ... pickled by another Python/cloudpickle
+     │    ├── UndecodableResultError           a backend entry cannot be decoded
+     │    ├── RemoteError                      a worker's exception whose class is not here
+     │    ├── WorkerLostError (billiard.exceptions.WorkerLostError)
+     │    │                                    the whole worker running a job is gone
+     │    ├── RedisServerNotFoundError (FileNotFoundError)   no redis-server for LocalCluster
+     │    └── ClusterStartError (RuntimeError) a process of a LocalCluster did not start
+     ├── RemoteTraceback                       a worker's traceback text, as ``__cause__``
+     └── ShippedTaskError                      carries a signed exception (worker side)
+
+``celerynb.WorkerLostError`` extends billiard's ``WorkerLostError``, the one Celery
+raises when a *pool process* dies (its FAILURE re-raises that class): catch
+``billiard.exceptions.WorkerLostError`` to catch both a lost pool process and a lost
+worker; catch ``celerynb.WorkerLostError`` for the worker that went silent as a whole.
+"""
 
 from __future__ import annotations
+
+from billiard.exceptions import WorkerLostError as _PoolProcessLostError
 
 
 def one_line(text: str) -> str:
@@ -17,8 +49,32 @@ class NotConnectedError(CelerynbError):
     """A call needs a Celery connection and none was made yet."""
 
 
+class ConnectionSettingsError(CelerynbError, ValueError):
+    """A broker or result backend URL (or setting) that Celery cannot use."""
+
+
+class BrokerUnreachableError(CelerynbError, ConnectionError):
+    """The broker did not answer."""
+
+
+class ConnectionClosedError(CelerynbError):
+    """The session watching a job was closed before the job finished."""
+
+
+class UnknownTaskError(CelerynbError, LookupError):
+    """No online worker registered a task of that name."""
+
+
+class UnknownJobError(CelerynbError, LookupError):
+    """No job of this kernel matches an id (or id prefix), or several do."""
+
+
 class SerializationError(CelerynbError, TypeError):
     """A callable, an argument or a result cannot be serialized."""
+
+
+class MissingSecretError(CelerynbError):
+    """No shared secret is configured for signing shipped callables."""
 
 
 class PayloadRefusedError(CelerynbError):
@@ -29,8 +85,29 @@ class UntrustedResultError(PayloadRefusedError):
     """A result in the backend is not signed by a worker holding the shared secret."""
 
 
+class VersionMismatchError(PayloadRefusedError):
+    """A verified payload was pickled by another Python or cloudpickle version."""
+
+
 class UndecodableResultError(CelerynbError):
     """A result backend entry could not be decoded with the configured serializer."""
+
+
+class RemoteError(CelerynbError):
+    """A remote exception whose own class could not be rebuilt in this process."""
+
+
+class WorkerLostError(CelerynbError, _PoolProcessLostError):
+    """The worker running a job stopped sending heartbeats and answers no ping:
+    it was killed or cut off."""
+
+
+class RedisServerNotFoundError(CelerynbError, FileNotFoundError):
+    """No redis-server binary on PATH or in an installed Python package."""
+
+
+class ClusterStartError(CelerynbError, RuntimeError):
+    """A process of the LocalCluster did not come up."""
 
 
 class RemoteTraceback(Exception):
@@ -47,10 +124,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb.rstrip()}\n"""'
-
-
-class RemoteError(CelerynbError):
-    """A remote exception whose own class could not be rebuilt in this process."""
 
 
 class ShippedTaskError(Exception):

@@ -12,9 +12,15 @@ from typing import Any
 import cloudpickle
 from celery import states
 
-from ._errors import RemoteError, RemoteTraceback, ShippedTaskError, UntrustedResultError
+from ._errors import (
+    RemoteError,
+    RemoteTraceback,
+    ShippedTaskError,
+    UntrustedResultError,
+    WorkerLostError,
+)
 from ._future import WatchedFuture
-from ._liveness import UNKNOWN_NOTE, WorkerLostError
+from ._liveness import UNKNOWN_NOTE
 from ._remote_errors import exception_from_info
 from ._schema import (
     LOST,

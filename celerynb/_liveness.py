@@ -14,8 +14,6 @@ import threading
 import time
 from typing import Any
 
-from ._errors import CelerynbError
-
 log = logging.getLogger(__name__)
 
 LOST_AFTER = 6.0  # seconds without a heartbeat: three missed beats of Celery's 2 s
@@ -25,10 +23,6 @@ UNKNOWN_NOTE = (
     "no state is stored for this task and no worker has it: a wrong id, a result that "
     "expired (result_expires), or a task still waiting in a queue"
 )
-
-
-class WorkerLostError(CelerynbError):
-    """The worker running a job stopped sending heartbeats: it was killed or cut off."""
 
 
 class WorkerMonitor:

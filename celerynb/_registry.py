@@ -5,13 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._errors import CelerynbError
+from ._errors import UnknownJobError
 from ._store import store
-
-
-class UnknownJobError(CelerynbError, LookupError):
-    """No job of this kernel matches an id (or id prefix), or several do."""
-
 
 MAX_JOBS_KEPT = 10_000  # a kernel that runs for weeks does not keep every finished job
 

@@ -12,12 +12,11 @@ from celery.exceptions import Ignore
 
 from ._claims import Holder, LeaseKeeper, Refused, claim_key, claim_run, store_for
 from ._config import secret_from_env
-from ._errors import SerializationError, ShippedTaskError
+from ._errors import SerializationError, ShippedTaskError, VersionMismatchError
 from ._outcomes import holding_claim
 from ._remote_errors import pickle_exception
 from ._signing import (
     CLOCK_SKEW,
-    VersionMismatchError,
     check_age,
     check_versions,
     envelope_data,

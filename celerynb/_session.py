@@ -15,14 +15,21 @@ from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
 from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
-from ._errors import CelerynbError, NotConnectedError, SerializationError, one_line
+from ._errors import (
+    BrokerUnreachableError,
+    ConnectionClosedError,
+    NotConnectedError,
+    SerializationError,
+    UnknownTaskError,
+    one_line,
+)
 from ._job import Job
 from ._liveness import WorkerMonitor
 from ._registry import registry
 from ._revoker import Revoker
-from ._rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._signing import seal
 from ._sources import source_for
+from ._sources.rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._store import backend_key
 from ._validation import check_queue, check_task_ids
 from ._watcher import Watcher
@@ -40,18 +47,6 @@ CONNECT_TIMEOUT = 4.0
 MAX_MESSAGE_BYTES = 32 * 2**20
 NAME_CHECK_TIMEOUT = 1.0  # seconds to wait for workers to list their tasks
 SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
-
-
-class BrokerUnreachableError(CelerynbError, ConnectionError):
-    """The broker did not answer."""
-
-
-class UnknownTaskError(CelerynbError, LookupError):
-    """No online worker registered a task of that name."""
-
-
-class ConnectionClosedError(CelerynbError):
-    """The session watching a job was closed before the job finished."""
 
 
 class Session:

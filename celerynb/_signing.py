@@ -26,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._errors import PayloadRefusedError, UntrustedResultError
+from ._errors import PayloadRefusedError, UntrustedResultError, VersionMismatchError
 
 ENVELOPE_VERSION = 1
 PURPOSES = ("call", "result", "error")
@@ -107,10 +107,6 @@ def check_age(body: dict[str, Any], max_age: float, now: float | None = None) ->
             "(a replayed capture, a clock far off, or a queue that waited too long: "
             "see CELERYNB_MAX_CALL_AGE)"
         )
-
-
-class VersionMismatchError(PayloadRefusedError):
-    """A verified payload was pickled by another Python or cloudpickle version."""
 
 
 def check_versions(body: dict[str, Any]) -> None:

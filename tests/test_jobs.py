@@ -157,7 +157,7 @@ def test_connect_by_url_with_secret(cluster, session, monkeypatch):
 def test_polling_source_follows_jobs_at_a_bounded_rate(cluster, monkeypatch):
     # The path taken for result backends without pub/sub; run here against real Redis.
     import celerynb._session as session_module
-    from celerynb._polling import PollingSource
+    from celerynb._sources import PollingSource
     from celerynb._watcher import Watcher
 
     monkeypatch.setattr(session_module, "_current", session_module._current)

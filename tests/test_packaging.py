@@ -12,6 +12,30 @@ def test_all_lists_exactly_the_public_names():
     assert set(celerynb.__all__) == public - modules
 
 
+def test_every_error_celerynb_raises_is_exported_and_prints_as_celerynb():
+    import traceback
+
+    from celerynb import _errors
+
+    errors = [
+        value
+        for value in vars(_errors).values()
+        if isinstance(value, type) and issubclass(value, celerynb.CelerynbError)
+    ]
+    assert len(errors) >= 17
+    for error in errors:
+        assert getattr(celerynb, error.__name__) is error, error
+        assert error.__name__ in celerynb.__all__
+        shown = "".join(traceback.format_exception_only(error("boom")))
+        assert shown.startswith(f"celerynb.{error.__name__}: boom"), shown
+
+
+def test_a_lost_worker_is_also_a_lost_pool_process_for_except_clauses():
+    from billiard.exceptions import WorkerLostError as PoolProcessLost
+
+    assert issubclass(celerynb.WorkerLostError, PoolProcessLost)
+
+
 def test_worker_side_imports_no_notebook_code():
     code = (
         "import sys, celerynb.worker\n"

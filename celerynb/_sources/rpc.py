@@ -19,7 +19,7 @@ from typing import Any
 
 import kombu
 
-from ._sources import Update, decoded
+from .base import Update, decoded
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class RpcReplySource:
     """Consumes a session's reply queue; keeps states of tasks not watched yet."""
 
     sees_every_update = True
+    stores_states = False
 
     def __init__(self, app: Any, queue_name: str) -> None:
         self._app = app

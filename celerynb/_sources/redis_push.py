@@ -1,71 +1,18 @@
-"""Kernel side: where task states come from. One interface, two implementations.
-
-``RedisPushSource`` listens to the messages Celery's Redis backend already
-publishes on each task's key (one connection for all jobs, no polling).
-``RpcReplySource`` (``_rpc``) consumes the session's reply queue of ``rpc://``.
-``PollingSource`` (``_polling``) reads any other backend at a bounded rate.
-Both are used from the watcher thread only, except ``wake()``.
-"""
+"""Task states pushed by Celery's Redis result backend (pub/sub, no polling)."""
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from celery import states
-
-from ._errors import UndecodableResultError
-
-log = logging.getLogger(__name__)
-
-Update = tuple[str, dict[str, Any]]  # (task_id, decoded meta)
-UNDECODABLE = "celerynb_undecodable"  # set in the meta standing for an unreadable entry
-
-
-def decoded(task_id: str, decode: Callable[[], Any]) -> dict[str, Any]:
-    """``decode()``'s meta, or, when the entry cannot be decoded (garbage, a pickle,
-    a state that is not a string...), a FAILURE meta for this one task saying so:
-    one bad entry must not stop the others (nor be re-read forever)."""
-    try:
-        meta = decode()
-        if not isinstance(meta, dict):
-            raise TypeError(f"decoded to {type(meta).__name__}, not a dict")
-        hash(meta.get("status"))
-        return meta
-    except Exception as exc:
-        log.warning("celerynb: cannot decode the stored state of task %s: %s", task_id, exc)
-        error = UndecodableResultError(
-            f"the result backend holds an entry for task {task_id} that cannot be decoded "
-            f"with the configured serializer ({type(exc).__name__}); refused"
-        )
-        return {"status": states.FAILURE, "result": error, "traceback": None, UNDECODABLE: True}
-
-
-class StateSource(Protocol):
-    def watch(self, task_ids: list[str]) -> list[Update]:
-        """Start following tasks; return their current states (catch-up)."""
-
-    def unwatch(self, task_ids: list[str]) -> None:
-        """Stop following tasks."""
-
-    def poll(self, timeout: float) -> list[Update]:
-        """Wait up to ``timeout`` seconds for updates; return them (maybe none)."""
-
-    def resync(self) -> list[Update]:
-        """After a lost connection: connect again and return every current state."""
-
-    def wake(self) -> None:
-        """Make a pending ``poll`` return soon. Safe from any thread."""
-
-    def close(self) -> None: ...
+from .base import Update, decoded
 
 
 class RedisPushSource:
     """Subscribes to the task keys' channels; MGET after SUBSCRIBE catches up."""
 
     sees_every_update = True
+    stores_states = True
 
     def __init__(self, app: Any) -> None:
         self._app = app
@@ -157,19 +104,3 @@ class RedisPushSource:
 
     def _decode_raw(self, task_id: str, raw: Any) -> dict[str, Any]:
         return decoded(task_id, lambda: self._backend.decode_result(raw))
-
-
-def source_for(app: Any, reply_to: str | None = None) -> StateSource:
-    """Push where the backend publishes states (Redis), the session's reply queue
-    for ``rpc://``, polling elsewhere."""
-    from celery.backends.redis import RedisBackend
-
-    if reply_to is not None:
-        from ._rpc import RpcReplySource
-
-        return RpcReplySource(app, reply_to)
-    if isinstance(app.backend, RedisBackend):
-        return RedisPushSource(app)
-    from ._polling import PollingSource
-
-    return PollingSource(app)

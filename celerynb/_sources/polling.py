@@ -16,7 +16,7 @@ from typing import Any
 
 from kombu.utils.encoding import ensure_bytes
 
-from ._sources import Update, decoded
+from .base import Update, decoded
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class PollingSource:
     """Reads every watched task's state, at most once per ``interval`` seconds."""
 
     sees_every_update = False
+    stores_states = True
 
     def __init__(self, app: Any, interval: float = 0.5) -> None:
         self._app = app
