@@ -11,6 +11,7 @@ from ._cell import CellResult
 from ._cluster import LocalCluster
 from ._commands import cancel, jobs, submit_cell, workers
 from ._connect import connect
+from ._display import display_job as _display_job  # noqa: F401 - sets how jobs are shown
 from ._errors import (
     BrokerUnreachableError,
     CelerynbError,

@@ -53,3 +53,15 @@ def mask_password(text: str, url: str | None) -> str:
     except Exception:
         password = None
     return text.replace(password, "**") if password else text
+
+
+MAX_CALL_AGE_ENV = "CELERYNB_MAX_CALL_AGE"
+DEFAULT_MAX_CALL_AGE = 24 * 3600.0  # seconds a signed call may wait before it is refused
+
+
+def max_call_age() -> float:
+    """``$CELERYNB_MAX_CALL_AGE`` (seconds), else one day."""
+    try:
+        return float(os.environ.get(MAX_CALL_AGE_ENV) or DEFAULT_MAX_CALL_AGE)
+    except ValueError:
+        return DEFAULT_MAX_CALL_AGE

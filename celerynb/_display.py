@@ -18,6 +18,7 @@ from typing import Any
 from celery import states
 from tqdm.std import tqdm as std_tqdm
 
+from . import _future
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
 from ._schema import LOST, REQUEUED, UNKNOWN
@@ -266,13 +267,6 @@ def final_text(job: Any) -> str:
     return "\n".join(parts)
 
 
-def current_cell() -> int | None:
-    """The execution count of the running cell, or None outside IPython."""
-    ipython_module = sys.modules.get("IPython")
-    shell = ipython_module.get_ipython() if ipython_module is not None else None
-    return getattr(shell, "execution_count", None)
-
-
 def widgets_available() -> bool:
     """True in a Jupyter kernel (widgets can render), False in terminals and scripts."""
     ipython_module = sys.modules.get("IPython")
@@ -294,3 +288,6 @@ def display_job(job: Any) -> Any:
     job.add_listener(lambda _job: _scheduler.mark(renderer))
     _scheduler.mark(renderer)
     return renderer
+
+
+_future.display = display_job

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import reprlib
+import sys
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any
 
 from ._errors import RemoteTraceback
+from ._format import job_status_line
+
+# How ``show()`` draws a job: set by ``_display`` (display depends on jobs, not the reverse).
+display: Callable[[Any], Any] | None = None
+
+
+def current_cell() -> int | None:
+    """The execution count of the running cell, or None outside IPython."""
+    ipython_module = sys.modules.get("IPython")
+    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    return getattr(shell, "execution_count", None)
 
 
 class WatchedFuture(Future):
@@ -83,8 +95,6 @@ class WatchedFuture(Future):
     # -- display --------------------------------------------------------------
     def status_line(self) -> str:
         """One line of text: name, state and progress, tqdm-formatted."""
-        from ._format import job_status_line
-
         return job_status_line(self)
 
     def __repr__(self) -> str:
@@ -92,14 +102,12 @@ class WatchedFuture(Future):
 
     def show(self) -> None:
         """Show it live: a widget in Jupyter, a tqdm text bar on stderr elsewhere."""
-        from ._display import current_cell, display_job
-
         self._shown_in_cell = current_cell()
-        display_job(self)
+        if display is None:
+            raise RuntimeError("no display: import celerynb (its package sets one)")
+        display(self)
 
     def _ipython_display_(self) -> None:
-        from ._display import current_cell
-
         # `job = %celery_submit f()` shows the job; `job` as the cell's last line too:
         # shown automatically once per cell.
         if self._shown_in_cell is None or self._shown_in_cell != current_cell():

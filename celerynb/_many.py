@@ -122,7 +122,7 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
 
 def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
     """Watch again the jobs this notebook submitted from earlier kernels (see ``_store``)."""
-    if session.reply_to is not None:
+    if not session.stores_states:
         log.warning(
             "celerynb: with the rpc:// result backend nothing is stored: jobs of earlier "
             "kernels cannot be re-attached (use a Redis or database result backend for that)"

@@ -32,7 +32,7 @@ from celery.exceptions import TaskRevokedError
 from celery.worker.request import Request
 
 from ._claims import DONE, Holder, claim_key, store_for
-from ._config import secret_from_env
+from ._config import max_call_age, secret_from_env
 from ._errors import ShippedTaskError
 from ._remote_errors import pickle_exception
 from ._signing import CLOCK_SKEW, seal, verify_envelope
@@ -210,8 +210,6 @@ class ShippedTask(Task):
     @property
     def backend(self) -> Any:
         if self._signing_backend is None:
-            from ._runner import max_call_age
-
             key = self.celerynb_key
             signing = ShippedTaskBackend(
                 self.app, lambda: key if key is not None else secret_from_env()

@@ -11,7 +11,7 @@ from celery import states
 from celery.exceptions import Ignore
 
 from ._claims import Holder, LeaseKeeper, Refused, claim_key, claim_run, store_for
-from ._config import secret_from_env
+from ._config import max_call_age, secret_from_env
 from ._errors import SerializationError, ShippedTaskError, VersionMismatchError
 from ._outcomes import holding_claim
 from ._remote_errors import pickle_exception
@@ -25,17 +25,6 @@ from ._signing import (
 )
 
 log = logging.getLogger(__name__)
-
-MAX_CALL_AGE_ENV = "CELERYNB_MAX_CALL_AGE"
-DEFAULT_MAX_CALL_AGE = 24 * 3600.0  # seconds a signed call may wait before it is refused
-
-
-def max_call_age() -> float:
-    """``$CELERYNB_MAX_CALL_AGE`` (seconds), else one day."""
-    try:
-        return float(os.environ.get(MAX_CALL_AGE_ENV) or DEFAULT_MAX_CALL_AGE)
-    except ValueError:
-        return DEFAULT_MAX_CALL_AGE
 
 
 def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[str, Any]:

@@ -67,11 +67,11 @@ class Session:
         # rpc:// sends states to the sender's reply queue: one queue for this session.
         self.reply_to = new_reply_queue_name() if is_rpc_backend(app) else None
         self._reply_queue_declared = False
-        self.watcher = Watcher(source_for(app, self.reply_to), monitor=WorkerMonitor(app), app=app)
+        source = source_for(app, self.reply_to)
+        self.stores_states = source.stores_states  # False: nothing to re-attach to later
+        self.watcher = Watcher(source, monitor=WorkerMonitor(app), app=app)
         # rpc:// stores nothing: no REVOKED to write for other observers.
-        self._revoker = Revoker(
-            app, stores_states=self.reply_to is None, secret=lambda: self.secret
-        )
+        self._revoker = Revoker(app, stores_states=self.stores_states, secret=lambda: self.secret)
         self.closed = False
         self._processes: int | None = None
         self._known_task_names: set[str] = set()
@@ -260,7 +260,7 @@ class Session:
             jobs.append(job)
             new += 1
         if new:
-            if self.reply_to is not None:
+            if not self.stores_states:
                 log.warning(
                     "celerynb: with the rpc:// result backend only the process that sent a "
                     "task receives its states: %d task(s) attached here will show PENDING "
