@@ -93,7 +93,9 @@ class Job(WatchedFuture):
         self.requeued_if_worker_lost = False  # acks_late + reject_on_worker_lost
         self._runs: list[tuple[str, int]] = []  # (hostname, pid) of each STARTED seen
         self.asked_workers = False
-        self._note: str | None = None
+        self._late_outcome = False  # a final state came after the job was marked LOST
+        self._notes: dict[str, str] = {}  # topic -> what is odd about this job now
+        self._news_at: float | None = None  # when a live update last moved the job
 
     # -- public state ---------------------------------------------------------
     @property
@@ -119,7 +121,9 @@ class Job(WatchedFuture):
         return self._finish_cancelled()
 
     # -- fed by the watcher ---------------------------------------------------
-    def _apply_meta(self, meta: dict[str, Any]) -> None:
+    def _apply_meta(self, meta: dict[str, Any], live: bool = False) -> None:
+        """Take a state read from the backend. ``live``: it was just written (not a
+        read-back), so a change it brings is news that the worker is alive."""
         state = meta.get("status", states.PENDING)
         if not acceptable_state(state, custom=self._shipped is not True):
             self._ignore(f"a state that is not a Celery state ({_short.repr(state)})")
@@ -134,6 +138,21 @@ class Job(WatchedFuture):
         too_many_runs = False
         with self._lock:
             if self.done():
+                late = outcome is not None and self.watch_after_done
+                if late:  # its worker came back after all
+                    self._late_outcome = True
+                    self._notes["worker"] = (
+                        f"the task ended {state} after it was marked LOST: "
+                        f"celerynb.attach({self.id!r}) follows it"
+                    )
+            else:
+                late = None  # not done: go on below
+        if late is not None:
+            if late:
+                self._notify()
+            return
+        with self._lock:
+            if self.done():  # finished meanwhile (cancelled, abandoned)
                 return
             current = self._snapshot
             run = _run_of(state, meta)
@@ -146,6 +165,8 @@ class Job(WatchedFuture):
             elif state not in states.READY_STATES and not self._moves_forward(current, state, meta):
                 return
             self._snapshot = parse_meta(state, meta.get("result"), current)
+            if live and (state != current.state or self._snapshot.updated != current.updated):
+                self._news_at = time.monotonic()
             if state == states.SUCCESS and not self._session.watcher.sees_every_update:
                 self._snapshot = self._snapshot.completed()
             if state == PROGRESS:
@@ -160,21 +181,40 @@ class Job(WatchedFuture):
     @property
     def note(self) -> str | None:
         """Why the job is not where one would expect, when celerynb knows; else None."""
+        notes = list(self._notes.values())
         if self.state == UNKNOWN:
-            return UNKNOWN_NOTE
-        return self._note
+            notes.insert(0, UNKNOWN_NOTE)
+        return "; ".join(notes) or None
+
+    @property
+    def watch_after_done(self) -> bool:
+        """True for a job finished as LOST: its worker may still finish the task, and
+        the watcher keeps listening so that the late outcome is told."""
+        return self.state == LOST and not self._late_outcome
+
+    def news_age(self, now: float) -> float | None:
+        """Seconds since a live update last moved this job (None: none yet)."""
+        return None if self._news_at is None else now - self._news_at
+
+    def _set_note(self, topic: str, text: str | None) -> None:
+        """Say (or, with None, stop saying) what is odd about this job, by topic."""
+        with self._lock:
+            if self._notes.get(topic) == text:
+                return
+            if text is None:
+                del self._notes[topic]
+            else:
+                self._notes[topic] = text
+        self._notify()
 
     def _ignore(self, what: str) -> None:
         """An entry from the backend that does not count: note it (one log line per job)."""
+        if self.done():
+            return
         note = f"ignored {what} found in the result backend"
-        with self._lock:
-            if self.done():
-                return
-            first = self._note is None
-            self._note = note
-        if first:
+        if "entry" not in self._notes:
             log.warning("celerynb: job %s: %s", self.id, note)
-        self._notify()
+        self._set_note("entry", note)
 
     def _stop_redelivery_loop(self) -> None:
         """The task started ``MAX_RUNS + 1`` times: each run lost its worker and the app
@@ -282,11 +322,13 @@ class Job(WatchedFuture):
         if requeued:
             self._notify()
             return
+        silence = f"{silent_for:.0f}s ago" if silent_for else "(never heard here)"
         self._abandon(
             WorkerLostError(
-                f"worker {hostname} stopped sending heartbeats {silent_for:.0f}s ago while "
-                f"running task {self.id}: it was killed or cut off, so the task will not "
-                "finish there (an app with acks_late may re-queue it)"
+                f"worker {hostname} stopped sending heartbeats {silence} and answers no ping "
+                f"while running task {self.id}: it was killed or cut off, so the task will "
+                "not finish there (an app with acks_late may re-queue it; should it finish "
+                f"after all, celerynb.attach({self.id!r}) follows it)"
             )
         )
 

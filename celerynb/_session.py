@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import cloudpickle
-from celery import Celery
+from celery import Celery, states
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
@@ -248,11 +248,17 @@ class Session:
         new = 0
         for task_id, name in zip(task_ids, names or [None] * len(task_ids)):
             try:
-                jobs.append(registry.find_exact(task_id))
-                continue
+                known = registry.find_exact(task_id)
             except LookupError:
-                pass
-            job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
+                known = None
+            if known is not None and _still_told(known):
+                jobs.append(known)
+                continue
+            if known is not None:  # what this kernel knew of it stays known
+                job = Job(task_id, name or known.name, self, shipped=known._shipped)
+                job.call_repr, job._code = known.call_repr, known._code
+            else:
+                job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
             job.attached = True  # see Watcher: UNKNOWN after a while
             self.watcher.watch(job)
             if register:
@@ -293,6 +299,13 @@ class Session:
                         "finished; the task may still run on the workers"
                     )
                 )
+
+
+def _still_told(job: Any) -> bool:
+    """Whether a job of this kernel still tells its task's truth: unfinished, or finished
+    by the task's own final state. One the kernel gave up on (LOST, its connection
+    closed) is followed anew by ``attach``: the task may have gone on."""
+    return not job.done() or job.state in states.READY_STATES
 
 
 _current: Session | None = None

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from celery import states
 
-from ._liveness import UNKNOWN_AFTER, WorkerMonitor, unknown_to_workers
+from ._liveness import LOST as LOST_VERDICT
+from ._liveness import PROBE, UNKNOWN_AFTER, WAIT, WorkerMonitor, judge, unknown_to_workers
 from ._schema import PROGRESS
 from ._sources import StateSource, Update
 
@@ -42,7 +43,11 @@ class Watched(Protocol):
 
     def _abandon(self, error: BaseException) -> None: ...
 
-    def _apply_meta(self, meta: dict[str, Any]) -> None: ...
+    def _apply_meta(self, meta: dict[str, Any], live: bool = False) -> None: ...
+
+    def _set_note(self, topic: str, text: str | None) -> None: ...
+
+    def news_age(self, now: float) -> float | None: ...
 
 
 class Watcher:
@@ -138,7 +143,7 @@ class Watcher:
         while not self._stop.is_set():
             try:
                 if lost_since is not None:
-                    self._dispatch(self._source.resync())  # subscribe again, catch up
+                    self._dispatch(self._source.resync(), live=True)  # subscribe, catch up
                     log.info(
                         "celerynb: reconnected after %.1fs; watching %d job(s) again",
                         time.monotonic() - lost_since,
@@ -193,30 +198,43 @@ class Watcher:
                 log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
         for event in caught_up:
             event.set()
-        self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0))
+        self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0), live=True)
         # Jobs finished by an update are let go at once; all jobs are checked now
         # and then for those finished in the kernel (cancelled, abandoned).
         finished = self._finished_by_updates
         now = time.monotonic()
         if now >= self._next_full_check:
             self._next_full_check = now + FULL_CHECK_SECONDS
-            self._lose_jobs_of_silent_workers()
+            self._check_workers_of_running_jobs(now)
             self._ask_about_long_pending_attached_jobs(now)
-            finished |= {task_id for task_id, job in self._jobs.items() if job.done()}
+            # A LOST job stays watched: its worker may come back and finish it after all.
+            finished |= {
+                task_id
+                for task_id, job in self._jobs.items()
+                if job.done() and not getattr(job, "watch_after_done", False)
+            }
         if finished:
             self._source.unwatch(list(finished))
             for task_id in finished:
                 self._jobs.pop(task_id, None)
             self._finished_by_updates = set()
 
-    def _lose_jobs_of_silent_workers(self) -> None:
+    def _check_workers_of_running_jobs(self, now: float) -> None:
+        """Judge the worker of every running job (see ``_liveness``): probe the silent
+        ones, note what is odd, finish as LOST the jobs whose worker is gone."""
         monitor = self._monitor
         if monitor is None:
             return
-        for job in self._jobs.values():
+        for job in list(self._jobs.values()):
             hostname = job.progress.hostname
-            if hostname and job.state in RUNNING_STATES and monitor.is_lost(hostname):
-                job._lose(hostname, monitor.silent_for(hostname) or 0.0)
+            if not hostname or job.done() or job.state not in RUNNING_STATES:
+                continue
+            verdict, note = judge(monitor.evidence(hostname, job.news_age(now), now))
+            if verdict == PROBE:
+                monitor.probe(hostname, job.progress.pid)
+            elif verdict == LOST_VERDICT:
+                job._lose(hostname, monitor.silent_for(hostname, now) or 0.0)
+            job._set_note("worker", note if verdict == WAIT else None)
 
     def _ask_about_long_pending_attached_jobs(self, now: float) -> None:
         """Attached jobs PENDING for ``UNKNOWN_AFTER`` s: ask the workers once (in a
@@ -249,14 +267,16 @@ class Watcher:
 
         threading.Thread(target=ask, name="celerynb-ask-workers", daemon=True).start()
 
-    def _dispatch(self, updates: list[Update]) -> None:
+    def _dispatch(self, updates: list[Update], live: bool = False) -> None:
+        """Feed states to their jobs; ``live`` ones were just written (news of the
+        worker), the others read back (a catch-up after watching or reconnecting)."""
         for task_id, meta in updates:
             job = self._jobs.get(task_id)
             if job is None or not isinstance(meta, dict):
                 continue
             try:
-                job._apply_meta(meta)
+                job._apply_meta(meta, live)
             except Exception:
                 log.exception("celerynb watcher: could not apply an update to job %s", task_id)
-            if job.done():
+            if job.done() and not getattr(job, "watch_after_done", False):
                 self._finished_by_updates.add(task_id)

@@ -1,0 +1,134 @@
+"""Workers that die, stop or stay silent, for real: a job is LOST only when its worker is
+gone, says why it waits otherwise, and a result that comes after LOST still counts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from conftest import wait_for
+
+import celerynb
+import celerynb._session as session_module
+from celerynb._cluster import _die_with_parent, _stop_process
+
+
+def steps(n, pause):
+    from celerynb import tqdm
+
+    for _ in tqdm(range(n), desc="steps"):
+        time.sleep(pause)
+    return n
+
+
+def quiet(seconds):
+    """Works without reporting any progress."""
+    import time
+
+    time.sleep(seconds)
+    return "done quietly"
+
+
+@pytest.fixture
+def own_cluster(monkeypatch):
+    """Start a cluster of the test's own (``pool``) and a session to it."""
+    made = []
+
+    def start(**options):
+        local = celerynb.LocalCluster(workers=1, **options)
+        made.append(local)
+        monkeypatch.setattr(session_module, "_current", session_module._current)
+        return local, celerynb.connect(local)
+
+    yield start
+    for local in made:
+        local.close()
+
+
+def states_seen(job, seconds):
+    seen = set()
+    deadline = time.monotonic() + seconds
+    while not job.done() and time.monotonic() < deadline:
+        seen.add(job.state)
+        time.sleep(0.05)
+    return seen
+
+
+def test_a_worker_that_died_before_this_kernel_heard_it_leaves_its_job_lost(own_cluster):
+    """As after a kernel restart: the worker died while nobody listened; the job is
+    re-attached PROGRESS, its worker was never heard, and a ping finds no one."""
+    local, session = own_cluster()
+    job = session.submit(steps, (2000, 0.05))
+    assert wait_for(lambda: job.state == "PROGRESS", timeout=60)
+    os.killpg(local._processes[-1].pid, signal.SIGKILL)  # the whole worker
+    session.close()
+    later = celerynb.connect(local)  # a new kernel's session: it never heard that worker
+    try:
+        again = later.attach(job.id)
+        assert again is not job and again.state == "PROGRESS"
+        assert not later.watcher._monitor.heard(local.worker_name)
+        started = time.monotonic()
+        assert wait_for(again.done, timeout=20), again.status_line()
+        print(f"never-heard worker: LOST after {time.monotonic() - started:.1f}s")
+        assert again.state == celerynb.LOST
+        with pytest.raises(celerynb.WorkerLostError, match="answers no ping"):
+            again.result(timeout=0)
+    finally:
+        later.close()
+
+
+def test_a_solo_worker_busy_without_heartbeats_is_not_lost(own_cluster):
+    local, session = own_cluster(pool="solo")
+    job = session.submit(quiet, (LOST_SECONDS := 12,))
+    seen = states_seen(job, 60)
+    assert job.result(timeout=30) == "done quietly"
+    assert celerynb.LOST not in seen, seen
+    assert LOST_SECONDS  # the silence lasted twice the heartbeat limit
+
+
+def test_a_stopped_worker_is_said_to_be_stopped_and_its_job_ends_when_it_continues(own_cluster):
+    local, session = own_cluster()
+    job = session.submit(steps, (100, 0.1))
+    assert wait_for(lambda: job.state == "PROGRESS", timeout=60)
+    group = local._processes[-1].pid
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: job.note and "stopped" in job.note, timeout=20), job.status_line()
+        assert job.state == "PROGRESS" and not job.done()
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    assert job.result(timeout=60) == 100
+    assert job.note is None or "stopped" not in job.note
+
+
+def test_a_result_that_comes_after_lost_is_told_and_attach_gets_it(cluster, session, tmp_path):
+    """A worker on 'another machine' (its node name says so: no process to look at)
+    is stopped long enough to be judged LOST, then continues and finishes."""
+    name = f"faraway-{uuid.uuid4().hex[:6]}@another-machine"
+    queue = f"faraway-{uuid.uuid4().hex[:6]}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celerynb.worker", "worker", "--concurrency=1",
+         "--loglevel=WARNING", "-n", name, "-Q", queue, "--without-gossip", "--without-mingle",
+         f"--logfile={tmp_path / 'worker.log'}"],
+        env=cluster.worker_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent(signal.SIGQUIT),
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: session.app.control.ping([name], timeout=0.5), timeout=60)
+        job = celerynb.apply_async(steps, (60, 0.1), queue=queue)
+        assert wait_for(lambda: job.state == "PROGRESS", timeout=30)
+        os.killpg(worker.pid, signal.SIGSTOP)
+        try:
+            assert wait_for(job.done, timeout=30), job.status_line()
+            assert job.state == celerynb.LOST
+        finally:
+            os.killpg(worker.pid, signal.SIGCONT)
+        assert wait_for(lambda: job.note and "after it was marked LOST" in job.note, timeout=60)
+        again = celerynb.attach(job.id)
+        assert again is not job and again.result(timeout=30) == 60
+    finally:
+        _stop_process(worker)
