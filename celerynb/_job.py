@@ -90,6 +90,7 @@ class Job(WatchedFuture):
         self._lock = threading.Lock()
         self._progress_updates = 0
         self.attached = False  # watched by id (attach), not submitted by this kernel
+        self.queue: str | None = None  # where it was sent, when this kernel sent it
         self.requeued_if_worker_lost = False  # acks_late + reject_on_worker_lost
         self._runs: list[tuple[str, int]] = []  # (hostname, pid) of each STARTED seen
         self.asked_workers = False
@@ -165,6 +166,8 @@ class Job(WatchedFuture):
             elif state not in states.READY_STATES and not self._moves_forward(current, state, meta):
                 return
             self._snapshot = parse_meta(state, meta.get("result"), current)
+            if state != states.PENDING:
+                self._notes.pop("queue", None)  # a worker took it
             if live and (state != current.state or self._snapshot.updated != current.updated):
                 self._news_at = time.monotonic()
             if state == states.SUCCESS and not self._session.watcher.sees_every_update:

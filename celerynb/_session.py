@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._job import Job
 from ._liveness import WorkerMonitor
+from ._queues import routed_queue
 from ._registry import registry
 from ._revoker import Revoker
 from ._signing import seal
@@ -161,6 +162,7 @@ class Session:
             code=fn if shipped else None,
         )
         job.requeued_if_worker_lost = not shipped and self._requeues_on_worker_loss(task_name)
+        job.queue = routed_queue(self.app, task_name, options)
         self.watcher.watch(job)
         try:
             if self.reply_to is not None:

@@ -17,6 +17,7 @@ from celery import states
 
 from ._liveness import LOST as LOST_VERDICT
 from ._liveness import PROBE, UNKNOWN_AFTER, WAIT, WorkerMonitor, judge, unknown_to_workers
+from ._queues import QueueCheck
 from ._schema import PROGRESS
 from ._sources import StateSource, Update
 
@@ -73,6 +74,7 @@ class Watcher:
         self._start_lock = threading.Lock()
         self.status = "idle"
         self._finished_by_updates: set[str] = set()
+        self._queue_check = QueueCheck(app) if app is not None else None
         self._next_full_check = 0.0
 
     def watch(self, job: Watched) -> None:
@@ -206,6 +208,8 @@ class Watcher:
         if now >= self._next_full_check:
             self._next_full_check = now + FULL_CHECK_SECONDS
             self._check_workers_of_running_jobs(now)
+            if self._queue_check is not None:
+                self._queue_check.check(list(self._jobs.values()), now)
             self._ask_about_long_pending_attached_jobs(now)
             # A LOST job stays watched: its worker may come back and finish it after all.
             finished |= {
