@@ -109,9 +109,9 @@ def project_worker(cluster: celerynb.LocalCluster, tmp_path_factory) -> Iterator
 @pytest.fixture(scope="module")
 def shell():
     """IPython's in-process test shell with the magics loaded (no kernel started)."""
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing.globalipapp import get_ipython, start_ipython
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # started once per process; later: the same one
     ip.run_line_magic("load_ext", "celerynb")
     return ip
 
