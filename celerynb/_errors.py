@@ -19,6 +19,7 @@ They print as ``celerynb.X`` (``__init__`` sets their ``__module__``)::
      │    ├── RemoteError                      a worker's exception whose class is not here
      │    ├── WorkerLostError (billiard.exceptions.WorkerLostError)
      │    │                                    the whole worker running a job is gone
+     │    ├── MessageLostError                 the broker lost a queued task's message
      │    ├── RedisServerNotFoundError (FileNotFoundError)   no redis-server for LocalCluster
      │    └── ClusterStartError (RuntimeError) a process of a LocalCluster did not start
      ├── RemoteTraceback                       a worker's traceback text, as ``__cause__``
@@ -100,6 +101,11 @@ class RemoteError(CelerynbError):
 class WorkerLostError(CelerynbError, _PoolProcessLostError):
     """The worker running a job stopped sending heartbeats and answers no ping:
     it was killed or cut off."""
+
+
+class MessageLostError(CelerynbError):
+    """The broker lost a queued task's message (it restarted without persistence):
+    the task will not run."""
 
 
 class RedisServerNotFoundError(CelerynbError, FileNotFoundError):

@@ -13,6 +13,7 @@ import cloudpickle
 from celery import states
 
 from ._errors import (
+    MessageLostError,
     RemoteError,
     RemoteTraceback,
     ShippedTaskError,
@@ -187,6 +188,9 @@ class Job(WatchedFuture):
         notes = list(self._notes.values())
         if self.state == UNKNOWN:
             notes.insert(0, UNKNOWN_NOTE)
+        outage = None if self.done() else self._session.watcher.outage_note
+        if outage:
+            notes.insert(0, outage)
         return "; ".join(notes) or None
 
     @property
@@ -332,6 +336,21 @@ class Job(WatchedFuture):
                 f"while running task {self.id}: it was killed or cut off, so the task will "
                 "not finish there (an app with acks_late may re-queue it; should it finish "
                 f"after all, celerynb.attach({self.id!r}) follows it)"
+            )
+        )
+
+    def _lose_message(self) -> None:
+        """The broker restarted without its data while the task waited in a queue: its
+        message is gone and it will not run. Finish as LOST, saying so."""
+        with self._lock:
+            if self.done() or self._snapshot.state != states.PENDING:
+                return
+            self._snapshot = self._snapshot.with_state(LOST)
+        self._abandon(
+            MessageLostError(
+                f"task {self.id} was waiting in a queue when the broker restarted without "
+                "its data (no persistence): its message is gone and it will not run; "
+                "submit it again"
             )
         )
 

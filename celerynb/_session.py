@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import reprlib
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
@@ -17,6 +19,7 @@ from kombu.utils.json import dumps as json_dumps
 from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
 from ._errors import (
     BrokerUnreachableError,
+    CelerynbError,
     ConnectionClosedError,
     NotConnectedError,
     SerializationError,
@@ -97,13 +100,21 @@ class Session:
 
     def check_broker(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Raise BrokerUnreachableError (URL masked) unless the broker answers."""
+        with self.broker_errors("reach the broker"), self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+
+    @contextlib.contextmanager
+    def broker_errors(self, doing: str) -> Iterator[None]:
+        """Turn a failure to talk to the broker into one BrokerUnreachableError line
+        naming the (masked) URL, instead of kombu's or redis-py's own exceptions."""
         try:
-            with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=timeout)
+            yield
+        except CelerynbError:
+            raise
         except Exception as exc:
             raise BrokerUnreachableError(
                 one_line(
-                    f"cannot reach the broker at {self.broker_url}: {type(exc).__name__}: "
+                    f"cannot {doing} at {self.broker_url}: {type(exc).__name__}: "
                     f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
                 )
             ) from None
@@ -207,9 +218,10 @@ class Session:
         if name in self._known_task_names or any(a is not None and name in a.tasks for a in local):
             return
         heard = self.watcher.workers_heard()
-        registered = registered_task_names(
-            self.app, timeout=NAME_CHECK_TIMEOUT, nodes=heard or None
-        )
+        with self.broker_errors(f"ask the workers about task {name!r}"):
+            registered = registered_task_names(
+                self.app, timeout=NAME_CHECK_TIMEOUT, nodes=heard or None
+            )
         if registered is None:
             return  # no worker online to ask: it may start later and know the task
         self._known_task_names |= registered
@@ -280,7 +292,8 @@ class Session:
 
     def workers(self, timeout: float = INSPECT_TIMEOUT) -> list[WorkerInfo]:
         """The online workers: pool, concurrency, queues, active and reserved tasks."""
-        online = inspect_workers(self.app, timeout=timeout)
+        with self.broker_errors("ask the workers"):
+            online = inspect_workers(self.app, timeout=timeout)
         self._processes = sum(w.concurrency or 0 for w in online) or self._processes
         return online
 

@@ -44,6 +44,10 @@ class Watched(Protocol):
 
     def _abandon(self, error: BaseException) -> None: ...
 
+    def _lose_message(self) -> None: ...
+
+    def _notify(self) -> None: ...
+
     def _apply_meta(self, meta: dict[str, Any], live: bool = False) -> None: ...
 
     def _set_note(self, topic: str, text: str | None) -> None: ...
@@ -73,6 +77,8 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.status = "idle"
+        self.outage_since: float | None = None  # while the backend cannot be reached
+        self._outage_reason = ""
         self._finished_by_updates: set[str] = set()
         self._queue_check = QueueCheck(app) if app is not None else None
         self._next_full_check = 0.0
@@ -139,32 +145,47 @@ class Watcher:
                 )
                 self._thread.start()
 
+    @property
+    def outage_note(self) -> str | None:
+        """What to say under every unfinished job while the backend is unreachable."""
+        since = self.outage_since
+        if since is None:
+            return None
+        return (
+            f"the result backend has been unreachable for {time.monotonic() - since:.0f}s "
+            f"({self._outage_reason}); reconnecting, the bar resumes when it is back"
+        )
+
     def _run(self) -> None:
         backoff = FIRST_BACKOFF
         lost_since: float | None = None  # an outage is reported once, in one line
         while not self._stop.is_set():
             try:
                 if lost_since is not None:
-                    self._dispatch(self._source.resync(), live=True)  # subscribe, catch up
+                    updates = self._source.resync()  # subscribe again, catch up
+                    self._dispatch(updates, live=True)
                     log.info(
-                        "celerynb: reconnected after %.1fs; watching %d job(s) again",
+                        "celerynb: reconnected to the result backend after %.1fs; "
+                        "watching %d job(s) again",
                         time.monotonic() - lost_since,
                         len(self._jobs),
                     )
                     lost_since = None
+                    self._end_outage()
+                    if getattr(self._source, "data_lost", False):
+                        self._tell_jobs_lost_with_the_data()
                 self._step()
                 backoff = FIRST_BACKOFF
                 self.status = "watching"
             except Exception as exc:
                 self.status = f"reconnecting: {type(exc).__name__}: {exc}"
                 if lost_since is None:
+                    # A healthy server may drop a subscriber (e.g. its pub/sub output
+                    # buffer limit): say nothing unless reconnecting fails too.
                     lost_since = time.monotonic()
-                    log.warning(
-                        "celerynb: lost the connection to the result backend (%s: %s); "
-                        "reconnecting in the background, the bars resume when it is back",
-                        type(exc).__name__,
-                        exc,
-                    )
+                    log.debug("celerynb watcher: connection dropped, reconnecting: %s", exc)
+                elif self.outage_since is None:
+                    self._begin_outage(lost_since, f"{type(exc).__name__}: {exc}")
                 else:
                     log.debug("celerynb watcher: still reconnecting: %s", exc)
                 if self._stop.wait(backoff):
@@ -174,6 +195,52 @@ class Watcher:
             self._source.close()
         except Exception:
             pass
+
+    def _begin_outage(self, since: float, reason: str) -> None:
+        self.outage_since, self._outage_reason = since, reason
+        log.warning(
+            "celerynb: lost the connection to the result backend (%s); reconnecting in the "
+            "background, the bars say so and resume when it is back",
+            reason,
+        )
+        self._notify_all()
+
+    def _end_outage(self) -> None:
+        if self.outage_since is not None:
+            self.outage_since = None
+            self._notify_all()
+
+    def _notify_all(self) -> None:
+        for job in list(self._jobs.values()):
+            job._notify()
+
+    def _tell_jobs_lost_with_the_data(self) -> None:
+        """The backend came back empty (restarted without persistence): a job still
+        PENDING whose task no worker holds lost its queued message with it, when the
+        broker is the same server. Asked in a thread (the answer takes a second)."""
+        if self._app is None or not getattr(self._source, "broker_shares_server", False):
+            return
+        waiting = [job for job in self._jobs.values() if job.state == states.PENDING]
+        if not waiting:
+            return
+
+        def ask() -> None:
+            try:
+                unknown = unknown_to_workers(self._app, [job.id for job in waiting])
+            except Exception as exc:
+                log.debug("celerynb: asking the workers about lost tasks failed: %s", exc)
+                return
+            lost = [job for job in waiting if job.id in unknown]
+            if lost:
+                log.warning(
+                    "celerynb: the broker restarted without its data: %d queued job(s) "
+                    "were lost with it and will not run",
+                    len(lost),
+                )
+            for job in lost:
+                job._lose_message()
+
+        threading.Thread(target=ask, name="celerynb-ask-lost", daemon=True).start()
 
     def _step(self) -> None:
         self._wake_pending.clear()  # before draining: a job queued from now on wakes again

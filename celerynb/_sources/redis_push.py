@@ -1,11 +1,20 @@
-"""Task states pushed by Celery's Redis result backend (pub/sub, no polling)."""
+"""Task states pushed by Celery's Redis result backend (pub/sub, no polling).
+
+It also tells a server that came back empty (restarted without persistence) from one
+that kept its data: a sentinel key of this source's own, set when it connects, is
+gone after such a restart (``data_lost``).
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+from kombu.utils.url import url_to_parts
+
 from .base import Update, decoded
+
+SENTINEL_SECONDS = 7 * 24 * 3600
 
 
 class RedisPushSource:
@@ -19,7 +28,26 @@ class RedisPushSource:
         self._wake_channel = f"celerynb-wake-{uuid.uuid4().hex}"
         self._channel_to_id: dict[bytes, str] = {}
         self._pubsub: Any = None
-        self._reconnect_needed = False
+        self._sentinel = f"celerynb-sentinel-{uuid.uuid4().hex}"
+        self.data_lost = False  # the last resync found the server without its data
+
+    @property
+    def broker_shares_server(self) -> bool:
+        """Whether the broker is this same Redis server (its queues go with its data)."""
+        try:
+            broker = url_to_parts(self._app.conf.broker_write_url or self._app.conf.broker_url)
+            backend = self._backend.connparams
+        except Exception:
+            return False
+        host = broker.hostname or "localhost"
+        same_host = {host, backend.get("host")} <= {"localhost", "127.0.0.1"} or (
+            host == backend.get("host")
+        )
+        return (
+            broker.scheme in ("redis", "rediss")
+            and same_host
+            and ((broker.port or 6379) == backend.get("port", 6379))
+        )
 
     @property
     def _backend(self) -> Any:
@@ -27,8 +55,10 @@ class RedisPushSource:
 
     def _ensure_pubsub(self) -> Any:
         if self._pubsub is None:
-            self._pubsub = self._backend.client.pubsub(ignore_subscribe_messages=True)
+            client = self._backend.client
+            self._pubsub = client.pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(self._wake_channel, *self._channel_to_id)
+            client.set(self._sentinel, b"1", ex=SENTINEL_SECONDS)
         return self._pubsub
 
     def watch(self, task_ids: list[str]) -> list[Update]:
@@ -68,6 +98,7 @@ class RedisPushSource:
             except Exception:
                 pass
         self._pubsub = None
+        self.data_lost = not self._backend.client.exists(self._sentinel)
         self._ensure_pubsub()
         return self._catch_up(list(self._channel_to_id))
 
@@ -75,6 +106,10 @@ class RedisPushSource:
         self._backend.client.publish(self._wake_channel, b"")
 
     def close(self) -> None:
+        try:
+            self._backend.client.delete(self._sentinel)
+        except Exception:
+            pass
         if self._pubsub is not None:
             self._pubsub.close()
             self._pubsub = None
