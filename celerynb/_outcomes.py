@@ -35,6 +35,7 @@ from ._claims import DONE, Holder, claim_key, store_for
 from ._config import max_call_age, secret_from_env
 from ._errors import ShippedTaskError
 from ._remote_errors import pickle_exception
+from ._schema import PUBLISH_LIMIT, STORED_MARKER
 from ._signing import CLOCK_SKEW, seal, verify_envelope
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,39 @@ def _acting_for(request: Any) -> Iterator[None]:
         yield
     finally:
         _acting.request = previous
+
+
+@contextmanager
+def publishing_small(backend: Any) -> Iterator[None]:
+    """Within it, a Redis backend stores a big state but publishes ``STORED_MARKER``
+    instead of it: Redis drops a subscriber whose pub/sub output buffer passes 32 MB
+    (a 100 MB result knocked every bar of the kernel out), and the kernel reads the
+    key when it sees the marker."""
+    from celery.backends.redis import RedisBackend
+
+    if not isinstance(backend, RedisBackend):
+        yield
+        return
+    store_and_publish = backend._set
+
+    def store_and_publish_small(key: Any, value: Any, expires: Any = None) -> None:
+        if len(value) <= PUBLISH_LIMIT:
+            return store_and_publish(key, value, expires)
+        expires = backend.expires if expires is None else expires
+        with backend.client.pipeline() as pipe:
+            if expires:
+                pipe.setex(key, expires, value)
+            else:
+                pipe.set(key, value)
+            pipe.publish(key, STORED_MARKER)
+            pipe.execute()
+        return None
+
+    backend._set = store_and_publish_small  # this thread's backend (Celery's are per thread)
+    try:
+        yield
+    finally:
+        del backend._set
 
 
 class ShippedRequest(Request):
@@ -112,13 +146,15 @@ class ShippedTaskBackend:
 
     def mark_as_done(self, task_id: str, result: Any, *args: Any, **kwargs: Any) -> Any:
         self._drop_forged_success(task_id)
-        return self.backend.mark_as_done(task_id, result, *args, **kwargs)
+        with publishing_small(self.backend):
+            return self.backend.mark_as_done(task_id, result, *args, **kwargs)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any):
         if not (isinstance(exc, ShippedTaskError) and exc.envelope):
             exc = self._vouched(task_id, exc) or exc
         self._drop_forged_success(task_id)
-        return self.backend.mark_as_failure(task_id, exc, *args, **kwargs)
+        with publishing_small(self.backend):
+            return self.backend.mark_as_failure(task_id, exc, *args, **kwargs)
 
     def mark_as_revoked(
         self,

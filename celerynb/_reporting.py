@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_task
@@ -29,7 +30,13 @@ log = logging.getLogger(__name__)
 class TaskProgress:
     """The bars of one running task and the throttled writes of their state."""
 
-    def __init__(self, task: Any, max_writes_per_second: float = DEFAULT_MAX_WRITES_PER_SECOND):
+    def __init__(
+        self,
+        task: Any,
+        max_writes_per_second: float = DEFAULT_MAX_WRITES_PER_SECOND,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._clock = clock
         self.task = task
         self.task_id: str = task.request.id
         self.hostname = getattr(task.request, "hostname", None) or socket.gethostname()
@@ -46,7 +53,7 @@ class TaskProgress:
         with self._lock:
             self.bars[key] = meta
             self._pending = True
-            now = time.monotonic()
+            now = self._clock()
             if not force and now - self._last_write < self.min_interval:
                 return
             self._last_write = now

@@ -29,6 +29,11 @@ from typing import Any
 from celery import states
 
 PROGRESS = "PROGRESS"
+# Published on a task's channel instead of a state too big to publish (Redis drops a
+# subscriber whose output buffer passes 32 MB): the kernel reads the key instead.
+STORED_MARKER = b"celerynb:stored"
+PUBLISH_LIMIT = 1 << 20  # bytes of a state published as is; bigger ones: the marker
+
 # celerynb's own states, set by the kernel, never read from a backend.
 LOST = "LOST"  # the job's worker is gone
 REQUEUED = "REQUEUED"  # its worker is gone, and the app re-queues the task (acks_late)
@@ -142,7 +147,7 @@ class ProgressSnapshot:
     updated: float | None = None
     hostname: str | None = None
     pid: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the raw meta
 
     @property
     def primary(self) -> BarSnapshot:
@@ -201,16 +206,19 @@ def parse_meta(state: str, meta: Any, previous: ProgressSnapshot | None = None) 
     """Read a task's state and meta into a snapshot.
 
     Understands celerynb's schema, celery-progress's ``current/total/description``
-    and Celery's STARTED meta (``pid``, ``hostname``). States without progress
-    meta (SUCCESS, FAILURE...) keep the previous snapshot's bars.
+    and Celery's STARTED meta (``pid``, ``hostname``). A final state's meta is the
+    task's result, not progress: SUCCESS, FAILURE... keep the previous snapshot's bars
+    (and nothing of the result: it may be large).
     """
     previous = previous or ProgressSnapshot()
-    if not isinstance(meta, Mapping):
+    if not isinstance(meta, Mapping) or state in states.READY_STATES:
         return ProgressSnapshot(
             state, previous.bars, previous.updated, previous.hostname, previous.pid
         )
-    hostname = meta.get("hostname") or previous.hostname
-    pid = meta.get("pid") or previous.pid
+    hostname = meta.get("hostname")
+    hostname = hostname if isinstance(hostname, str) and hostname else previous.hostname
+    pid = meta.get("pid")
+    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else previous.pid
     if meta.get("schema") == SCHEMA and isinstance(meta.get("bars"), list):
         bars = tuple(_bar_from(b) for b in meta["bars"] if isinstance(b, Mapping))
     elif "current" in meta and "total" in meta:

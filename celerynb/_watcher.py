@@ -78,6 +78,7 @@ class Watcher:
         self._start_lock = threading.Lock()
         self.status = "idle"
         self.outage_since: float | None = None  # while the backend cannot be reached
+        self.reconnects = 0  # times the source's connection was lost and made again
         self._outage_reason = ""
         self._finished_by_updates: set[str] = set()
         self._queue_check = QueueCheck(app) if app is not None else None
@@ -171,6 +172,7 @@ class Watcher:
                         len(self._jobs),
                     )
                     lost_since = None
+                    self.reconnects += 1
                     self._end_outage()
                     if getattr(self._source, "data_lost", False):
                         self._tell_jobs_lost_with_the_data()

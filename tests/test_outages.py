@@ -118,3 +118,18 @@ def test_a_subscriber_dropped_by_a_healthy_server_reconnects_without_a_word(
         assert job.result(timeout=60) == "heard"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert job.note is None
+
+
+def big_bytes(megabytes):
+    return b"x" * (megabytes * 2**20)
+
+
+def test_a_result_too_big_to_publish_arrives_without_dropping_the_subscriber(session):
+    """Redis drops a subscriber whose pub/sub output buffer passes 32 MB; celerynb's
+    workers publish a marker for big states and the kernel reads the key."""
+    before = session.watcher.reconnects
+    job = celerynb.submit(big_bytes, 40)
+    assert len(job.result(timeout=120)) == 40 * 2**20
+    assert session.watcher.reconnects == before and session.watcher.outage_since is None
+    assert job.progress.extra == {}  # the kernel keeps the result once, not in the progress
+    assert len(repr(job.progress)) < 500

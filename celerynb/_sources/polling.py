@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kombu.utils.encoding import ensure_bytes
@@ -29,7 +29,15 @@ class PollingSource:
     sees_every_update = False
     stores_states = True
 
-    def __init__(self, app: Any, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        app: Any,
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[Any, list[str]], Iterator[Update]] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._read_states = read or read_states
         self._app = app
         self._interval = interval
         self._ids: dict[str, None] = {}
@@ -45,13 +53,13 @@ class PollingSource:
             self._ids.pop(task_id, None)
 
     def poll(self, timeout: float) -> list[Update]:
-        wait = self._last_round + self._interval - time.monotonic()
+        wait = self._last_round + self._interval - self._clock()
         if wait > 0:
             self._woken.wait(min(wait, timeout))
             self._woken.clear()
-            if self._last_round + self._interval > time.monotonic():
+            if self._last_round + self._interval > self._clock():
                 return []
-        self._last_round = time.monotonic()
+        self._last_round = self._clock()
         return self._read(list(self._ids))
 
     def resync(self) -> list[Update]:
@@ -67,7 +75,7 @@ class PollingSource:
         backend = self._app.backend
         updates: list[Update] = []
         for start in range(0, len(task_ids), BATCH):
-            updates.extend(read_states(backend, task_ids[start : start + BATCH]))
+            updates.extend(self._read_states(backend, task_ids[start : start + BATCH]))
         return updates
 
 

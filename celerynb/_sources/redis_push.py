@@ -12,6 +12,7 @@ from typing import Any
 
 from kombu.utils.url import url_to_parts
 
+from .._schema import STORED_MARKER
 from .base import Update, decoded
 
 SENTINEL_SECONDS = 7 * 24 * 3600
@@ -135,7 +136,12 @@ class RedisPushSource:
         task_id = self._channel_to_id.get(channel)
         if task_id is None:
             return None
-        return task_id, self._decode_raw(task_id, message["data"])
+        raw = message["data"]
+        if raw == STORED_MARKER:  # too big to publish: read it (see _outcomes)
+            raw = self._backend.client.get(channel)
+            if raw is None:
+                return None
+        return task_id, self._decode_raw(task_id, raw)
 
     def _decode_raw(self, task_id: str, raw: Any) -> dict[str, Any]:
         return decoded(task_id, lambda: self._backend.decode_result(raw))
