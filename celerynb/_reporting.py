@@ -37,6 +37,7 @@ class TaskProgress:
         clock: Callable[[], float] = time.monotonic,
     ):
         self._clock = clock
+        self.report_started: float | None = None  # the first ``report()`` of the task
         self.task = task
         self.task_id: str = task.request.id
         self.hostname = getattr(task.request, "hostname", None) or socket.gethostname()
@@ -107,7 +108,8 @@ def progress_for(task: Any) -> TaskProgress:
 @task_postrun.connect(weak=False)
 def _forget_finished_task(task_id: str | None = None, **_: Any) -> None:
     with _registry_lock:
-        _registry.pop(task_id, None)
+        if task_id is not None:
+            _registry.pop(task_id, None)
 
 
 class tqdm(_auto_tqdm):  # noqa: N801 - a drop-in for tqdm keeps its name
@@ -179,10 +181,9 @@ def report(
     if task is None:
         return False
     progress = progress_for(task)
-    started = getattr(progress, "report_started", None)
-    if started is None:
-        started = progress.report_started = time.monotonic()
-    elapsed = time.monotonic() - started
+    if progress.report_started is None:
+        progress.report_started = time.monotonic()
+    elapsed = time.monotonic() - progress.report_started
     rate = current / elapsed if elapsed > 0 and current else None
     meta = bar_meta(current, total, desc, rate=rate, elapsed=elapsed)
     progress.update_bar(-1, meta, force=force or (total is not None and current >= total))

@@ -8,7 +8,7 @@ import logging
 import reprlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cloudpickle
@@ -247,7 +247,7 @@ class Session:
     def attach_many(
         self,
         task_ids: list[str],
-        names: list[str | None] | None = None,
+        names: Sequence[str | None] | None = None,
         *,
         register: bool = True,
     ) -> list[Job]:

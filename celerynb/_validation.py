@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import reprlib
 import unicodedata
+from collections.abc import Sequence
 
 MAX_QUEUE_NAME = 255  # AMQP's limit on a queue name (a short string)
 
@@ -49,7 +50,7 @@ def check_queue(queue: object) -> None:
     raise ValueError(f"queue must be {problem}: got {shown(queue)}")
 
 
-def check_task_ids(task_ids: list[object]) -> None:
+def check_task_ids(task_ids: Sequence[object]) -> None:
     """Refuse ids that are not non-empty strs free of control characters and lone
     surrogates (an empty id would poison the watcher's reads for every job, a lone
     surrogate cannot be encoded). Raises ValueError naming the first bad one."""

@@ -30,7 +30,12 @@ RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
 
 
 class Watched(Protocol):
+    """What the watcher needs of a job (``Job`` implements it)."""
+
     id: str
+    attached: bool
+    asked_workers: bool
+    _submitted_at: float
 
     @property
     def state(self) -> str: ...
@@ -45,6 +50,8 @@ class Watched(Protocol):
     def _abandon(self, error: BaseException) -> None: ...
 
     def _lose_message(self) -> None: ...
+
+    def _mark_unknown(self) -> None: ...
 
     def _notify(self) -> None: ...
 

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from kombu.utils.encoding import ensure_bytes
@@ -90,10 +91,7 @@ def read_states(backend: Any, task_ids: list[str]) -> Iterator[Update]:
         keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
         for task_id, raw in zip(task_ids, backend.mget(keys)):
             if raw is not None:
-                yield (
-                    task_id,
-                    decoded(task_id, lambda raw=raw: backend.decode_result(raw)),
-                )
+                yield task_id, decoded(task_id, partial(backend.decode_result, raw))
     else:
         for task_id in task_ids:
             yield task_id, backend.get_task_meta(task_id)
@@ -107,10 +105,7 @@ def _read_database(backend: Any, task_ids: list[str]) -> Iterator[Update]:
     with session_cleanup(session):
         rows = [row.to_dict() for row in session.query(table).filter(table.task_id.in_(task_ids))]
     for row in rows:
-        yield (
-            row["task_id"],
-            decoded(row["task_id"], lambda row=row: _row_meta(backend, row)),
-        )
+        yield row["task_id"], decoded(row["task_id"], partial(_row_meta, backend, row))
 
 
 def _row_meta(backend: Any, row: dict[str, Any]) -> dict[str, Any]:
