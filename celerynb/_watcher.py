@@ -178,6 +178,11 @@ class Watcher:
                         time.monotonic() - lost_since,
                         len(self._jobs),
                     )
+                    if self.outage_since is None and getattr(self._source, "restarted", False):
+                        log.warning(
+                            "celerynb: the result backend restarted; reconnected after %.1fs",
+                            time.monotonic() - lost_since,
+                        )
                     lost_since = None
                     self.reconnects += 1
                     self._end_outage()

@@ -124,7 +124,10 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
                 assert any(0 < n < 40 for n in seen_after_restart), "bars did not resume"
                 warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
                 assert len(warnings) == 1, [r.getMessage() for r in warnings]
-                assert "lost the connection to the result backend" in warnings[0].getMessage()
+                message = warnings[0].getMessage()  # a long outage, or a quick restart
+                assert "lost the connection to the result backend" in message or (
+                    "the result backend restarted" in message
+                ), message
                 assert "\n" not in warnings[0].getMessage()
             finally:
                 session.close()

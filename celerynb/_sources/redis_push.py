@@ -31,6 +31,8 @@ class RedisPushSource:
         self._pubsub: Any = None
         self._sentinel = f"celerynb-sentinel-{uuid.uuid4().hex}"
         self.data_lost = False  # the last resync found the server without its data
+        self.restarted = False  # ... or found another server process (a restart)
+        self._run_id: str | None = None
 
     @property
     def broker_shares_server(self) -> bool:
@@ -60,7 +62,16 @@ class RedisPushSource:
             self._pubsub = client.pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(self._wake_channel, *self._channel_to_id)
             client.set(self._sentinel, b"1", ex=SENTINEL_SECONDS)
+            run_id = self._server_run_id()
+            self.restarted = None not in (run_id, self._run_id) and run_id != self._run_id
+            self._run_id = run_id or self._run_id
         return self._pubsub
+
+    def _server_run_id(self) -> str | None:
+        try:
+            return str(self._backend.client.info("server").get("run_id"))
+        except Exception:  # INFO may be refused (ACLs): restarts are then not told
+            return None
 
     def watch(self, task_ids: list[str]) -> list[Update]:
         keys = [self._key(task_id) for task_id in task_ids]
