@@ -106,21 +106,20 @@ def dies_once(marker):
     return "second run"
 
 
-def test_a_redelivery_after_a_lost_pool_process_still_runs(cluster, session, tmp_path):
+def test_a_redelivery_after_a_lost_pool_process_still_runs(cluster, session, lifeline, tmp_path):
     """acks_late + reject_on_worker_lost: the same message comes back after its pool
     process died; the dead run's claim is taken over and the call completes."""
-    from celerynb._cluster import _die_with_parent, _stop_process
+    from celerynb._cluster import _stop_process
 
     name = f"requeue-{uuid.uuid4().hex[:6]}@localhost"
     env = cluster.worker_env()
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
-    worker = subprocess.Popen(
+    worker = lifeline.popen(
         [sys.executable, "-m", "celery", "-A", "requeue_on_loss", "worker", "--concurrency=1",
          "--loglevel=INFO", "-n", name, "-Q", "requeue-on-loss", "--without-gossip",
          "--without-mingle", f"--logfile={tmp_path / 'worker.log'}"],
-        env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_die_with_parent(signal.SIGQUIT),
+        stop_signal=signal.SIGQUIT, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         assert wait_for(lambda: session.app.control.ping([name], timeout=0.5), timeout=60)
