@@ -45,6 +45,19 @@ def setup() -> None:
     STAMP.write_text(wanted)
 
 
+def lab_command(extra: list[str], euid: int | None = None) -> list[str]:
+    """The command line ``dev.py lab`` runs: JupyterLab on the quickstart notebook.
+
+    As root (most containers) Jupyter refuses to start without ``--allow-root``.
+    """
+    if euid is None:
+        euid = os.geteuid() if hasattr(os, "geteuid") else -1
+    command = ["jupyter", "lab", "notebooks/01-quickstart.ipynb"]
+    if euid == 0 and "--allow-root" not in extra:
+        command.append("--allow-root")
+    return command + extra
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("lab", "test"):
         print(__doc__)
@@ -53,9 +66,7 @@ def main(argv: list[str]) -> int:
     env_path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["PATH"] = env_path
     if argv[0] == "lab":
-        os.execv(
-            str(BIN / "jupyter"), ["jupyter", "lab", "notebooks/01-quickstart.ipynb", *argv[1:]]
-        )
+        os.execv(str(BIN / "jupyter"), lab_command(argv[1:]))
     run(BIN / "ruff", "check", "celerynb", "tests", "benchmarks", "dev.py")
     run(BIN / "ruff", "format", "--check", "celerynb", "tests", "benchmarks", "dev.py")
     result = subprocess.run([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT)

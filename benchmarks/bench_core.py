@@ -182,7 +182,7 @@ def main() -> None:
     calls = 50 if args.quick else 200
 
     started = time.perf_counter()
-    with celerynb.LocalCluster(workers=2) as cluster:
+    with celerynb.LocalCluster(processes=2) as cluster:
         celerynb.connect(cluster)
         raw_app = Celery("bench-raw", broker=cluster.broker_url, backend=cluster.backend_url)
         try:

@@ -450,8 +450,8 @@ def main() -> None:
         # Keep the benchmark's 1,000 jobs out of the user's job store.
         os.environ.setdefault("CELERYNB_STORE", str(directory / "jobs.sqlite3"))
         with contextlib.ExitStack() as stack:
-            print("celerynb: starting LocalCluster(workers=2) ...", flush=True)
-            cluster = stack.enter_context(celerynb.LocalCluster(workers=2))
+            print("celerynb: starting LocalCluster(processes=2) ...", flush=True)
+            cluster = stack.enter_context(celerynb.LocalCluster(processes=2))
             celerynb.connect(cluster)
             results["ours"] = measure("celerynb.map", plain.run, N, fast_runs, 1_000)
             results["shown"] = measure(

@@ -1,6 +1,6 @@
 """Soak: 1,000 celerynb jobs kept in flight for minutes, against a private LocalCluster.
 
-Not part of the CI suite. Starts a private ``celerynb.LocalCluster(workers=2)`` (its own
+Not part of the CI suite. Starts a private ``celerynb.LocalCluster(processes=2)`` (its own
 redis-server and a prefork Celery worker, concurrency 2) and, for ``--minutes`` (10 by
 default), keeps about 1,000 jobs unfinished in this process: 1,000 at once, then topped
 up every 0.2 s as jobs finish (a done callback counts them). Each job is a shipped
@@ -566,8 +566,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         # Keep the soak's thousands of jobs out of the user's job store.
         os.environ.setdefault("CELERYNB_STORE", str(Path(tmp) / "jobs.sqlite3"))
-        print("celerynb: starting LocalCluster(workers=2) ...", flush=True)
-        with celerynb.LocalCluster(workers=2) as cluster:
+        print("celerynb: starting LocalCluster(processes=2) ...", flush=True)
+        with celerynb.LocalCluster(processes=2) as cluster:
             celerynb.connect(cluster)
             print(
                 f"soak: {IN_FLIGHT:,} jobs in flight for {minutes:g} min, a sample every "

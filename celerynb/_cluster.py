@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import importlib.util
 import os
 import secrets
@@ -15,12 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any
 
 from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV, default_backend, mask_url
 from ._errors import ClusterStartError, RedisServerNotFoundError
+from ._lifeline import Lifeline
 
 START_TIMEOUT = 60.0
 
@@ -111,20 +112,29 @@ def _private_file(path: Path, text: str = "") -> Path:
     return path
 
 
-def _die_with_parent(sig: int) -> Any:
-    """preexec_fn: on Linux, deliver ``sig`` to the child when this process dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-
-    def set_pdeathsig() -> None:
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-
-    return set_pdeathsig
+def _processes_argument(processes: int | None, workers: int | None) -> int:
+    """The pool size asked for, from ``processes=`` or its deprecated name ``workers=``."""
+    if workers is not None:
+        if processes is not None:
+            raise TypeError("give LocalCluster processes= only (workers= is its old name)")
+        warnings.warn(
+            "LocalCluster(workers=N) is deprecated: N is the number of pool processes of "
+            "one worker; write LocalCluster(processes=N)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        processes = workers
+    if processes is None:
+        return 2
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"processes must be a positive int, got {processes!r}")
+    return processes
 
 
 class LocalCluster:
-    """A private Redis (broker and result backend) and ``workers`` Celery worker processes.
+    """A private Redis (broker and result backend) and one Celery worker with
+    ``processes`` pool processes: its ``--concurrency``, how many jobs run side by
+    side (threads, with ``pool="threads"``).
 
     Everything it starts runs on this machine, bound to 127.0.0.1, with a fresh
     signing secret. Its Redis asks for a fresh password (``redis_password``, part
@@ -132,16 +142,23 @@ class LocalCluster:
     commands that reach beyond the data (``DISABLED_REDIS_COMMANDS``); its files
     sit in a directory only this user can read. ``close()`` (or leaving the
     ``with`` block, or interpreter exit) stops every process it started and
-    removes that directory.
+    removes that directory; if this process dies without closing it, a watchdog
+    (``Lifeline``) stops them, whichever thread made the cluster.
 
     ``broker`` (and ``backend``) use an existing broker and result backend instead
     of a private Redis, e.g. ``broker="pyamqp://guest@localhost//", backend="rpc://"``;
-    ``queues`` then keeps the workers to queues of your choosing.
+    ``queues`` then keeps the workers to queues of your choosing. ``workers=`` is
+    the deprecated name of ``processes=``.
+
+    Raises:
+        ValueError: ``processes`` is not a positive int.
+        RedisServerNotFoundError: no redis-server to start (and no ``broker``).
+        ClusterStartError: Redis or the worker did not come up in ``start_timeout`` s.
     """
 
     def __init__(
         self,
-        workers: int = 2,
+        processes: int | None = None,
         *,
         pool: str = "prefork",
         queues: list[str] | None = None,
@@ -149,19 +166,24 @@ class LocalCluster:
         backend: str | None = None,
         redis_server: str | None = None,
         start_timeout: float = START_TIMEOUT,
+        workers: int | None = None,
     ) -> None:
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
-        self.workers = workers
+        processes = _processes_argument(processes, workers)
+        self.processes = processes
         self.pool = pool
         self.queues = queues
         self.secret = secrets.token_hex(32)
         self._redis_path = None if broker else (redis_server or find_redis_server())
         self.redis_password = None if broker else secrets.token_urlsafe(32)
+        self._lifeline = Lifeline()
         self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
         self._processes: list[subprocess.Popen[bytes]] = []
         self._on_close: list[Any] = []
-        self._finalizer = weakref.finalize(self, _stop_all, self._processes, str(self._dir))
+        # The callbacks ride along so that interpreter exit, too, stops the sessions'
+        # watchers before Redis goes (else each would warn of a lost connection).
+        self._finalizer = weakref.finalize(
+            self, _stop_all, self._processes, str(self._dir), self._on_close, self._lifeline
+        )
         atexit.register(self._finalizer)
         self.port: int | None = None
         try:
@@ -184,10 +206,8 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:
-        """Stop every process this cluster started and remove its files."""
-        while self._on_close:
-            with contextlib.suppress(Exception):
-                self._on_close.pop()()
+        """Stop watching (sessions connected to it), stop every process this cluster
+        started and remove its files."""
         self._finalizer()
 
     def on_close(self, callback: Any) -> None:
@@ -198,6 +218,17 @@ class LocalCluster:
     def closed(self) -> bool:
         return not self._finalizer.alive
 
+    @property
+    def workers(self) -> int:
+        """Deprecated: ``processes``."""
+        warnings.warn(
+            "LocalCluster.workers is deprecated: it counts pool processes of one worker; "
+            "use LocalCluster.processes",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.processes
+
     def __enter__(self) -> LocalCluster:
         return self
 
@@ -205,7 +236,8 @@ class LocalCluster:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{self.workers} workers"
+        noun = "process" if self.processes == 1 else "processes"
+        state = "closed" if self.closed else f"1 worker, {self.processes} {noun}"
         return f"<LocalCluster {mask_url(getattr(self, 'broker_url', '?'))} {state}>"
 
     @property
@@ -237,15 +269,14 @@ class LocalCluster:
             port = free_port()
             _private_file(config, redis_config(port, self._dir, str(self.redis_password)))
             _private_file(log)
-            proc = subprocess.Popen(
-                [self._redis_path, str(config)],
+            # In a session of its own: Jupyter's "interrupt" signals the kernel's
+            # whole process group, and Redis would shut down on that SIGINT.
+            proc = self._lifeline.popen(
+                [str(self._redis_path), str(config)],
+                stop_signal=signal.SIGTERM,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
-                # Its own session: Jupyter's "interrupt" signals the kernel's whole
-                # process group, and Redis would shut down on that SIGINT.
-                start_new_session=True,
-                preexec_fn=_die_with_parent(signal.SIGTERM),
                 umask=0o077,  # a SAVE's dump.rdb is this user's only, like the rest
             )
             self._processes.append(proc)
@@ -279,7 +310,7 @@ class LocalCluster:
             "celerynb.worker",
             "worker",
             f"--pool={self.pool}",
-            f"--concurrency={self.workers}",
+            f"--concurrency={self.processes}",
             "--loglevel=INFO",
             "-n",
             self.worker_name,
@@ -293,16 +324,15 @@ class LocalCluster:
             command += ["-Q", ",".join(self.queues)]
         _private_file(self.log_path)
         with open(_private_file(self._dir / "worker.stderr"), "wb") as stderr:
-            proc = subprocess.Popen(
+            proc = self._lifeline.popen(
                 command,
+                # Its owner died without closing it: nothing is left to shut down cleanly
+                # for (Redis dies too, and a cold shutdown then hangs); its pool with it.
+                stop_signal=signal.SIGKILL,
                 env=self.worker_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                start_new_session=True,
-                # Its owner died without closing it: nothing is left to shut down cleanly
-                # for (Redis dies too, and a cold shutdown then hangs); its pool follows.
-                preexec_fn=_die_with_parent(signal.SIGKILL),
             )
         self._processes.append(proc)
 
@@ -363,9 +393,18 @@ def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             proc.wait(grace)
 
 
-def _stop_all(processes: list[subprocess.Popen[bytes]], directory: str) -> None:
-    # Files first: a kernel being shut down may be signalled while the stops below
-    # wait, and the processes die with it anyway (PDEATHSIG); the files would not.
+def _stop_all(
+    processes: list[subprocess.Popen[bytes]],
+    directory: str,
+    on_close: list[Any],
+    lifeline: Lifeline,
+) -> None:
+    # Sessions first: their watchers would take Redis stopping for an outage.
+    while on_close:
+        with contextlib.suppress(Exception):
+            on_close.pop()()
+    # Files next: a kernel being shut down may be signalled while the stops below
+    # wait, and the processes die with it anyway (the lifeline); the files would not.
     shutil.rmtree(directory, ignore_errors=True)
     # Workers first (they talk to Redis while shutting down), then Redis.
     for proc in reversed(processes):
@@ -376,3 +415,4 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], directory: str) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
     processes.clear()
+    lifeline.release()

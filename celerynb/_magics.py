@@ -135,8 +135,16 @@ class CeleryMagics(Magics):
     @_usage_errors
     @magic_arguments()
     @argument("url", nargs="?", help="broker URL: redis://, rediss://, amqp://, pyamqp://...")
-    @argument("--local", action="store_true", help="start a local Redis and workers")
-    @argument("-n", "--workers", type=int, default=2, help="worker processes (--local)")
+    @argument("--local", action="store_true", help="start a local Redis and a worker")
+    @argument(
+        "-n",
+        "--processes",
+        "--workers",
+        dest="processes",
+        type=int,
+        default=2,
+        help="pool processes of the local worker: jobs run side by side (--local)",
+    )
     @argument("-A", "--app", help="your Celery app, as module:attribute (myproject.celery:app)")
     @argument("-b", "--backend", help="result backend URL (default: Redis broker, else rpc://)")
     def celery_connect(self, line: str) -> None:
@@ -155,8 +163,9 @@ class CeleryMagics(Magics):
         if sum(chosen) > 1:
             raise UsageError("give one of URL, --local or -A APP")
         if args.local:
-            session = self._connect_local(args.workers)
-            what = f"a local cluster ({args.workers} worker processes) at {session.broker_url}"
+            session = self._connect_local(args.processes)
+            noun = "process" if args.processes == 1 else "processes"
+            what = f"a local cluster ({args.processes} {noun}) at {session.broker_url}"
         elif args.app:
             from celery.app.utils import find_app
 
@@ -174,7 +183,7 @@ class CeleryMagics(Magics):
 
     def _connect_local(self, processes: int) -> Session:
         cluster = self.cluster
-        if cluster is not None and not cluster.closed and cluster.workers == processes:
+        if cluster is not None and not cluster.closed and cluster.processes == processes:
             try:
                 session: Session | None = current_session()
             except NotConnectedError:
@@ -184,7 +193,7 @@ class CeleryMagics(Magics):
             return connect(cluster)
         if cluster is not None:
             cluster.close()
-        self.cluster = LocalCluster(workers=processes)
+        self.cluster = LocalCluster(processes=processes)
         return connect(self.cluster)
 
     @line_cell_magic

@@ -300,7 +300,7 @@ class Session:
     @property
     def processes_hint(self) -> int | None:
         """Worker processes last seen online (or the LocalCluster's), for chunk sizes."""
-        return self._processes or getattr(self.owner, "workers", None)
+        return self._processes or getattr(self.owner, "processes", None)
 
     def close(self) -> None:
         """Stop watching. Jobs still running fail with ConnectionClosedError (never hang)."""

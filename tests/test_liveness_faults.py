@@ -3,17 +3,15 @@ gone, says why it waits otherwise, and a result that comes after LOST still coun
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
-from conftest import wait_for
+from conftest import start_worker, wait_for
 
 import celerynb
 import celerynb._session as session_module
-from celerynb._cluster import _die_with_parent, _stop_process
+from celerynb._cluster import _stop_process
 
 
 def steps(n, pause):
@@ -38,7 +36,7 @@ def own_cluster(monkeypatch):
     made = []
 
     def start(**options):
-        local = celerynb.LocalCluster(workers=1, **options)
+        local = celerynb.LocalCluster(processes=1, **options)
         made.append(local)
         monkeypatch.setattr(session_module, "_current", session_module._current)
         return local, celerynb.connect(local)
@@ -104,19 +102,14 @@ def test_a_stopped_worker_is_said_to_be_stopped_and_its_job_ends_when_it_continu
     assert job.note is None or "stopped" not in job.note
 
 
-def test_a_result_that_comes_after_lost_is_told_and_attach_gets_it(cluster, session, tmp_path):
+def test_a_result_that_comes_after_lost_is_told_and_attach_gets_it(
+    cluster, session, lifeline, tmp_path
+):
     """A worker on 'another machine' (its node name says so: no process to look at)
     is stopped long enough to be judged LOST, then continues and finishes."""
     name = f"faraway-{uuid.uuid4().hex[:6]}@another-machine"
     queue = f"faraway-{uuid.uuid4().hex[:6]}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celerynb.worker", "worker", "--concurrency=1",
-         "--loglevel=WARNING", "-n", name, "-Q", queue, "--without-gossip", "--without-mingle",
-         f"--logfile={tmp_path / 'worker.log'}"],
-        env=cluster.worker_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_die_with_parent(signal.SIGQUIT),
-    )  # fmt: skip
+    worker = start_worker(lifeline, cluster.worker_env(), name, queue, tmp_path / "worker.log")
     try:
         assert wait_for(lambda: session.app.control.ping([name], timeout=0.5), timeout=60)
         job = celerynb.apply_async(steps, (60, 0.1), queue=queue)

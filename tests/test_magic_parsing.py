@@ -4,7 +4,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from celerynb._cell import CellResult, names_read_from_outside, parse_output_names, run_cell
-from celerynb._magics import evaluate_call, split_options
+from celerynb._magics import CeleryMagics, evaluate_call, split_options
 from celerynb._tables import JobTable, WorkerTable, text_table
 from celerynb._workers import WorkerInfo
 
@@ -29,6 +29,16 @@ def test_options_come_first_and_the_call_is_kept_verbatim(line, options, code):
 
 def double(x):
     return 2 * x
+
+
+def test_the_local_cluster_size_is_a_number_of_processes():
+    from IPython.core.magic_arguments import parse_argstring
+
+    connect = CeleryMagics.celery_connect
+    assert parse_argstring(connect, "--local -n 3").processes == 3
+    assert parse_argstring(connect, "--local --processes 4").processes == 4
+    assert parse_argstring(connect, "--local --workers 5").processes == 5  # its old name
+    assert "pool processes of the local worker" in " ".join(connect.parser.format_help().split())
 
 
 def test_a_call_is_evaluated_in_the_namespace_without_calling_it():

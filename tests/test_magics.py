@@ -275,7 +275,7 @@ def test_local_cluster_of_the_magic_stops_with_the_kernel(tmp_path):
         assert_one_usage_line(kernel.run("%celery_submit print(1)"), r"%celery_connect --local")
         cell = kernel.ok("%celery_connect --local -n 1")
         assert re.fullmatch(
-            r"celerynb: connected to a local cluster \(1 worker processes\) at "
+            r"celerynb: connected to a local cluster \(1 process\) at "
             r"redis://:\*\*@127.0.0.1:\d+/0; 1 worker online \(1 processes\)\n",
             cell.stdout,
         ), cell.stdout

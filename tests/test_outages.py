@@ -43,7 +43,7 @@ def private_redis(tmp_path, monkeypatch):
         servers.append(start_redis(tmp_path, port))
         assert wait_for(lambda: pings(client), timeout=20)
 
-    local = celerynb.LocalCluster(workers=1, broker=f"{url}/0", backend=f"{url}/1")
+    local = celerynb.LocalCluster(processes=1, broker=f"{url}/0", backend=f"{url}/1")
     monkeypatch.setattr(session_module, "_current", session_module._current)
     session = celerynb.connect(local)
     try:

@@ -1,7 +1,11 @@
 """Package shape: public API, headless worker side."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import celerynb
 
@@ -51,8 +55,6 @@ def test_worker_side_imports_no_notebook_code():
 
 
 def test_the_notebook_series_is_committed_without_outputs():
-    from pathlib import Path
-
     import nbformat
 
     notebooks = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
@@ -65,3 +67,28 @@ def test_the_notebook_series_is_committed_without_outputs():
             if c.cell_type == "code" and (c.outputs or c.execution_count)
         ]
         assert not ran, f"{path.name} has outputs in: {ran}"
+
+
+# pip names whose conda-forge package is named otherwise
+CONDA_NAMES = {"redis": "redis-py"}
+
+
+def test_the_conda_environment_has_what_the_notebooks_and_lab_need():
+    """`conda env create -f environment.yml` must run every notebook: pyproject's
+    dependencies and its lab and db extras (the notebooks' database backend), all there."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = [*project["dependencies"], *extras["lab"], *extras["db"]]
+
+    def name(requirement):
+        return re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+
+    conda = {
+        name(line.split("-", 1)[1].strip())
+        for line in (root / "environment.yml").read_text().splitlines()
+        if re.match(r"\s+- [A-Za-z]", line)
+    }
+    missing = [r for r in wanted if CONDA_NAMES.get(name(r), name(r)) not in conda]
+    assert not missing, f"environment.yml lacks {missing}"

@@ -1,16 +1,13 @@
 """A job waiting in a queue that no online worker consumes says so, and stops saying so
 once a worker takes the queue."""
 
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
-from conftest import wait_for
+from conftest import start_worker, wait_for
 
 import celerynb
-from celerynb._cluster import _die_with_parent, _stop_process
+from celerynb._cluster import _stop_process
 from celerynb._queues import ASK_EVERY, CHECK_AFTER, QueueCheck, queue_note
 
 
@@ -50,7 +47,7 @@ def test_the_workers_are_asked_only_about_jobs_that_waited_and_not_too_often():
 
 
 def test_a_job_in_a_queue_nobody_consumes_says_so_until_a_worker_takes_it(
-    cluster, session, tmp_path
+    cluster, session, lifeline, tmp_path
 ):
     queue = f"nobody-{uuid.uuid4().hex[:6]}"
     job = celerynb.apply_async(sum, ([1, 2],), queue=queue)
@@ -58,14 +55,7 @@ def test_a_job_in_a_queue_nobody_consumes_says_so_until_a_worker_takes_it(
     assert job.note == f"no online worker consumes queue {queue!r}"
     assert queue in repr(job) and job.state == "PENDING"
     name = f"late-{uuid.uuid4().hex[:6]}@localhost"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celerynb.worker", "worker", "--concurrency=1",
-         "--loglevel=WARNING", "-n", name, "-Q", queue, "--without-gossip", "--without-mingle",
-         f"--logfile={tmp_path / 'worker.log'}"],
-        env=cluster.worker_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_die_with_parent(signal.SIGQUIT),
-    )  # fmt: skip
+    worker = start_worker(lifeline, cluster.worker_env(), name, queue, tmp_path / "worker.log")
     try:
         assert job.result(timeout=60) == 3
         assert job.note is None

@@ -1,4 +1,5 @@
-"""Widget traffic stays bounded however many jobs are shown: the render budget."""
+"""Widget traffic stays bounded however many jobs are shown: the render budget, its
+timing (driven by a clock the tests control) and the render thread's stop."""
 
 import threading
 import time
@@ -58,3 +59,99 @@ def test_many_busy_renderers_share_one_budget_and_all_get_drawn():
         renderer.finish = True
         scheduler.mark(renderer)
     assert wait_for(lambda: not scheduler._live, timeout=60)
+
+
+class FakeClock:
+    """Time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scheduler_on(clock, draws_per_tick=10):
+    return RenderScheduler(draws_per_tick, clock=clock, threaded=False)
+
+
+def test_a_tick_draws_the_budget_and_the_next_batch_waits_a_tenth_of_a_second():
+    clock = FakeClock()
+    scheduler = scheduler_on(clock)
+    renderers = [CountingRenderer() for _ in range(25)]
+    for renderer in renderers:
+        scheduler.mark(renderer)
+    first = scheduler.tick()
+    assert len(first) == 10
+    assert scheduler.seconds_to_next_tick() == 1 / MAX_DRAWS_PER_SECOND
+    clock.now = 0.099
+    assert scheduler.tick() == [], "a second batch within the same tick"
+    for renderer in first:  # news again for those just drawn: they wait their turn
+        scheduler.mark(renderer)
+    clock.now = 0.1
+    second = scheduler.tick()
+    assert len(second) == 10 and not set(second) & set(first), "never-drawn ones go first"
+    clock.now = 0.2
+    third = scheduler.tick()
+    left = set(renderers) - set(first) - set(second)
+    assert len(third) == 10 and set(third) > left, "the 5 never drawn, then 5 redrawn"
+    assert sum(r.draws for r in renderers) == 30
+
+
+def test_a_renderer_with_news_all_the_time_is_drawn_ten_times_a_second():
+    clock = FakeClock()
+    scheduler = scheduler_on(clock)
+    renderer = CountingRenderer()
+    for step in range(300):  # three seconds, news every 10 ms
+        clock.now = step / 100
+        scheduler.mark(renderer)
+        scheduler.tick()
+    assert renderer.draws == 3 * MAX_DRAWS_PER_SECOND
+
+
+def test_a_live_renderer_without_news_is_redrawn_once_a_second_until_it_finishes():
+    clock = FakeClock()
+    scheduler = scheduler_on(clock)
+    renderer = CountingRenderer()
+    scheduler.mark(renderer)
+    for step in range(31):  # a tick every 0.1 s for three seconds
+        clock.now = step / 10
+        scheduler.tick()
+    assert renderer.draws == 4  # at 0 (marked), then 1, 2 and 3 s (elapsed moves)
+    clock.now = 3.05
+    assert scheduler.seconds_to_next_tick() == 4.0 - 3.05
+    renderer.finish = True
+    clock.now = 4.0
+    assert scheduler.tick() == [renderer]
+    clock.now = 10.0
+    assert scheduler.tick() == [] and scheduler.seconds_to_next_tick() is None
+
+
+def test_stop_ends_the_render_thread_and_later_marks_start_none():
+    scheduler = RenderScheduler()
+    renderer = CountingRenderer()
+    scheduler.mark(renderer)
+    assert wait_for(lambda: renderer.draws >= 1, timeout=10)
+    thread = scheduler._thread
+    scheduler.stop(timeout=5)
+    assert not thread.is_alive()
+    drawn = renderer.draws
+    scheduler.mark(CountingRenderer())
+    assert scheduler._thread is thread, "a mark after stop() started a thread"
+    assert renderer.draws == drawn
+
+
+def test_stop_with_flush_draws_every_live_renderer_once_more_at_once():
+    """What a script's exit does: a job that finished just before would otherwise lose
+    its final line to the next tick."""
+    clock = FakeClock()
+    scheduler = scheduler_on(clock)
+    done, running = CountingRenderer(), CountingRenderer()
+    scheduler.mark(done)
+    scheduler.mark(running)
+    scheduler.tick()
+    done.finish = True  # finished, no tick due yet: nothing would draw it now
+    scheduler.stop(flush=True)
+    assert done.draws == 2 and running.draws == 2
+    scheduler.stop(flush=True)
+    assert done.draws == 2, "a finished renderer was drawn after its last draw"

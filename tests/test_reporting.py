@@ -1,6 +1,7 @@
 """Worker side: celerynb.tqdm and celerynb.report."""
 
 import io
+import json
 import time
 
 import redis
@@ -51,37 +52,41 @@ def reports(steps):
 
 
 def progress_messages(cluster, job_factory):
-    """Submit a job and count the PROGRESS writes it publishes (Celery's own channel)."""
+    """Submit a job and collect the PROGRESS metas it publishes (Celery's own channel)."""
     client = redis.Redis.from_url(cluster.backend_url)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.psubscribe("celery-task-meta-*")  # our private Redis: only this suite's tasks
     job = job_factory()
     job.result(timeout=60)
     key = f"celery-task-meta-{job.id}".encode()
-    count, finished, deadline = 0, False, time.monotonic() + 10
+    metas, finished, deadline = [], False, time.monotonic() + 10
     while not finished and time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.2)
         if message is None or message["channel"] != key:
             continue
-        count += b'"PROGRESS"' in message["data"]
-        finished = b'"SUCCESS"' in message["data"]
+        stored = json.loads(message["data"])
+        if stored["status"] == PROGRESS:
+            metas.append(stored["result"])
+        finished = stored["status"] == "SUCCESS"
     assert finished, "never saw the task's SUCCESS message"
     pubsub.close()
     client.close()
-    return job, count
+    return job, metas
 
 
 def test_throttle_bounds_backend_writes(session, cluster):
     seconds = 1.5
-    job, writes = progress_messages(cluster, lambda: celerynb.submit(tight_loop, seconds))
+    job, metas = progress_messages(cluster, lambda: celerynb.submit(tight_loop, seconds))
     assert job.result() > 10_000  # the loop really spun
     # default: at most 10 writes/s, plus the first and the final write
-    assert 3 <= writes <= seconds * 10 + 3, writes
+    assert 3 <= len(metas) <= seconds * 10 + 3, len(metas)
 
 
 def test_throttle_is_configurable(session, cluster):
-    job, writes = progress_messages(cluster, lambda: celerynb.submit(tight_loop, 1.0, 2))
-    assert writes <= 1.0 * 2 + 3, writes
+    job, metas = progress_messages(cluster, lambda: celerynb.submit(tight_loop, 1.0, 2))
+    # 2 writes/s instead of 10 (which would make ~12), plus the first and the final write
+    assert 2 <= len(metas) <= 1.0 * 2 + 3, len(metas)
+    assert metas[-1]["n"] == job.result(), "the final write carries the final count"
 
 
 def test_nested_bars_are_all_reported(session):
@@ -92,9 +97,10 @@ def test_nested_bars_are_all_reported(session):
     assert job.progress.n == 3 and job.progress.total == 3
 
 
-def test_report_writes_progress_for_non_loop_code(session):
-    job = celerynb.submit(reports, 4)
-    seen = []
-    job.add_listener(lambda j: seen.append(j.progress.n) if j.state == PROGRESS else None)
+def test_report_writes_progress_for_non_loop_code(session, cluster):
+    job, metas = progress_messages(cluster, lambda: celerynb.submit(reports, 4))
+    assert [(m["n"], m["total"], m["desc"]) for m in metas] == [
+        (i, 4, "phase") for i in (1, 2, 3, 4)
+    ]
     assert job.result(timeout=30) == 4
     assert job.progress.desc == "phase" and job.progress.n == 4 and job.progress.total == 4

@@ -27,7 +27,7 @@ def test_the_password_and_the_secret_appear_nowhere(tmp_path):
     assert wait_for(lambda: pings(client), timeout=20)
     store = tmp_path / "jobs.sqlite3"
     try:
-        with celerynb.LocalCluster(workers=1, broker=f"{url}/0", backend=f"{url}/1") as local:
+        with celerynb.LocalCluster(processes=1, broker=f"{url}/0", backend=f"{url}/1") as local:
             env = local.worker_env()
             env["CELERYNB_STORE"] = str(store)
             env["SCAN_URL"] = url  # cells name it, never spell it: the scan covers output
