@@ -88,6 +88,7 @@ class Job(WatchedFuture):
         self._runs: list[tuple[str, int]] = []  # (hostname, pid) of each STARTED seen
         self.asked_workers = False
         self._note: str | None = None
+        self._unfollowed_note: str | None = None  # why no state may ever come (rpc://)
 
     # -- public state ---------------------------------------------------------
     @property
@@ -109,7 +110,7 @@ class Job(WatchedFuture):
         """Revoke the task (terminating it where the pool allows); False if already done."""
         if self.done():
             return False
-        self._session.revoke(self.id, shipped=self._shipped is True)
+        self._session.revoke(self.id, shipped=self._shipped is True, on_change=self._notify)
         return self._finish_cancelled()
 
     # -- fed by the watcher ---------------------------------------------------
@@ -144,6 +145,8 @@ class Job(WatchedFuture):
                 self._snapshot = self._snapshot.completed()
             if state == PROGRESS:
                 self._progress_updates += 1
+        if state != states.PENDING and self._session.backend_caveat is not None:
+            self._session.backend_caveat = None  # a worker does write to this backend
         if too_many_runs:
             self._stop_redelivery_loop()
             return
@@ -154,9 +157,24 @@ class Job(WatchedFuture):
     @property
     def note(self) -> str | None:
         """Why the job is not where one would expect, when celerynb knows; else None."""
-        if self.state == UNKNOWN:
+        if self.cancelled():
+            undelivered = self._session.revoke_note(self.id)
+            if undelivered:
+                return undelivered
+        state = self.state
+        if state in (states.PENDING, UNKNOWN) and self._unfollowed_note:
+            return self._unfollowed_note
+        if state == UNKNOWN:
             return UNKNOWN_NOTE
+        if state == states.PENDING and self._session.backend_caveat:
+            return self._session.backend_caveat
         return self._note
+
+    def _not_followed(self, why: str) -> None:
+        """No state of this task will reach this kernel (e.g. rpc:// replies that go to
+        another client): show UNKNOWN and why, at once; a state that comes still wins."""
+        self._unfollowed_note = why
+        self._mark_unknown()
 
     def _ignore(self, what: str) -> None:
         """An entry from the backend that does not count: note it (one log line per job)."""
