@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from typing import Any
 
@@ -13,8 +14,11 @@ from ._config import BACKEND_ENV, BROKER_ENV, default_backend, mask_password, ma
 from ._errors import ConnectionSettingsError, NotConnectedError, one_line
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
-CONFIG_MODULE = "celeryconfig"
-STALLED_SOCKET_TIMEOUT = 5.0  # Celery's conventional configuration module
+log = logging.getLogger(__name__)
+
+CONFIG_MODULE = "celeryconfig"  # Celery's conventional configuration module
+CONFIG_APP = "celerynb-config"  # the app built from it
+STALLED_SOCKET_TIMEOUT = 5.0
 
 
 def connect(
@@ -31,19 +35,33 @@ def connect(
     ``$CELERY_BROKER_URL``, or a ``celeryconfig`` module on the path. ``backend``
     overrides the result backend URL (default: the broker URL for Redis, else
     ``rpc://``). ``secret`` signs shipped callables (default: the cluster's, else
-    ``$CELERYNB_SECRET``).
+    ``$CELERYNB_SECRET``). A ``backend`` other than the app's own is accepted with
+    one warning line (its workers may have been started with ``--result-backend``);
+    PENDING jobs then say why they may wait.
+
+    Raises:
+        ConnectionSettingsError: no result backend (an app without one: its workers
+            store no states), a ``backend`` a LocalCluster's workers never write to,
+            or a URL Celery cannot use.
+        BrokerUnreachableError: ``check`` and the broker does not answer.
     """
     key = _as_bytes(secret)
     owner = None
     user_app = None
+    caveat = None
     if target is None:
         target = _target_from_environment()
         backend = backend or os.environ.get(BACKEND_ENV) or os.environ.get("CELERY_RESULT_BACKEND")
     if isinstance(target, Celery):
         user_app = target
+        own_backend = target.conf.result_backend
+        if _disabled(backend or own_backend):
+            raise ConnectionSettingsError(_no_backend_message(target))
+        if backend and not _same_url(backend, own_backend):
+            caveat = _foreign_backend_note(target, backend, own_backend)
         app = _client_app(
             target.conf.broker_url,
-            backend or target.conf.result_backend,
+            backend or own_backend,
             _user_settings(target),
             main=target.main,
         )
@@ -52,6 +70,12 @@ def connect(
             raise ConnectionSettingsError("connect() got an empty broker URL")
         app = _client_app(target, backend or default_backend(target), {})
     elif hasattr(target, "broker_url") and hasattr(target, "secret"):
+        if backend and not _same_url(backend, target.backend_url):
+            raise ConnectionSettingsError(
+                f"this LocalCluster's workers store results in {mask_url(target.backend_url)}, "
+                f"never in {mask_url(backend)}: celerynb would wait forever for their states; "
+                "connect without backend= (or start the LocalCluster with backend=...)"
+            )
         owner = target
         key = key if key is not None else _as_bytes(target.secret)
         # Calls go where the cluster's workers listen: its first queue, if it has some.
@@ -62,6 +86,11 @@ def connect(
         raise TypeError(
             "connect() takes a LocalCluster, a broker URL or a Celery app, "
             f"not {type(target).__name__}"
+        )
+    if _disabled(app.conf.result_backend):
+        raise ConnectionSettingsError(
+            f"no result backend (backend={backend!r}): workers would store no states, so "
+            "celerynb could not follow any job; give a Redis, database or rpc:// URL"
         )
     try:
         session = Session(app, secret=key, owner=owner, user_app=user_app)
@@ -75,10 +104,51 @@ def connect(
         ) from None
     if check:
         session.check_broker()
+    if caveat is not None:
+        log.warning("celerynb: %s", caveat)
+        session.backend_caveat = caveat
     if owner is not None and hasattr(owner, "on_close"):
         owner.on_close(session.close)
     make_current(session)
     return session
+
+
+def _disabled(url: str | None) -> bool:
+    """True when ``url`` names no result backend (Celery's ``DisabledBackend``)."""
+    return plain_backend_url(str(url or "")).partition("://")[0].lower() in ("", "disabled")
+
+
+def _same_url(a: str | None, b: str | None) -> bool:
+    def plain(url: str | None) -> str:
+        return plain_backend_url(str(url or "")).rstrip("/")
+
+    return plain(a) == plain(b)
+
+
+def _app_label(app: Celery) -> str:
+    return f"the {CONFIG_MODULE} module" if app.main == CONFIG_APP else f"app {app.main!r}"
+
+
+def _no_backend_message(app: Celery) -> str:
+    broker = str(app.conf.broker_url or "")
+    redis = broker.startswith(("redis://", "rediss://"))
+    example = f"backend={mask_url(broker)!r}, the broker's Redis" if redis else "backend='rpc://'"
+    return one_line(
+        f"{_app_label(app)} has no result backend: its workers store no states, so celerynb "
+        f"cannot follow its jobs; give it one (e.g. {example}) or connect with backend= "
+        "set to one its workers also use"
+    )
+
+
+def _foreign_backend_note(app: Celery, backend: str, own: str | None) -> str:
+    """Why jobs may wait forever when connect() reads another backend than the app's."""
+    where = f"stores results in {mask_url(own)}, but" if own else "has no result backend, and"
+    read = mask_url(backend)
+    return one_line(
+        f"{_app_label(app)} {where} celerynb reads {read} (backend=): its workers store states "
+        f"there only if started with --result-backend {read} (or $CELERY_RESULT_BACKEND); "
+        "otherwise its jobs stay PENDING forever"
+    )
 
 
 def _target_from_environment() -> Any:
@@ -86,7 +156,7 @@ def _target_from_environment() -> Any:
     if url:
         return url
     if importlib.util.find_spec(CONFIG_MODULE) is not None:
-        app = Celery("celerynb-config", set_as_current=False)
+        app = Celery(CONFIG_APP, set_as_current=False)
         app.config_from_object(CONFIG_MODULE)
         if app.conf.broker_url:
             return app

@@ -222,7 +222,7 @@ class WidgetRenderer:
         )
         self.widget.add_class("celerynb-job")
         self.handle: Any = None  # the display, to leave a true final line for nbconvert
-        self._final_published = False
+        self._final_published: str | None = None  # the final text published, once done
         self.draw()
 
     def mimebundle(self) -> dict[str, Any]:
@@ -261,9 +261,11 @@ class WidgetRenderer:
             self.cancel_button.layout.display = "none"
         self.details.value = self._details_html()
         self.draws += 1
-        if job.done() and self.handle is not None and not self._final_published:
-            self._final_published = True
-            self.handle.update(self.mimebundle(), raw=True)
+        if job.done() and self.handle is not None:
+            final = final_text(job)  # again when a note changes later (a revoke delivered)
+            if final != self._final_published:
+                self._final_published = final
+                self.handle.update(self.mimebundle(), raw=True)
         return job.done()
 
     def _details_html(self) -> str:

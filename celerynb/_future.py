@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import reprlib
 import sys
 import time
@@ -72,6 +73,33 @@ class WatchedFuture(Future):
         return None
 
     # -- outcome ----------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """The result, waiting up to ``timeout`` seconds (None: as long as it takes).
+
+        Raises:
+            TimeoutError: not done in time; the message names the job, its state and
+                why it waits when that is known (``concurrent.futures.TimeoutError``).
+            concurrent.futures.CancelledError: it was cancelled.
+            Exception: the remote exception, with the worker's traceback as its cause.
+        """
+        self._wait_or_raise(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The remote exception (None if it succeeded), waiting as ``result`` does."""
+        self._wait_or_raise(timeout)
+        return super().exception(timeout=0)
+
+    def _wait_or_raise(self, timeout: float | None) -> None:
+        # Future's own TimeoutError has no message: say which job, how it stands, why.
+        if self.done() or concurrent.futures.wait([self], timeout=timeout).done:
+            return
+        note = self.note
+        raise concurrent.futures.TimeoutError(
+            f"{self.call_repr} (job {self.id}) is still {self.state} after {timeout:g}s"
+            + (f": {note}" if note else "")
+        )
+
     @property
     def remote_traceback(self) -> str | None:
         """The worker's traceback text when it failed, else None."""

@@ -17,7 +17,7 @@ from ._chunks import ChunkResult
 from ._future import WatchedFuture
 from ._job import Job
 from ._remote_errors import exception_from_info
-from ._schema import PROGRESS, BarSnapshot, ProgressSnapshot
+from ._schema import PROGRESS, UNKNOWN, BarSnapshot, ProgressSnapshot
 from ._store import JobRecord
 
 Span = tuple[int, int]  # items [start, stop) of one task
@@ -128,9 +128,7 @@ class JobGroup(WatchedFuture):
         """
         if not return_exceptions:
             return self.result(timeout)
-        concurrent.futures.wait([self], timeout=timeout)
-        if not self.done():
-            raise TimeoutError(f"{self.call_repr} is not done after {timeout}s")
+        self._wait_or_raise(timeout)
         errors = self.exceptions
         return [errors.get(i, value) for i, value in enumerate(self._values)]
 
@@ -165,7 +163,21 @@ class JobGroup(WatchedFuture):
             return states.FAILURE if self._errors else states.SUCCESS
         if any(self._finished) or any(j.state in (states.STARTED, PROGRESS) for j in self.jobs):
             return PROGRESS
+        if self.jobs and all(job.state == UNKNOWN for job in self.jobs):
+            return UNKNOWN
         return states.PENDING
+
+    @property
+    def note(self) -> str | None:
+        """Its tasks' notes: the first one, and how many tasks it concerns."""
+        notes = [note for note in (job.note for job in self.jobs) if note]
+        if not notes:
+            return None
+        if len(self.jobs) == 1:
+            return notes[0]
+        others = len(notes) - notes.count(notes[0])
+        more = f" (and {others} other notes)" if others else ""
+        return f"{notes.count(notes[0])} of {len(self.jobs)} tasks: {notes[0]}{more}"
 
     @property
     def progress(self) -> ProgressSnapshot:
@@ -185,11 +197,16 @@ class JobGroup(WatchedFuture):
             self.set_running_or_notify_cancel()
             self._finished_at = time.monotonic()
         unfinished = [job for job in self.jobs if not job.done()]
+
+        def redraw() -> None:  # the revokes' notes changed: the jobs tell the group
+            for job in unfinished:
+                job._notify()
+
         if unfinished and self._session is not None:
             for shipped in (True, False):
                 ids = [job.id for job in unfinished if (job._shipped is True) == shipped]
                 if ids:
-                    self._session.revoke(ids, shipped=shipped)
+                    self._session.revoke(ids, shipped=shipped, on_change=redraw)
         for job in unfinished:
             job._finish_cancelled()
         self._notify()

@@ -98,6 +98,7 @@ class Job(WatchedFuture):
         self._late_outcome = False  # a final state came after the job was marked LOST
         self._notes: dict[str, str] = {}  # topic -> what is odd about this job now
         self._news_at: float | None = None  # when a live update last moved the job
+        self._unfollowed_note: str | None = None  # why no state may ever come (rpc://)
 
     # -- public state ---------------------------------------------------------
     @property
@@ -119,7 +120,7 @@ class Job(WatchedFuture):
         """Revoke the task (terminating it where the pool allows); False if already done."""
         if self.done():
             return False
-        self._session.revoke(self.id, shipped=self._shipped is True)
+        self._session.revoke(self.id, shipped=self._shipped is True, on_change=self._notify)
         return self._finish_cancelled()
 
     # -- fed by the watcher ---------------------------------------------------
@@ -175,6 +176,8 @@ class Job(WatchedFuture):
                 self._snapshot = self._snapshot.completed()
             if state == PROGRESS:
                 self._progress_updates += 1
+        if state != states.PENDING and self._session.backend_caveat is not None:
+            self._session.backend_caveat = None  # a worker does write to this backend
         if too_many_runs:
             self._stop_redelivery_loop()
             return
@@ -185,13 +188,21 @@ class Job(WatchedFuture):
     @property
     def note(self) -> str | None:
         """Why the job is not where one would expect, when celerynb knows; else None."""
-        notes = list(self._notes.values())
-        if self.state == UNKNOWN:
-            notes.insert(0, UNKNOWN_NOTE)
+        notes = []
         outage = None if self.done() else self._session.watcher.outage_note
         if outage:
-            notes.insert(0, outage)
-        return "; ".join(notes) or None
+            notes.append(outage)
+        if self.cancelled():
+            notes.append(self._session.revoke_note(self.id))
+        state = self.state
+        if state in (states.PENDING, UNKNOWN) and self._unfollowed_note:
+            notes.append(self._unfollowed_note)
+        elif state == UNKNOWN:
+            notes.append(UNKNOWN_NOTE)
+        if state == states.PENDING:
+            notes.append(self._session.backend_caveat)
+        notes += self._notes.values()
+        return "; ".join(note for note in notes if note) or None
 
     @property
     def watch_after_done(self) -> bool:
@@ -213,6 +224,12 @@ class Job(WatchedFuture):
             else:
                 self._notes[topic] = text
         self._notify()
+
+    def _not_followed(self, why: str) -> None:
+        """No state of this task will reach this kernel (e.g. rpc:// replies that go to
+        another client): show UNKNOWN and why, at once; a state that comes still wins."""
+        self._unfollowed_note = why
+        self._mark_unknown()
 
     def _ignore(self, what: str) -> None:
         """An entry from the backend that does not count: note it (one log line per job)."""

@@ -8,7 +8,7 @@ import logging
 import reprlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cloudpickle
@@ -51,6 +51,13 @@ CONNECT_TIMEOUT = 4.0
 MAX_MESSAGE_BYTES = 32 * 2**20
 NAME_CHECK_TIMEOUT = 1.0  # seconds to wait for workers to list their tasks
 SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
+# rpc:// sends a task's states to the reply queue of the client that sent it, and that
+# client's own result consumer takes them (a GroupResult starts consuming at once).
+RPC_ATTACH_NOTE = (
+    "with the rpc:// result backend only the client that sent a task receives its states "
+    "(its own .get()); celerynb did not send this one, so it cannot follow it: send it "
+    "with celerynb.submit, or use a Redis or database result backend"
+)
 
 
 class Session:
@@ -77,6 +84,9 @@ class Session:
         # rpc:// stores nothing: no REVOKED to write for other observers.
         self._revoker = Revoker(app, stores_states=self.stores_states, secret=lambda: self.secret)
         self.closed = False
+        # Set by connect when the backend read here may not be the one the workers
+        # write to; shown on PENDING jobs until some state arrives (see Job.note).
+        self.backend_caveat: str | None = None
         self._processes: int | None = None
         self._known_task_names: set[str] = set()
 
@@ -231,14 +241,27 @@ class Session:
             hint = f"; did you mean {', '.join(similar)}?" if similar else ""
             raise UnknownTaskError(f"no online worker has a task named {name!r}{hint}")
 
-    def revoke(self, task_ids: str | list[str], *, shipped: bool = False) -> None:
+    def revoke(
+        self,
+        task_ids: str | list[str],
+        *,
+        shipped: bool = False,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         """Revoke tasks, terminating those already running (prefork pool).
 
         Returns at once; one background thread sends the revokes, batched (see
-        ``_revoker``). ``shipped`` tasks get a signed REVOKED in the backend.
+        ``_revoker``). ``shipped`` tasks get a signed REVOKED in the backend. A
+        revoke that cannot be sent (the broker is down) is sent again until a worker
+        answers it; ``revoke_note`` says so meanwhile, and ``on_change()`` is
+        called when that changes.
         """
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
-        self._revoker.revoke(ids, shipped=shipped)
+        self._revoker.revoke(ids, shipped=shipped, on_change=on_change)
+
+    def revoke_note(self, task_id: str) -> str | None:
+        """Why the revoke of ``task_id`` has not reached the workers, else None."""
+        return self._revoker.note(task_id)
 
     def attach(self, task_id: str, name: str | None = None) -> Job:
         """Watch a task started anywhere, by id; see ``attach_many``."""
@@ -274,6 +297,8 @@ class Session:
             else:
                 job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
             job.attached = True  # see Watcher: UNKNOWN after a while
+            if self.reply_to is not None:
+                job._not_followed(RPC_ATTACH_NOTE)  # before watching: a state that comes wins
             self.watcher.watch(job)
             if register:
                 registry.add(job)
@@ -281,12 +306,7 @@ class Session:
             new += 1
         if new:
             if not self.stores_states:
-                log.warning(
-                    "celerynb: with the rpc:// result backend only the process that sent a "
-                    "task receives its states: %d task(s) attached here will show PENDING "
-                    "(use a Redis or database result backend to watch tasks sent elsewhere)",
-                    new,
-                )
+                log.warning("celerynb: %d task(s) attached: %s", new, RPC_ATTACH_NOTE)
             self.watcher.sync(SYNC_TIMEOUT)
         return jobs
 
@@ -306,6 +326,7 @@ class Session:
         """Stop watching. Jobs still running fail with ConnectionClosedError (never hang)."""
         self.closed = True
         self.watcher.stop()
+        self._revoker.close()
         for job in registry.all():
             if job._session is self and not job.done():
                 job._abandon(

@@ -250,3 +250,94 @@ def test_a_huge_input_gets_one_short_usage_line(session, shell, magic, line):
     with pytest.raises(UsageError) as info:
         magic_function(line)
     assert_one_short_line(str(info.value))
+
+
+def test_an_app_without_result_backend_is_refused_at_connect_saying_what_to_do(
+    cluster, shell, tmp_path, monkeypatch
+):
+    """Its workers store no states: connected anyway, every job would stay PENDING."""
+    from celery import Celery
+    from IPython.core.error import UsageError
+
+    import celerynb._session as session_module
+    from celerynb._config import mask_url
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    app = Celery("myapp", broker=cluster.broker_url, set_as_current=False)  # as examples/app
+    with pytest.raises(celerynb.ConnectionSettingsError) as refused:
+        celerynb.connect(app)
+    message = str(refused.value)
+    assert message.startswith("app 'myapp' has no result backend: its workers store no states")
+    assert f"backend='{mask_url(cluster.broker_url)}', the broker's Redis" in message
+    assert cluster.redis_password not in message
+    assert_one_short_line(message)
+    (tmp_path / "nobackend.py").write_text(
+        f"from celery import Celery\napp = Celery('myapp', broker={cluster.broker_url!r})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match="^app 'myapp' has no result backend") as info:
+        shell.run_line_magic("celery_connect", "-A nobackend:app")
+    assert_one_short_line(str(info.value))
+    assert cluster.redis_password not in str(info.value)
+
+
+def test_a_backend_the_local_clusters_workers_never_write_to_is_refused(cluster, monkeypatch):
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    elsewhere = cluster.backend_url.rsplit("/", 1)[0] + "/7"
+    with pytest.raises(celerynb.ConnectionSettingsError) as refused:
+        celerynb.connect(cluster, backend=elsewhere)
+    message = str(refused.value)
+    assert message.startswith("this LocalCluster's workers store results in redis://:**@")
+    assert "never in redis://:**@" in message and cluster.redis_password not in message
+    assert_one_short_line(message)
+
+
+def test_a_backend_other_than_the_apps_own_is_warned_about_and_pending_jobs_say_why(
+    cluster, project_worker, monkeypatch, caplog, tmp_path
+):
+    """The app's workers store results in its own backend: a job read from another
+    backend waits forever; the connect says so in one line, the job says why it waits,
+    and its TimeoutError too. Once a state does come, the warning was wrong: it goes."""
+    import logging
+
+    from celery import Celery
+
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    app = Celery("myproject", broker=cluster.broker_url, backend=cluster.backend_url)
+    app.conf.task_default_queue = "myproject"
+    # Not another db of the same Redis: its pub/sub channels are server-wide.
+    other = f"db+sqlite:///{tmp_path}/elsewhere.sqlite3"
+    with caplog.at_level(logging.WARNING, logger="celerynb"):
+        elsewhere = celerynb.connect(app, backend=other, secret=cluster.secret)
+    try:
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 1 and "\n" not in lines[0], lines
+        assert "app 'myproject' stores results in redis://:**@" in lines[0]
+        assert f"but celerynb reads {other} (backend=)" in lines[0]
+        assert "otherwise its jobs stay PENDING forever" in lines[0]
+        assert cluster.redis_password not in lines[0]
+        job = elsewhere.submit("myproject.tasks.calculate_factorial", (5,))
+        assert app.AsyncResult(job.id).get(timeout=30) == 120  # done, in the app's backend
+        with pytest.raises(TimeoutError) as waited:
+            job.result(timeout=1)
+        assert f"(job {job.id}) is still PENDING after 1s: app 'myproject' stores" in str(
+            waited.value
+        )
+        assert job.state == "PENDING" and "stay PENDING forever" in job.note
+    finally:
+        elsewhere.close()
+
+    # The same backend spelled otherwise: warned, then proven wrong by the first state.
+    same_server = cluster.backend_url.replace("127.0.0.1", "localhost")
+    spelled = celerynb.connect(app, backend=same_server, secret=cluster.secret)
+    try:
+        assert spelled.backend_caveat is not None
+        job = spelled.submit("myproject.tasks.calculate_factorial", (4,))
+        assert job.result(timeout=30) == 24
+        assert spelled.backend_caveat is None and job.note is None
+    finally:
+        spelled.close()

@@ -112,10 +112,37 @@ def test_attach_with_rpc_warns_in_one_line(current, caplog):
             job = session.attach(elsewhere.id)
         lines = [r.getMessage() for r in caplog.records if "rpc://" in r.getMessage()]
         assert len(lines) == 1 and "\n" not in lines[0], lines
-        assert "only the process that sent a task receives its states" in lines[0]
-        assert job.state == "PENDING" and not job.done()
+        assert "only the client that sent a task receives its states" in lines[0]
+        assert job.state == celerynb.UNKNOWN and not job.done()
+        assert "celerynb did not send this one, so it cannot follow it" in job.note
     finally:
         other.close()
+
+
+def test_a_group_sent_with_the_apps_own_api_says_at_once_why_it_cannot_be_followed(current, caplog):
+    """With rpc://, the states of a group sent with the user's own app go to that app's
+    reply queue, which its GroupResult consumes at once: attached, it says so at once
+    (it showed PENDING 0/5 forever), and the app's own get() still gets every result."""
+    kind, session, _ = current
+    if kind != "rpc":
+        pytest.skip("rpc:// only")
+    from celery import Celery, group
+
+    app = Celery("myapp", broker=session.app.conf.broker_url, backend="rpc://")
+    app.conf.task_default_queue = session.app.conf.task_default_queue
+    mine = celerynb.connect(app, secret=session.secret)  # the kernel's own app
+    try:
+        sent = group(app.signature("celery.accumulate", (i,)) for i in range(5)).apply_async()
+        with caplog.at_level(logging.WARNING, logger="celerynb"):
+            attached = celerynb.attach(sent)
+        assert attached.state == celerynb.UNKNOWN, attached.status_line()
+        assert attached.note.startswith("5 of 5 tasks: with the rpc:// result backend only")
+        assert "5 of 5 tasks: with the rpc://" in attached.status_line()
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 1 and "5 task(s) attached" in lines[0], lines
+        assert sent.get(timeout=30) == [[i] for i in range(5)]
+    finally:
+        mine.close()
 
 
 def test_database_backend_is_polled_in_batches_at_a_bounded_rate(current):

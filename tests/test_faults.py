@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from conftest import wait_for
@@ -89,96 +90,193 @@ def short_steps(n, pause):
     return n * 10
 
 
-def start_persistent_redis(directory, port):
-    """A redis-server that keeps its data across restarts (append-only file)."""
-    from services import start_redis
+class PersistentRedis:
+    """A private redis-server that keeps its data across restarts (append-only file)."""
 
-    return start_redis(directory, port, "--appendonly", "yes", "--appendfsync", "always")
+    def __init__(self, directory):
+        import redis
+
+        from celerynb._cluster import free_port
+
+        self.directory, self.port = directory, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        self.server = None
+
+    def start(self):
+        from services import start_redis
+
+        self.server = start_redis(
+            self.directory, self.port, "--appendonly", "yes", "--appendfsync", "always"
+        )
+        assert wait_for(lambda: pings(self.client), timeout=20)
+
+    def stop(self):
+        """SIGTERM: Redis writes its data and exits."""
+        from celerynb._cluster import _stop_process
+
+        if self.server is not None:
+            _stop_process(self.server)
 
 
-def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def persistent_redis(tmp_path):
+    server = PersistentRedis(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.client.close()
+        server.stop()
+
+
+@contextmanager
+def cluster_session(monkeypatch, url, **options):
+    """A LocalCluster on the Redis at ``url`` (broker db 0, backend db 1) and a session."""
+    with celerynb.LocalCluster(broker=f"{url}/0", backend=f"{url}/1", **options) as local:
+        monkeypatch.setattr(session_module, "_current", session_module._current)
+        session = celerynb.connect(local)
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+def test_a_redis_restart_loses_nothing_and_says_so_in_one_line(
+    persistent_redis, monkeypatch, caplog
+):
     import logging
 
-    import redis
-
-    from celerynb._cluster import _stop_process, free_port
-
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}"
-    server = start_persistent_redis(tmp_path, port)
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    assert wait_for(lambda: pings(client), timeout=20)
-    try:
-        # 20 threads: every job is running when Redis goes away.
-        with celerynb.LocalCluster(
-            processes=20, pool="threads", broker=f"{url}/0", backend=f"{url}/1"
-        ) as local:
-            monkeypatch.setattr(session_module, "_current", session_module._current)
-            session = celerynb.connect(local)
-            try:
-                jobs = [session.submit(short_steps, (40, 0.05)) for _ in range(20)]
-                seen_after_restart = []
-                assert wait_for(lambda: all(j.state == "PROGRESS" for j in jobs), timeout=60)
-                with caplog.at_level(logging.INFO, logger="celerynb"):
-                    _stop_process(server)  # SIGTERM: Redis writes its data and exits
-                    server = start_persistent_redis(tmp_path, port)
-                    assert wait_for(lambda: pings(client), timeout=20)
-                    restarted_at = time.monotonic()
-                    for job in jobs:
-                        job.add_listener(
-                            lambda j: (
-                                seen_after_restart.append(j.progress.n)
-                                if time.monotonic() > restarted_at
-                                else None
-                            )
-                        )
-                    results = [job.result(timeout=120) for job in jobs]
-                assert results == [400] * 20
-                assert all(job.state == "SUCCESS" for job in jobs)
-                assert any(0 < n < 40 for n in seen_after_restart), "bars did not resume"
-                warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-                assert len(warnings) == 1, [r.getMessage() for r in warnings]
-                message = warnings[0].getMessage()  # a long outage, or a quick restart
-                assert "lost the connection to the result backend" in message or (
-                    "the result backend restarted" in message
-                ), message
-                assert "\n" not in warnings[0].getMessage()
-            finally:
-                session.close()
-    finally:
-        client.close()
-        _stop_process(server)
+    # 20 threads: every job is running when Redis goes away.
+    with cluster_session(
+        monkeypatch, persistent_redis.url, processes=20, pool="threads"
+    ) as session:
+        jobs = [session.submit(short_steps, (40, 0.05)) for _ in range(20)]
+        seen_after_restart = []
+        assert wait_for(lambda: all(j.state == "PROGRESS" for j in jobs), timeout=60)
+        with caplog.at_level(logging.INFO, logger="celerynb"):
+            persistent_redis.stop()
+            persistent_redis.start()
+            restarted_at = time.monotonic()
+            for job in jobs:
+                job.add_listener(
+                    lambda j: (
+                        seen_after_restart.append(j.progress.n)
+                        if time.monotonic() > restarted_at
+                        else None
+                    )
+                )
+            results = [job.result(timeout=120) for job in jobs]
+        assert results == [400] * 20
+        assert all(job.state == "SUCCESS" for job in jobs)
+        assert any(0 < n < 40 for n in seen_after_restart), "bars did not resume"
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        message = warnings[0].getMessage()  # a long outage, or a quick restart
+        assert "lost the connection to the result backend" in message or (
+            "the result backend restarted" in message
+        ), message
+        assert "\n" not in warnings[0].getMessage()
 
 
-def test_a_redis_restart_leaves_no_queued_job_behind_on_prefork_workers(tmp_path, monkeypatch):
+def test_a_redis_restart_leaves_no_queued_job_behind_on_prefork_workers(
+    persistent_redis, monkeypatch
+):
     """Jobs waiting in the queue when Redis restarts all run: a prefork worker holds no
     prefetched message, which kombu would deliver again only after its visibility
     timeout (1 h by default)."""
-    import redis
+    with cluster_session(monkeypatch, persistent_redis.url, processes=2) as session:
+        jobs = [session.submit(short_steps, (20, 0.05)) for _ in range(10)]
+        assert wait_for(lambda: any(j.state == "PROGRESS" for j in jobs), timeout=60)
+        persistent_redis.stop()
+        persistent_redis.start()
+        assert [job.result(timeout=60) for job in jobs] == [200] * 10
 
-    from celerynb._cluster import _stop_process, free_port
 
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}"
-    server = start_persistent_redis(tmp_path, port)
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    assert wait_for(lambda: pings(client), timeout=20)
+def wait_for_file(path, limit):
+    import os
+    import time
+
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "released"
+
+
+def leave_a_mark(path):
+    with open(path, "w") as mark:
+        mark.write("ran")
+    return "ran"
+
+
+def test_a_cancel_while_the_broker_is_down_is_sent_when_it_is_back_and_the_task_never_runs(
+    persistent_redis, tmp_path, monkeypatch, caplog
+):
+    """Celery keeps revokes only in the workers' memory: a revoke that cannot be sent
+    is lost, and the task runs once the broker is back. It is sent again until a worker
+    answers; meanwhile the job says the revoke has not reached the workers."""
+    import logging
+    from types import SimpleNamespace
+
+    from celerynb._display import WidgetRenderer
+
+    release, mark = tmp_path / "release", tmp_path / "mark"
+    # One process, busy: the second job waits in the queue, as a queued job does.
+    with cluster_session(monkeypatch, persistent_redis.url, processes=1) as session:
+        try:
+            busy = session.submit(wait_for_file, (str(release), 120))
+            queued = session.submit(leave_a_mark, (str(mark),))
+            assert wait_for(lambda: busy.state == "STARTED", timeout=60), busy.state
+            widget = WidgetRenderer(queued)
+            published = []  # the final text/plain kept in the notebook (nbconvert)
+            widget.handle = SimpleNamespace(
+                update=lambda bundle, raw: published.append(bundle["text/plain"])
+            )
+            queued.add_listener(lambda _job: widget.draw())
+            with caplog.at_level(logging.WARNING, logger="celerynb"):
+                persistent_redis.stop()
+                assert queued.cancel() and queued.state == "REVOKED"
+                assert wait_for(lambda: queued.note is not None, timeout=15)
+                note_while_down = queued.note
+                line = queued.status_line()
+                persistent_redis.start()
+                assert wait_for(lambda: queued.note is None, timeout=90), queued.note
+            assert "the revoke has not reached the workers yet" in note_while_down
+            assert f"cannot reach the broker at {persistent_redis.url}/0" in note_while_down
+            assert "the revoke has not reached the workers yet" in line
+            assert any("the revoke has not reached the workers" in t for t in published)
+            assert "has not reached" not in published[-1]  # gone from the saved output too
+            warnings = [r.getMessage() for r in caplog.records if r.name == "celerynb._revoker"]
+            assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+            assert "it is sent again in the background until a worker answers" in warnings[0]
+            release.touch()
+            assert busy.result(timeout=60) == "released"
+            # The process is free: a job sent now runs after the queued one would have.
+            assert session.submit(abs, (-1,)).result(timeout=60) == 1
+            assert not mark.exists(), "the cancelled task ran once the broker was back"
+            assert session.app.backend.get_state(queued.id) == "REVOKED"
+        finally:
+            release.touch()
+
+
+def test_a_revoke_that_never_reaches_the_broker_is_given_up_at_its_bound_and_says_so(
+    monkeypatch,
+):
+    """Retries stop after ``result_expires`` (here 1.5 s): the job says it never got there."""
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    down = celerynb.connect("redis://:hunter2@127.0.0.1:1/0", check=False)
+    down.app.conf.result_expires = 1.5
+    notes = []
     try:
-        with celerynb.LocalCluster(processes=2, broker=f"{url}/0", backend=f"{url}/1") as local:
-            monkeypatch.setattr(session_module, "_current", session_module._current)
-            session = celerynb.connect(local)
-            try:
-                jobs = [session.submit(short_steps, (20, 0.05)) for _ in range(10)]
-                assert wait_for(lambda: any(j.state == "PROGRESS" for j in jobs), timeout=60)
-                _stop_process(server)
-                server = start_persistent_redis(tmp_path, port)
-                assert wait_for(lambda: pings(client), timeout=20)
-                assert [job.result(timeout=60) for job in jobs] == [200] * 10
-            finally:
-                session.close()
+        down.revoke("a-task-id", on_change=lambda: notes.append(down.revoke_note("a-task-id")))
+        assert wait_for(lambda: notes and "never reached" in notes[-1], timeout=30), notes
     finally:
-        client.close()
-        _stop_process(server)
+        down.close()
+    assert notes[0].startswith("cancelled here, but the revoke has not reached the workers yet")
+    assert notes[-1].startswith("cancelled here, but the revoke never reached the workers")
+    assert "redis://:**@127.0.0.1:1/0" in notes[-1]
+    assert not any("hunter2" in note for note in notes)
+    assert down.revoke_note("a-task-id") == notes[-1]
 
 
 def test_an_unknown_or_expired_task_id_shows_unknown_within_ten_seconds(session):

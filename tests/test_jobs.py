@@ -216,3 +216,31 @@ def test_connect_without_arguments_reads_a_celeryconfig_module(cluster, tmp_path
     finally:
         configured.close()
         sys.modules.pop("celeryconfig", None)
+
+
+def raises_timeout():
+    raise TimeoutError("the remote call timed out")
+
+
+def test_result_timeout_names_the_job_its_state_and_the_wait(session):
+    import uuid
+
+    import kombu
+
+    nobody = f"celerynb-nobody-{uuid.uuid4().hex[:8]}"  # a queue no worker consumes
+    job = session.submit(count_to, (3,), queue=nobody)
+    try:
+        expected = rf"^count_to\(3\) \(job {job.id}\) is still PENDING after 0.5s$"
+        with pytest.raises(TimeoutError, match=expected):
+            job.result(timeout=0.5)
+        with pytest.raises(TimeoutError, match=expected.replace("0.5s", "0.2s")):
+            job.exception(timeout=0.2)
+        assert not job.done()
+    finally:
+        job.cancel()
+        with session.app.connection_for_write() as connection:
+            kombu.Queue(nobody)(connection.default_channel).delete()
+    # A task that raised TimeoutError itself: its own error, as it was.
+    failing = session.submit(raises_timeout)
+    with pytest.raises(TimeoutError, match="^the remote call timed out$"):
+        failing.result(timeout=30)
