@@ -109,10 +109,14 @@ def test_cancel_stops_the_rest(session):
     assert mapped.cancelled() and mapped.state == "REVOKED"
     unfinished = [job for job in mapped.jobs if job.cancelled()]
     assert len(unfinished) > 20
-    # The workers were told: every unfinished task ends as REVOKED in the backend.
+    # The workers were told: every unfinished task ends as REVOKED in the backend, but
+    # for the few that finished before the revoke reached their worker (SUCCESS there).
     assert wait_for(
-        lambda: all(job.async_result.state == "REVOKED" for job in unfinished), timeout=30
+        lambda: {job.async_result.state for job in unfinished} <= {"REVOKED", "SUCCESS"},
+        timeout=30,
     ), {job.async_result.state for job in unfinished}
+    revoked = [job for job in unfinished if job.async_result.state == "REVOKED"]
+    assert len(revoked) > len(unfinished) // 2, len(revoked)
     with pytest.raises(concurrent.futures.CancelledError):
         mapped.results(timeout=1)
 
