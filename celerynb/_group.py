@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import CancelledError, InvalidStateError
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,52 +26,74 @@ Span = tuple[int, int]  # items [start, stop) of one task
 
 @dataclass(frozen=True)
 class ItemCounts:
-    """How many items are pending, running, done and failed."""
+    """How many items are pending, running, done (without error), failed and cancelled.
+
+    ``done + failed`` items ran to an outcome; ``cancelled`` items never will (their
+    task was revoked, whether or not some of them had run: their results are lost).
+    """
 
     pending: int = 0
     running: int = 0
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
 
     def text(self) -> str:
         parts = [f"{self.failed} failed"] if self.failed else []
+        parts += [f"{self.cancelled} cancelled"] if self.cancelled else []
         parts += [f"{self.running} running"] if self.running else []
         parts += [f"{self.pending} pending"] if self.pending else []
         return ", ".join(parts)
+
+
+# States in which a task's own progress counts: running, or finished with its items
+# about to be stored (a done callback runs right after the state arrives).
+_COUNTING_PROGRESS = frozenset({states.STARTED, PROGRESS, states.RETRY}) | states.READY_STATES
 
 
 def count_items(
     spans: Sequence[Span],
     job_states: Sequence[str],
     in_task_done: Sequence[float],
-    finished: Sequence[bool],
+    *,
+    settled: Sequence[bool],
+    cancelled: Sequence[bool],
     failed_items: int,
 ) -> ItemCounts:
-    """Item counts from each task's span, state and in-task progress (pure)."""
-    pending = running = done = 0
-    for (start, stop), state, partial, is_finished in zip(
-        spans, job_states, in_task_done, finished
+    """Item counts from each task's span, state, in-task progress and outcome (pure).
+
+    ``settled``: the task's items are stored; ``cancelled``: it was cancelled (its
+    items count as cancelled); ``failed_items``: how many stored items failed.
+    """
+    pending = running = done = revoked = 0
+    for (start, stop), state, partial, is_settled, is_cancelled in zip(
+        spans, job_states, in_task_done, settled, cancelled, strict=True
     ):
         size = stop - start
-        if is_finished:
+        if is_cancelled:
+            revoked += size
+        elif is_settled:
             done += size
-        elif state in (states.STARTED, PROGRESS, states.RETRY):
+        elif state in _COUNTING_PROGRESS:
             partial = int(min(max(partial, 0), size))
             done += partial
             running += size - partial
         else:
             pending += size
-    return ItemCounts(pending, running, done - failed_items, failed_items)
+    return ItemCounts(pending, running, done - failed_items, failed_items, revoked)
 
 
 class JobGroup(WatchedFuture):
     """Many items run by one or more Celery tasks, watched as one.
 
     A ``concurrent.futures.Future`` whose result is the list of item results in
-    input order (``results()``); it fails with the first failed item's exception.
-    Iterating it yields the results in order as they become available;
-    ``as_completed()`` yields ``(index, result)`` as tasks finish; ``exceptions``
-    maps failed item indexes to their exceptions; ``jobs`` are the Celery tasks.
+    input order (``results()``). It fails with the first failed item's exception,
+    and ends cancelled when any of its tasks was cancelled (by ``cancel()`` or a
+    revoke from elsewhere). Iterating it yields the results in order as they become
+    available; ``as_completed()`` yields every item once, as ``(index, future)``,
+    as its task finishes; ``exceptions`` maps failed item indexes to their
+    exceptions; ``counts`` tells pending, running, done, failed and cancelled
+    items apart; ``jobs`` are the Celery tasks.
     """
 
     def __init__(
@@ -89,21 +112,29 @@ class JobGroup(WatchedFuture):
         self.name = name
         self.call_repr = call_repr or name
         self.jobs = list(jobs)
+        if self.jobs:  # its clock starts with its first task, not once the last one is sent
+            self._submitted_at = min(job._submitted_at for job in self.jobs)
         self._chunked = spans is not None
         self._spans = list(spans) if spans is not None else [(i, i + 1) for i in range(len(jobs))]
         self._session = session
         self._code = code
         self._total = self._spans[-1][1] if self._spans else 0
         self._values: list[Any] = [None] * self._total
-        self._errors: dict[int, BaseException] = {}
-        self._finished = [False] * len(self.jobs)
+        self._errors: dict[int, BaseException] = {}  # failed items, never cancelled ones
+        self._stored = [False] * len(self.jobs)  # the task's outcome is recorded here
+        self._task_cancelled = [False] * len(self.jobs)
         self._remaining = len(self.jobs)
+        self._cancelling = False  # cancel() is cancelling the tasks: it ends the group
+        self._ended = False  # the group's outcome is decided (set once, under the lock)
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
-        self._index_of = {job.id: i for i, job in enumerate(self.jobs)}
-        for job in self.jobs:
+        # Positions, not ids: the same task may be given twice (attach([id, id])).
+        self._positions: dict[str, list[int]] = {}
+        for position, job in enumerate(self.jobs):
+            self._positions.setdefault(job.id, []).append(position)
+        for position, job in enumerate(self.jobs):
             job.add_listener(self._on_job_change)
-            job.add_done_callback(self._on_job_done)
+            job.add_done_callback(functools.partial(self._on_job_done, position))
         if not self.jobs:
             self._finish()
 
@@ -112,48 +143,95 @@ class JobGroup(WatchedFuture):
         return self._total
 
     def __iter__(self) -> Iterator[Any]:
-        """Item results in input order, each as soon as its task is done."""
-        for job, (start, stop) in zip(self.jobs, self._spans):
-            self._wait_settled(job)
+        """Item results in input order, each as soon as its task is done; a failed
+        (or cancelled) item raises its exception."""
+        for position, (start, stop) in enumerate(self._spans):
+            self._wait_stored(position)
             for index in range(start, stop):
-                yield self._item_result(index)
+                error = self._item_error(position, index)
+                if error is not None:
+                    raise error
+                yield self._values[index]
 
     def results(
         self, timeout: float | None = None, *, return_exceptions: bool = False
     ) -> list[Any]:
         """Every item's result in input order.
 
-        Raises the first failed item's exception, or with ``return_exceptions``
-        puts each failed item's exception in its place.
+        Raises the first failed item's exception (``CancelledError`` if the group
+        was cancelled), or with ``return_exceptions`` puts each failed item's
+        exception in its place, and a ``CancelledError`` in a cancelled item's.
+
+        Raises:
+            TimeoutError: if the group is not done after ``timeout`` seconds.
         """
         if not return_exceptions:
             return self.result(timeout)
         self._wait_or_raise(timeout)
-        errors = self.exceptions
-        return [errors.get(i, value) for i, value in enumerate(self._values)]
-
-    def as_completed(self, timeout: float | None = None) -> Iterator[tuple[int, Any]]:
-        """``(index, result)`` pairs as their tasks finish; a failed item raises."""
-        for job in concurrent.futures.as_completed(self.jobs, timeout=timeout):
-            start, stop = self._spans[self._index_of[job.id]]
-            self._wait_settled(job)
+        for position in range(len(self.jobs)):
+            self._wait_stored(position)
+        outcomes = []
+        for position, (start, stop) in enumerate(self._spans):
             for index in range(start, stop):
-                yield index, self._item_result(index)
+                error = self._item_error(position, index)
+                outcomes.append(self._values[index] if error is None else error)
+        return outcomes
+
+    def as_completed(
+        self, timeout: float | None = None
+    ) -> Iterator[tuple[int, concurrent.futures.Future]]:
+        """Every item once, as ``(index, future)``, as soon as its task finishes.
+
+        ``future`` is a done ``concurrent.futures.Future`` for that one item:
+        ``result()`` returns its value or raises its exception (with the remote
+        traceback as cause), ``exception()`` returns it, and an item whose task
+        was cancelled is ``cancelled()``. A failed item does not end the iteration:
+        as with ``concurrent.futures.as_completed``, the caller decides::
+
+            for index, item in sweep.as_completed():
+                if item.exception() is None:
+                    use(index, item.result())
+
+        Raises:
+            TimeoutError: if items are still unfinished ``timeout`` seconds after
+                the iteration started.
+        """
+        positions: dict[concurrent.futures.Future, list[int]] = {
+            job: self._positions[job.id] for job in self._positions_by_job()
+        }
+        for done in concurrent.futures.as_completed(positions, timeout=timeout):
+            for position in positions[done]:
+                self._wait_stored(position)
+                start, stop = self._spans[position]
+                for index in range(start, stop):
+                    yield index, self._item_future(position, index)
 
     @property
     def exceptions(self) -> dict[int, BaseException]:
-        """Failed items so far: index -> exception (with the remote traceback as cause)."""
+        """Failed items so far: index -> exception (with the remote traceback as cause).
+
+        Cancelled items are not failures: ``counts.cancelled`` counts them.
+        """
         with self._lock:
             return dict(sorted(self._errors.items()))
 
     @property
     def counts(self) -> ItemCounts:
+        """How many items are pending, running, done, failed and cancelled now."""
         jobs = self.jobs
         with self._lock:
-            finished = list(self._finished)
+            stored = list(self._stored)
+            cancelled = list(self._task_cancelled)
             failed = len(self._errors)
         partial = [job.progress.n if self._chunked else 0 for job in jobs]
-        return count_items(self._spans, [job.state for job in jobs], partial, finished, failed)
+        return count_items(
+            self._spans,
+            [job.state for job in jobs],
+            partial,
+            settled=stored,
+            cancelled=cancelled,
+            failed_items=failed,
+        )
 
     @property
     def state(self) -> str:
@@ -161,7 +239,7 @@ class JobGroup(WatchedFuture):
             if self.cancelled():
                 return states.REVOKED
             return states.FAILURE if self._errors else states.SUCCESS
-        if any(self._finished) or any(j.state in (states.STARTED, PROGRESS) for j in self.jobs):
+        if any(self._stored) or any(j.state in (states.STARTED, PROGRESS) for j in self.jobs):
             return PROGRESS
         if self.jobs and all(job.state == UNKNOWN for job in self.jobs):
             return UNKNOWN
@@ -170,18 +248,20 @@ class JobGroup(WatchedFuture):
     @property
     def note(self) -> str | None:
         """Its tasks' notes: the first one, and how many tasks it concerns."""
-        notes = [note for note in (job.note for job in self.jobs) if note]
+        jobs = self._positions_by_job()
+        notes = [note for note in (job.note for job in jobs) if note]
         if not notes:
             return None
-        if len(self.jobs) == 1:
+        if len(jobs) == 1:
             return notes[0]
         others = len(notes) - notes.count(notes[0])
         more = f" (and {others} other notes)" if others else ""
-        return f"{notes.count(notes[0])} of {len(self.jobs)} tasks: {notes[0]}{more}"
+        return f"{notes.count(notes[0])} of {len(jobs)} tasks: {notes[0]}{more}"
 
     @property
     def progress(self) -> ProgressSnapshot:
-        """The aggregated bar: processed items (including in-task progress) of all."""
+        """The aggregated bar: items that ran (done or failed, including in-task
+        progress) of all; cancelled items are counted in the text, not the bar."""
         counts = self.counts
         processed = counts.done + counts.failed
         elapsed = self.elapsed
@@ -190,27 +270,42 @@ class JobGroup(WatchedFuture):
         return ProgressSnapshot(self.state, (bar,))
 
     def cancel(self) -> bool:
-        """Revoke every unfinished task (one broadcast); False if already done."""
+        """Cancel every unfinished task (one revoke broadcast); False if already done.
+
+        The items of tasks that finished before keep their results; the others
+        count as cancelled, and the group ends cancelled.
+        """
         with self._lock:
-            if not concurrent.futures.Future.cancel(self):
+            if self._ended or self._cancelling:
                 return False
-            self.set_running_or_notify_cancel()
-            self._finished_at = time.monotonic()
-        unfinished = [job for job in self.jobs if not job.done()]
+            self._cancelling = True
+        # Cancelled here before the revoke is sent: a result arriving from now on no
+        # longer counts, and the REVOKED states the revoke brings find them finished.
+        cancelled = [job for job in self._positions_by_job() if job._finish_cancelled()]
 
         def redraw() -> None:  # the revokes' notes changed: the jobs tell the group
-            for job in unfinished:
+            for job in cancelled:
                 job._notify()
 
-        if unfinished and self._session is not None:
+        if cancelled and self._session is not None:
             for shipped in (True, False):
-                ids = [job.id for job in unfinished if (job._shipped is True) == shipped]
+                ids = [job.id for job in cancelled if (job._shipped is True) == shipped]
                 if ids:
                     self._session.revoke(ids, shipped=shipped, on_change=redraw)
-        for job in unfinished:
-            job._finish_cancelled()
+        with self._lock:
+            self._cancelling = False
+            last = self._remaining == 0
+        if cancelled:
+            # A task finishing in another thread right now may store its items
+            # after this: they are its true outcome, and the group stays cancelled.
+            if self._claim_end():
+                self._end_cancelled()
+            self._notify()
+            return True
+        if last:  # every task had finished meanwhile: nothing was cancelled
+            self._finish()
         self._notify()
-        return True
+        return False
 
     def short_result_repr(self) -> str:
         text = super().short_result_repr()
@@ -230,69 +325,112 @@ class JobGroup(WatchedFuture):
 
     # -- fed by the jobs (watcher thread) --------------------------------------
     def _on_job_change(self, _job: Job) -> None:
-        self._notify()
+        if not self._cancelling:  # cancel() notifies once, not once per task
+            self._notify()
 
-    def _on_job_done(self, job: Job) -> None:
-        position = self._index_of[job.id]
+    def _on_job_done(self, position: int, job: Job) -> None:
         start, stop = self._spans[position]
-        try:
-            errors = self._collect(job, start, stop)
-        except Exception as exc:  # an undecodable result fails its items, never hangs
-            errors = dict.fromkeys(range(start, stop), exc)
+        cancelled = job.cancelled()
+        errors: dict[int, BaseException] = {}
+        if not cancelled:
+            try:
+                errors = self._collect(job, start, stop)
+            except Exception as exc:  # unexpected: fail its items, never hang
+                errors = dict.fromkeys(range(start, stop), exc)
         with self._settled:
             self._errors.update(errors)
-            self._finished[position] = True
+            self._task_cancelled[position] = cancelled
+            self._stored[position] = True
             self._remaining -= 1
-            last = self._remaining == 0
+            quiet = self._cancelling  # cancel() notifies once, not once per task
+            last = self._remaining == 0 and not quiet
             self._settled.notify_all()
         if last:
             self._finish()
-        self._notify()
+        if not quiet:
+            self._notify()
 
     def _collect(self, job: Job, start: int, stop: int) -> dict[int, BaseException]:
         """Store a finished task's values; return its failed items."""
-        if job.cancelled():
-            return {i: CancelledError(f"item {i} was cancelled") for i in range(start, stop)}
         error = job.exception(timeout=0)
-        if error is not None:
+        if error is not None:  # the whole task failed: none of its items has a result
             return dict.fromkeys(range(start, stop), error)
         value = job.result(timeout=0)
         if not self._chunked:
             self._values[start] = value
             return {}
-        if not isinstance(value, ChunkResult) or len(value.values) != stop - start:
-            raise TypeError(f"task {job.id} returned {type(value).__name__}, not its chunk")
+        size = stop - start
+        if (
+            not isinstance(value, ChunkResult)
+            or len(value.values) != size
+            or not all(isinstance(o, int) and 0 <= o < size for o in value.errors)
+        ):
+            mismatch = TypeError(
+                f"task {job.id} of {self.call_repr} returned {type(value).__name__}, "
+                f"not the results of its items {start} to {stop - 1}"
+            )
+            return dict.fromkeys(range(start, stop), mismatch)
         self._values[start:stop] = value.values
         return {
             start + offset: exception_from_info(info, self._code)
             for offset, info in value.errors.items()
         }
 
-    def _finish(self) -> None:
-        self._finished_at = time.monotonic()
-        try:
-            if self._errors:
-                index = min(self._errors)
-                error = self._errors[index]
-                if not isinstance(error, CancelledError):
-                    error.add_note(f"celerynb: item {index} of {self.call_repr}")
-                self.set_exception(error)
-            else:
-                self.set_result(self._values)
-        except InvalidStateError:  # cancelled meanwhile
-            pass
+    def _claim_end(self) -> bool:
+        """True for the one caller that decides the group's outcome."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._ended = True
+            self._finished_at = time.monotonic()
+            return True
 
-    def _wait_settled(self, job: Job, timeout: float | None = None) -> None:
-        """Wait until ``job`` is done and its items are stored."""
+    def _finish(self) -> None:
+        """Every task's items are stored: end with the values, the first failure, or
+        cancelled when a task was cancelled (its items have no values)."""
+        if not self._claim_end():
+            return
+        if any(self._task_cancelled):
+            self._end_cancelled()
+        elif self._errors:
+            index = min(self._errors)
+            error = self._errors[index]
+            error.add_note(f"celerynb: item {index} of {self.call_repr}")
+            self.set_exception(error)
+        else:
+            self.set_result(self._values)
+
+    def _end_cancelled(self) -> None:
+        concurrent.futures.Future.cancel(self)
+        self.set_running_or_notify_cancel()
+
+    def _positions_by_job(self) -> list[Job]:
+        """Each job once (a task given twice is one job)."""
+        return [self.jobs[positions[0]] for positions in self._positions.values()]
+
+    def _wait_stored(self, position: int, timeout: float | None = None) -> None:
+        """Wait until the task at ``position`` is done and its items are stored."""
+        job = self.jobs[position]
         concurrent.futures.wait([job], timeout=timeout)
-        position = self._index_of[job.id]
         with self._settled:
             # done callbacks run right after a job is done: this wait is short
-            if not self._settled.wait_for(lambda: self._finished[position], timeout=10):
+            if not self._settled.wait_for(lambda: self._stored[position], timeout=10):
                 raise TimeoutError(f"task {job.id} finished but its items were not stored")
 
-    def _item_result(self, index: int) -> Any:
+    def _item_error(self, position: int, index: int) -> BaseException | None:
+        if self._task_cancelled[position]:
+            return CancelledError(f"item {index} of {self.call_repr} was cancelled")
+        return self._errors.get(index)
+
+    def _item_future(self, position: int, index: int) -> concurrent.futures.Future:
+        """A done Future holding one item's outcome."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._task_cancelled[position]:
+            future.cancel()
+            return future
         error = self._errors.get(index)
         if error is not None:
-            raise error
-        return self._values[index]
+            future.set_exception(error)
+        else:
+            future.set_result(self._values[index])
+        return future

@@ -305,7 +305,10 @@ class Job(WatchedFuture):
         if kind == "cancel":
             self._finish_cancelled()
             return
-        self._finished_at = time.monotonic()
+        with self._lock:
+            if self.done():  # cancelled meanwhile (a group's cancel): this outcome is too late
+                return
+            self._finished_at = time.monotonic()
         try:
             if kind == "value":
                 self.set_result(value)
@@ -315,8 +318,10 @@ class Job(WatchedFuture):
             pass
 
     def _finish_cancelled(self) -> bool:
+        """Cancel here; True for the one call that did (a revoke's REVOKED may arrive
+        while a group's cancel runs: whichever comes second is a no-op)."""
         with self._lock:
-            if not Future.cancel(self):
+            if self.done() or not Future.cancel(self):
                 return False
             self.set_running_or_notify_cancel()
             self._finished_at = time.monotonic()

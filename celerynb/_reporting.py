@@ -62,6 +62,12 @@ class TaskProgress:
             bars = list(self.bars.values())
         self._write(bars)
 
+    def add_bar(self, key: int, meta: dict[str, Any]) -> None:
+        """Record a bar without writing: it goes out with the next write, in the place
+        of a bar added first (the primary bar), whatever bars come later."""
+        with self._lock:
+            self.bars.setdefault(key, meta)
+
     def close_bar(self, key: int, meta: dict[str, Any]) -> None:
         """Final write for a bar; the bar stays in the meta (it finished, not vanished)."""
         self.update_bar(key, meta, force=True)

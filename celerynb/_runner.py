@@ -74,11 +74,13 @@ def _call(body: dict[str, Any], key: bytes, task_id: str) -> dict[str, Any]:
         raise ShippedTaskError(f"{type(exc).__name__}: {exc}", sealed) from exc
     try:
         data = cloudpickle.dumps(value)
-    except Exception as exc:
-        raise SerializationError(
+    except Exception as exc:  # signed like any error of the call, or the job waits forever
+        error = SerializationError(
             f"the result of {getattr(fn, '__name__', fn)!r} ({type(value).__name__}) "
             f"cannot be pickled: {exc}"
-        ) from None
+        )
+        sealed = seal(pickle_exception(error), secret=key, purpose="error", task_id=task_id)
+        raise ShippedTaskError(str(error), sealed) from None
     return seal(data, secret=key, purpose="result", task_id=task_id)
 
 

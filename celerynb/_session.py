@@ -297,7 +297,7 @@ class Session:
             else:
                 job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
             job.attached = True  # see Watcher: UNKNOWN after a while
-            if self.reply_to is not None:
+            if not self.stores_states:
                 job._not_followed(RPC_ATTACH_NOTE)  # before watching: a state that comes wins
             self.watcher.watch(job)
             if register:
