@@ -182,6 +182,9 @@ class Job(WatchedFuture):
             self._stop_redelivery_loop()
             return
         if outcome is not None:
+            # A verified outcome: an unsigned entry ignored before (e.g. the REVOKED that
+            # Celery's revoke command writes for a task still queued) is moot now.
+            self._notes.pop("entry", None)
             self._settle(*outcome)
         self._notify()
 

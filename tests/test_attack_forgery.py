@@ -167,3 +167,18 @@ def test_a_killed_pool_process_ends_a_shipped_job_with_a_signed_failure(session,
     meta = session.app.backend.get_task_meta(job.id, cache=False)
     assert isinstance(meta["result"], ShippedTaskError)  # signed by the worker's main process
     verify_envelope(meta["result"].envelope, secret=session.secret, purpose="error", task_id=job.id)
+
+
+def test_a_queued_shipped_job_revoked_by_another_client_ends_cancelled(session, tmp_path):
+    """Celery's revoke command stores an unsigned REVOKED for a task still queued; the
+    worker signs the REVOKED it writes when the task reaches it: the job ends cancelled."""
+    gates = [str(tmp_path / f"gate{i}") for i in range(2)]
+    busy = [celerynb.submit(gated, gate, "busy") for gate in gates]  # both processes taken
+    assert wait_for(lambda: all(job.state == "STARTED" for job in busy), timeout=30)
+    queued = celerynb.submit(gated, gates[0], "never")
+    session.app.control.revoke(queued.id)  # as `celery control revoke ID` does
+    for gate in gates:
+        open(gate, "w").close()
+    assert wait_for(queued.done, timeout=30), queued.status_line()
+    assert queued.cancelled() and queued.note is None
+    assert [job.result(timeout=30) for job in busy] == ["busy", "busy"]

@@ -344,5 +344,5 @@ def test_a_group_says_what_its_tasks_note(session):
     job = celerynb.submit(square, 2)
     attached = celerynb.attach([job.id, str(uuid.uuid4())])
     assert wait_for(lambda: attached.note is not None, timeout=15), attached.status_line()
-    assert "no worker has it" in attached.note and attached.note.startswith("task ")
+    assert "no worker has it" in attached.note and attached.note.startswith("1 of 2 tasks: ")
     assert "no worker has it" in attached.status_line()
