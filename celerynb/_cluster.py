@@ -373,7 +373,9 @@ def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         # Each process leads its own session: signal the whole group (pool children too).
         # SIGQUIT is Celery's cold shutdown (running tasks are not waited for); Redis
         # shuts down cleanly on SIGTERM.
-        is_redis = Path(str(proc.args[0])).name == "redis-server"
+        command = proc.args
+        program = command[0] if isinstance(command, list | tuple) else command
+        is_redis = Path(str(program)).name == "redis-server"
         stop_signal = signal.SIGTERM if is_redis else signal.SIGQUIT
         pgid = os.getpgid(proc.pid)
         if pgid == proc.pid:

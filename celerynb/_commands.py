@@ -99,14 +99,14 @@ def submit_cell(
 def assign_on_success(job: Job, namespace: MutableMapping[str, Any], name: str) -> None:
     """Set ``namespace[name]`` to the job's result when (and only if) it succeeds."""
 
-    def assign(done: Job) -> None:
+    def assign(done: Any) -> None:
         if not done.cancelled() and done.exception(timeout=0) is None:
             namespace[name] = done.result(timeout=0)
 
     job.add_done_callback(assign)
 
 
-def _assign_outputs(job: Job, namespace: MutableMapping[str, Any]) -> None:
+def _assign_outputs(job: Any, namespace: MutableMapping[str, Any]) -> None:
     if job.cancelled() or job.exception(timeout=0) is not None:
         return
     result = job.result(timeout=0)

@@ -301,7 +301,7 @@ class WidgetRenderer:
         return "".join(parts)
 
 
-class JobBar(std_tqdm):  # type: ignore[misc]
+class JobBar(std_tqdm):
     """A tqdm text bar showing a job's reported progress: the worker's count, total and
     rate, and the job's elapsed time, rather than what tqdm would measure itself (a bar
     opened mid-run would otherwise show an absurd first rate)."""

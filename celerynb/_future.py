@@ -68,6 +68,11 @@ class WatchedFuture(Future):
                 pass
 
     @property
+    def state(self) -> str:
+        """Celery's state name (or celerynb's: LOST, UNKNOWN, REQUEUED)."""
+        raise NotImplementedError
+
+    @property
     def note(self) -> str | None:
         """Why it is not where one would expect, when known (shown under the bar)."""
         return None

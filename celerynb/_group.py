@@ -24,6 +24,14 @@ from ._store import JobRecord
 Span = tuple[int, int]  # items [start, stop) of one task
 
 
+def add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` (Python 3.11+), or its ``__notes__`` on 3.10."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class ItemCounts:
     """How many items are pending, running, done (without error), failed and cancelled.
@@ -395,7 +403,7 @@ class JobGroup(WatchedFuture):
         elif self._errors:
             index = min(self._errors)
             error = self._errors[index]
-            error.add_note(f"celerynb: item {index} of {self.call_repr}")
+            add_note(error, f"celerynb: item {index} of {self.call_repr}")
             self.set_exception(error)
         else:
             self.set_result(self._values)

@@ -223,7 +223,9 @@ class CeleryMagics(Magics):
         options, code = split_options(line, {"-o", "--output", "-q", "--queue"})
         args = parse_argstring(self.celery_submit, options)
         _require_session()  # before evaluating anything
-        namespace = self.shell.user_ns
+        shell = self.shell
+        assert shell is not None  # magics run in a shell
+        namespace = shell.user_ns
         if cell is None:
             if not code:
                 raise UsageError("give a call to run, e.g. %celery_submit simulate(10_000)")
@@ -242,8 +244,8 @@ class CeleryMagics(Magics):
                 namespace,
                 outputs=args.output,
                 queue=_unquoted(args.queue),
-                hidden=self.shell.user_ns_hidden,
-                label=f"cell [{self.shell.execution_count}]",
+                hidden=shell.user_ns_hidden,
+                label=f"cell [{shell.execution_count}]",
             )
         job.show()
         return job

@@ -113,7 +113,8 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
         bad = [t for t, i in zip(target, ids) if not isinstance(i, str)]
         if bad:
             raise TypeError(f"attach() takes task ids or AsyncResults, got {bad[0]!r}")
-        return _attach_group(session, ids, name or f"{len(ids)} tasks")
+        task_ids = [task_id for task_id in ids if isinstance(task_id, str)]
+        return _attach_group(session, task_ids, name or f"{len(task_ids)} tasks")
     raise TypeError(
         "attach() takes a task id, an AsyncResult, a GroupResult or a list of them, "
         f"not {type(target).__name__}"
