@@ -252,7 +252,9 @@ class JobGroup(WatchedFuture):
         }
 
     def _finish(self) -> None:
-        self._finished_at = time.monotonic()
+        # When its last task finished (long before, for a group re-attached after a restart).
+        ends = [job._finished_at for job in self.jobs if job._finished_at is not None]
+        self._finished_at = max(ends, default=time.monotonic())
         try:
             if self._errors:
                 index = min(self._errors)

@@ -16,14 +16,14 @@ from kombu.utils.json import dumps as json_dumps
 
 from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
 from ._errors import CelerynbError, NotConnectedError, SerializationError, one_line
-from ._job import Job
+from ._job import Job, placeholder_name
 from ._liveness import WorkerMonitor
 from ._registry import registry
 from ._revoker import Revoker
 from ._rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._signing import seal
 from ._sources import source_for
-from ._store import backend_key
+from ._store import backend_key, store
 from ._validation import check_queue, check_task_ids
 from ._watcher import Watcher
 from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers, registered_task_names
@@ -251,13 +251,23 @@ class Session:
         check_task_ids(task_ids)
         jobs: list[Job] = []
         new = 0
+        unseen = [task_id for task_id in task_ids if task_id not in registry]
+        # Submitted from an earlier kernel (or another notebook): the job store has its
+        # name and when it was sent, so its elapsed time goes on from there.
+        kept = store.find(unseen, self.backend_key) if unseen else {}
         for task_id, name in zip(task_ids, names or [None] * len(task_ids)):
             try:
                 jobs.append(registry.find_exact(task_id))
                 continue
             except LookupError:
                 pass
-            job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
+            record = kept.get(task_id)
+            if not name and record is not None and record.name != placeholder_name(task_id):
+                name = record.name
+            job = Job(task_id, name or placeholder_name(task_id), self, shipped=None)
+            job.named = bool(name)  # else its state or a worker may tell (see Watcher)
+            if record is not None:
+                job._count_from(record.submitted)
             job.attached = True  # see Watcher: UNKNOWN after a while
             self.watcher.watch(job)
             if register:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from celery import states
 
-from ._liveness import UNKNOWN_AFTER, WorkerMonitor, unknown_to_workers
+from ._liveness import UNKNOWN_AFTER, WorkerMonitor, tasks_on_workers
 from ._schema import PROGRESS
 from ._sources import StateSource, Update
 
@@ -29,6 +29,8 @@ RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
 
 class Watched(Protocol):
     id: str
+    asked_workers: bool
+    asked_for_name: bool
 
     @property
     def state(self) -> str: ...
@@ -43,6 +45,10 @@ class Watched(Protocol):
     def _abandon(self, error: BaseException) -> None: ...
 
     def _apply_meta(self, meta: dict[str, Any]) -> None: ...
+
+    def _mark_unknown(self) -> None: ...
+
+    def _learn_name(self, name: Any) -> None: ...
 
 
 class Watcher:
@@ -60,6 +66,7 @@ class Watcher:
         self._app = app
         self._poll_timeout = poll_timeout
         self._jobs: dict[str, Watched] = {}
+        self._watched_since: dict[str, float] = {}  # monotonic time each job was first watched
         # Jobs to follow, and Events set once the jobs queued before them are caught up.
         self._incoming: queue.SimpleQueue[Watched | threading.Event] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -182,13 +189,16 @@ class Watcher:
             else:
                 new.append(item)
         if new:
+            now = time.monotonic()
             for job in new:
                 self._jobs[job.id] = job
+                self._watched_since.setdefault(job.id, now)
             try:
                 self._dispatch(self._source.watch([job.id for job in new]))
             except (ValueError, TypeError) as exc:  # bad ids, not a lost connection:
                 for job in new:  # drop them, or every later read would fail too
                     self._jobs.pop(job.id, None)
+                    self._watched_since.pop(job.id, None)
                     job._abandon(exc)
                 log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
         for event in caught_up:
@@ -201,12 +211,13 @@ class Watcher:
         if now >= self._next_full_check:
             self._next_full_check = now + FULL_CHECK_SECONDS
             self._lose_jobs_of_silent_workers()
-            self._ask_about_long_pending_attached_jobs(now)
+            self._ask_workers_about_attached_jobs(now)
             finished |= {task_id for task_id, job in self._jobs.items() if job.done()}
         if finished:
             self._source.unwatch(list(finished))
             for task_id in finished:
                 self._jobs.pop(task_id, None)
+                self._watched_since.pop(task_id, None)
             self._finished_by_updates = set()
 
     def _lose_jobs_of_silent_workers(self) -> None:
@@ -218,34 +229,46 @@ class Watcher:
             if hostname and job.state in RUNNING_STATES and monitor.is_lost(hostname):
                 job._lose(hostname, monitor.silent_for(hostname) or 0.0)
 
-    def _ask_about_long_pending_attached_jobs(self, now: float) -> None:
-        """Attached jobs PENDING for ``UNKNOWN_AFTER`` s: ask the workers once (in a
-        thread of its own: the answer takes up to a second) and show those nobody
-        has as UNKNOWN rather than PENDING forever."""
+    def _ask_workers_about_attached_jobs(self, now: float) -> None:
+        """Ask the workers once (in a thread of its own: the answer takes up to a second)
+        about attached jobs PENDING for ``UNKNOWN_AFTER`` s, to show those nobody has as
+        UNKNOWN rather than PENDING forever, and about attached jobs running under no
+        known name, which the worker running each can tell."""
         if self._app is None:
             return
-        waiting = [
-            job
-            for job in self._jobs.values()
-            if getattr(job, "attached", False)
-            and not getattr(job, "asked_workers", True)
-            and job.state == states.PENDING
-            and now - job._submitted_at >= UNKNOWN_AFTER
-        ]
-        if not waiting:
+        pending, unnamed = [], []
+        for job in self._jobs.values():
+            if not getattr(job, "attached", False):
+                continue
+            if (
+                not getattr(job, "asked_workers", True)
+                and job.state == states.PENDING
+                and now - self._watched_since.get(job.id, now) >= UNKNOWN_AFTER
+            ):
+                job.asked_workers = True
+                pending.append(job)
+            elif (
+                not getattr(job, "named", True)
+                and not getattr(job, "asked_for_name", True)
+                and job.state in RUNNING_STATES
+            ):
+                job.asked_for_name = True
+                unnamed.append(job)
+        if not pending and not unnamed:
             return
-        for job in waiting:
-            job.asked_workers = True
 
         def ask() -> None:
             try:
-                unknown = unknown_to_workers(self._app, [job.id for job in waiting])
+                found = tasks_on_workers(self._app, [job.id for job in pending + unnamed])
             except Exception as exc:
-                log.debug("celerynb: asking the workers about pending tasks failed: %s", exc)
+                log.debug("celerynb: asking the workers about attached tasks failed: %s", exc)
                 return
-            for job in waiting:
-                if job.id in unknown:
+            for job in pending:
+                if job.id not in found:
                     job._mark_unknown()
+            for job in pending + unnamed:
+                if found.get(job.id):
+                    job._learn_name(found[job.id])
 
         threading.Thread(target=ask, name="celerynb-ask-workers", daemon=True).start()
 
