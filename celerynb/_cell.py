@@ -14,6 +14,7 @@ import contextlib
 import io
 import linecache
 import pickle
+import re
 import symtable
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -187,11 +188,17 @@ def run_cell(source: str, filename: str, inputs: bytes, outputs: tuple[str, ...]
     ``inputs`` arrive inside the verified envelope of the call (see ``_runner``).
 
     stdout/stderr are captured; on failure they ride on the exception as
-    ``celerynb_output`` (a CellResult without values).
+    ``celerynb_output`` (a CellResult without values). tqdm bars the cell makes report
+    the task's progress; bars that other code draws as text keep their last state only.
     """
+    from ._reporting import reporting_import, reporting_view
+
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    namespace.update(pickle.loads(inputs))
+    # tqdm in the cell (imported there, or a notebook variable) reports the job's progress:
+    # its bars are drawn by the notebook, never written as text to the captured stderr.
+    cell_builtins = dict(vars(builtins), __import__=reporting_import)
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": cell_builtins}
+    namespace.update((name, reporting_view(value)) for name, value in pickle.loads(inputs).items())
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -219,8 +226,19 @@ def captured_output(job: Any) -> CellResult | None:
     return result if isinstance(result, CellResult) else None
 
 
+def without_redraws(text: str) -> str:
+    """Output as a terminal (or Jupyter) shows it: a line redrawn after a carriage
+    return (a text progress bar) keeps only its last version."""
+    text = _CARRIAGE_RETURNS_ENDING_A_LINE.sub("\n", text)
+    return _OVERWRITTEN.sub("", text)
+
+
+_CARRIAGE_RETURNS_ENDING_A_LINE = re.compile(r"\r+\n")
+_OVERWRITTEN = re.compile(r"^[^\n]*\r", re.MULTILINE)
+
+
 def _tail(buffer: io.StringIO) -> str:
-    text = buffer.getvalue()
+    text = without_redraws(buffer.getvalue())
     if len(text) <= MAX_CAPTURED_CHARS:
         return text
     return (

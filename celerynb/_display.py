@@ -14,6 +14,7 @@ import html
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -319,7 +320,7 @@ class JobBar(std_tqdm):
             total=progress.total,
             elapsed=self.job.elapsed,
             rate=progress.rate,
-            desc=progress.desc or self.job.name,
+            prefix=progress.desc or self.job.name,  # the label the widget and final line show
             unit=progress.unit,
             unit_scale=scaled_counts(progress),
             postfix=self.job.state,
@@ -328,21 +329,111 @@ class JobBar(std_tqdm):
 
 
 class TextRenderer:
-    """A tqdm text bar on stderr, for terminals and scripts; a final line when done."""
+    """A tqdm text bar on stderr, for terminals and scripts; a final line when done.
+
+    The bar is redrawn in place on the terminal's current line. In terminal IPython
+    that line belongs to the prompt once the cell that showed the bar ends, so then
+    the bar's last state is left as a line of its own (``leave``) and nothing is drawn
+    in place any more; the final line is written to ``sys.stderr`` as it is at that
+    moment, which IPython routes above its prompt. The final line comes once.
+    """
 
     def __init__(self, job: Any, file: Any = None) -> None:
         self.job = job
         self.file = file or sys.stderr
+        self._follows_stderr = file is None  # sys.stderr changes while a prompt waits
+        self._lock = threading.Lock()
+        self._in_place = True
+        self._finished = False
         self.bar = JobBar(job, self.file)
+        # Set once the outcome is shown: a cell waiting in ``result()`` resumes only then,
+        # so its own output (``Out[n]``) never lands on the bar's line.
+        self._outcome_shown = job._display_pending()
         self.draw()
 
     def draw(self) -> bool:
-        if not self.job.done():
-            self.bar.refresh()
-            return False
-        self.bar.close()
-        print(final_text(self.job), file=self.file)
-        return True
+        with self._lock:
+            if not self._finished and not self.job.done():
+                if self._in_place:
+                    self.bar.refresh()
+                return False
+            self._finish()
+            return True
+
+    def leave(self) -> None:
+        """The terminal's line is needed (a prompt): keep the bar's state as a line and
+        stop drawing in place; a job already done shows its final line instead."""
+        with self._lock:
+            if self._finished or not self._in_place:
+                return
+            if self.job.done():
+                self._finish()
+                return
+            self._in_place = False
+            if _is_terminal(self.file):  # IPython may have written on the bar's line
+                self.file.write("\r\x1b[K")  # (``Out[n]:`` after a magic showed the bar)
+            self.bar.leave = True
+            self.bar.close()  # draws the bar once more, then a newline
+
+    def retire(self) -> None:
+        """Another renderer shows the job now: stop without a final line of its own."""
+        with self._lock:
+            if not self._finished:
+                self._finished = True
+                self._outcome_shown.set()
+                self.bar.close()  # clears the bar's line if it is still drawn in place
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            if self._in_place:
+                self.bar.close()  # clears the bar's line: the final line takes its place
+                file = self.file
+            else:
+                file = sys.stderr if self._follows_stderr else self.file
+            file.write(final_text(self.job) + "\n")  # one write: nothing can split it
+            file.flush()
+        finally:
+            self._outcome_shown.set()
+
+
+def _is_terminal(file: Any) -> bool:
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class _CellBars:
+    """Text bars drawn in place while an IPython cell runs, left as lines when it ends
+    (before IPython draws its next prompt on that line)."""
+
+    def __init__(self) -> None:
+        self._in_place: list[TextRenderer] = []
+        self._shells: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, renderer: TextRenderer) -> None:
+        shell = _ipython_shell()
+        if shell is None:
+            return  # a script: no prompt, the bar stays in place until the job is done
+        with self._lock:
+            if shell not in self._shells:
+                shell.events.register("post_execute", self.leave_all)
+                self._shells.add(shell)
+            self._in_place.append(renderer)
+
+    def leave_all(self) -> None:
+        with self._lock:
+            renderers, self._in_place = self._in_place, []
+        for renderer in renderers:  # in the order shown: tqdm's first bar is the top one
+            renderer.leave()
+
+
+_cell_bars = _CellBars()
+_text_renderers: weakref.WeakKeyDictionary[Any, TextRenderer] = weakref.WeakKeyDictionary()
 
 
 def final_text(job: Any) -> str:
@@ -356,12 +447,15 @@ def final_text(job: Any) -> str:
     return "\n".join(parts)
 
 
+def _ipython_shell() -> Any:
+    """The running IPython shell, or None (never imports IPython)."""
+    ipython_module = sys.modules.get("IPython")
+    return ipython_module.get_ipython() if ipython_module is not None else None
+
+
 def widgets_available() -> bool:
     """True in a Jupyter kernel (widgets can render), False in terminals and scripts."""
-    ipython_module = sys.modules.get("IPython")
-    if ipython_module is None:
-        return False
-    shell = ipython_module.get_ipython()
+    shell = _ipython_shell()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
@@ -373,7 +467,11 @@ def display_job(job: Any) -> Any:
         renderer: Any = WidgetRenderer(job)
         renderer.handle = display(renderer.mimebundle(), raw=True, display_id=True)
     else:
-        renderer = TextRenderer(job)
+        shown = _text_renderers.get(job)
+        if shown is not None:
+            shown.retire()  # one final line per job, from the latest display
+        renderer = _text_renderers[job] = TextRenderer(job)
+        _cell_bars.add(renderer)
     if _exit_hook_once.acquire(blocking=False):  # once, at the first display
         atexit.register(_flush_at_exit)
     job.add_listener(lambda _job: _scheduler.mark(renderer))

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import reprlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
@@ -25,6 +26,19 @@ def current_cell() -> int | None:
     return getattr(shell, "execution_count", None)
 
 
+DISPLAY_GRACE = 2.0  # seconds result() waits at most for displays to show the outcome
+
+
+def monotonic_of(wall: float) -> float:
+    """The ``time.monotonic()`` reading of a past wall-clock time (a future one: now)."""
+    return time.monotonic() - max(time.time() - wall, 0.0)
+
+
+def _completing_in_this_thread(future: Future[Any]) -> None:
+    """The first done callback of every WatchedFuture (see ``_wait_for_displays``)."""
+    future._completing_thread = threading.get_ident()  # type: ignore[attr-defined]
+
+
 class WatchedFuture(Future):
     """A ``concurrent.futures.Future`` fed by the watcher, with listeners and a live display.
 
@@ -39,14 +53,44 @@ class WatchedFuture(Future):
         super().__init__()
         self._submitted_at = time.monotonic()
         self._finished_at: float | None = None
+        self._counted_from_store = False  # submitted by an earlier kernel (see _count_from)
         self._listeners: list[Callable[[Any], None]] = []
         self._shown_in_cell: int | None = None
+        self._displays_pending: list[threading.Event] = []
+        # The thread running the done callbacks, until the listeners are told: a callback
+        # that asks for the result must not wait for displays that are drawn only after.
+        self._completing_thread: int | None = None
+        self.add_done_callback(_completing_in_this_thread)
+
+    def _display_pending(self) -> threading.Event:
+        """An Event a display sets once it has shown the outcome. Until then (at most
+        ``DISPLAY_GRACE`` s) ``result()`` and ``exception()`` do not return, so a text
+        display's final line comes before what the waiting code prints next."""
+        event = threading.Event()
+        self._displays_pending.append(event)
+        return event
+
+    def _wait_for_displays(self, timeout: float | None) -> None:
+        if timeout == 0 or not self.done():  # a look (timeout=0) never waits
+            return
+        if self._completing_thread == threading.get_ident():
+            return
+        deadline = time.monotonic() + DISPLAY_GRACE
+        for event in list(self._displays_pending):
+            event.wait(max(deadline - time.monotonic(), 0.0))
 
     @property
     def elapsed(self) -> float:
         """Seconds since submission, frozen once done."""
         end = self._finished_at if self._finished_at is not None else time.monotonic()
         return end - self._submitted_at
+
+    def _count_from(self, submitted: float) -> None:
+        """Count ``elapsed`` from ``submitted``, a wall-clock time (``time.time()``) as the
+        job store keeps it: a job watched again after a restart goes on from its
+        submission. (Elapsed time itself is measured on the monotonic clock.)"""
+        self._submitted_at = monotonic_of(submitted)
+        self._counted_from_store = True
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
@@ -66,6 +110,8 @@ class WatchedFuture(Future):
                 listener(self)
             except Exception:  # a broken display must not stop the watcher
                 pass
+        if self._completing_thread is not None:  # told after its done callbacks ran
+            self._completing_thread = None
 
     @property
     def state(self) -> str:
@@ -81,6 +127,9 @@ class WatchedFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         """The result, waiting up to ``timeout`` seconds (None: as long as it takes).
 
+        Returns once a text display of the job has written its final line, so that
+        line comes before what the caller prints next.
+
         Raises:
             TimeoutError: not done in time; the message names the job, its state and
                 why it waits when that is known (``concurrent.futures.TimeoutError``).
@@ -88,12 +137,18 @@ class WatchedFuture(Future):
             Exception: the remote exception, with the worker's traceback as its cause.
         """
         self._wait_or_raise(timeout)
-        return super().result(timeout=0)
+        try:
+            return super().result(timeout=0)
+        finally:
+            self._wait_for_displays(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The remote exception (None if it succeeded), waiting as ``result`` does."""
         self._wait_or_raise(timeout)
-        return super().exception(timeout=0)
+        try:
+            return super().exception(timeout=0)
+        finally:
+            self._wait_for_displays(timeout)
 
     def _wait_or_raise(self, timeout: float | None) -> None:
         # Future's own TimeoutError has no message: say which job, how it stands, why.

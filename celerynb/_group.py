@@ -390,7 +390,9 @@ class JobGroup(WatchedFuture):
             if self._ended:
                 return False
             self._ended = True
-            self._finished_at = time.monotonic()
+            # When its last task finished (long before, for a group re-attached later).
+            ends = [job._finished_at for job in self.jobs if job._finished_at is not None]
+            self._finished_at = max(ends, default=time.monotonic())
             return True
 
     def _finish(self) -> None:

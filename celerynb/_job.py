@@ -7,11 +7,13 @@ import reprlib
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from datetime import datetime
 from typing import Any
 
 import cloudpickle
 from celery import states
 
+from ._config import SHIPPED_TASK_NAME
 from ._errors import (
     MessageLostError,
     RemoteError,
@@ -20,7 +22,7 @@ from ._errors import (
     UntrustedResultError,
     WorkerLostError,
 )
-from ._future import WatchedFuture
+from ._future import WatchedFuture, monotonic_of
 from ._liveness import UNKNOWN_NOTE
 from ._remote_errors import exception_from_info
 from ._schema import (
@@ -39,8 +41,26 @@ from ._store import JobRecord
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 3  # runs of a re-queued task that each lost its worker, before it is stopped
+MAX_NAME = 200  # characters of a task name learnt from the backend or a worker
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 80
+
+
+def placeholder_name(task_id: str) -> str:
+    """How a task is called while nothing better is known: ``task 1a2b3c4d``."""
+    return f"task {task_id[:8]}"
+
+
+def date_done(value: Any) -> float | None:
+    """Celery's ``date_done`` (an ISO time with its offset) as a wall-clock time, or None
+    (missing, or without a UTC offset: then which clock it was is unknown)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 def _run_of(state: str, meta: dict[str, Any]) -> tuple[str, int] | None:
@@ -99,6 +119,8 @@ class Job(WatchedFuture):
         self._notes: dict[str, str] = {}  # topic -> what is odd about this job now
         self._news_at: float | None = None  # when a live update last moved the job
         self._unfollowed_note: str | None = None  # why no state may ever come (rpc://)
+        self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
+        self.asked_for_name = False
 
     # -- public state ---------------------------------------------------------
     @property
@@ -124,6 +146,23 @@ class Job(WatchedFuture):
         return self._finish_cancelled()
 
     # -- fed by the watcher ---------------------------------------------------
+    def _learn_name(self, name: Any) -> None:
+        """Take the task's name, found in its stored state (``result_extended``) or in a
+        worker's answer, when none was known (an id attached from elsewhere)."""
+        # A task name is one printable line; celerynb's own generic task names nothing.
+        if not isinstance(name, str) or not name.isprintable() or len(name) > MAX_NAME:
+            return
+        if name in ("", SHIPPED_TASK_NAME):
+            return
+        with self._lock:
+            if self.named:
+                return
+            self.named = True
+            if self.call_repr == self.name:
+                self.call_repr = name
+            self.name = name
+        self._notify()
+
     def _apply_meta(self, meta: dict[str, Any], live: bool = False) -> None:
         """Take a state read from the backend. ``live``: it was just written (not a
         read-back), so a change it brings is news that the worker is alive."""
@@ -131,6 +170,8 @@ class Job(WatchedFuture):
         if not acceptable_state(state, custom=self._shipped is not True):
             self._ignore(f"a state that is not a Celery state ({_short.repr(state)})")
             return
+        if not self.named:
+            self._learn_name(meta.get("name"))
         outcome: tuple[str, Any] | None = None
         if state in states.READY_STATES:
             try:
@@ -185,7 +226,7 @@ class Job(WatchedFuture):
             # A verified outcome: an unsigned entry ignored before (e.g. the REVOKED that
             # Celery's revoke command writes for a task still queued) is moot now.
             self._notes.pop("entry", None)
-            self._settle(*outcome)
+            self._settle(*outcome, done_at=meta.get("date_done"))
         self._notify()
 
     @property
@@ -304,14 +345,20 @@ class Job(WatchedFuture):
         except Exception as exc:  # verified, but cannot be opened here
             return ("error", exc)
 
-    def _settle(self, kind: str, value: Any) -> None:
+    def _settle(self, kind: str, value: Any, done_at: Any = None) -> None:
         if kind == "cancel":
             self._finish_cancelled()
             return
+        now = time.monotonic()
+        stored = date_done(done_at)
+        if self._counted_from_store and stored is not None:
+            # Submitted by an earlier kernel, maybe finished long before this one looked:
+            # its elapsed time ends when the worker stored the outcome.
+            now = min(max(monotonic_of(stored), self._submitted_at), now)
         with self._lock:
             if self.done():  # cancelled meanwhile (a group's cancel): this outcome is too late
                 return
-            self._finished_at = time.monotonic()
+            self._finished_at = now
         try:
             if kind == "value":
                 self.set_result(value)

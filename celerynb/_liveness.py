@@ -293,8 +293,14 @@ class WorkerMonitor:
             self._last_heard.setdefault(hostname, self._clock())
 
 
-def unknown_to_workers(app: Any, task_ids: list[str], timeout: float = 1.0) -> set[str]:
-    """The ids of ``task_ids`` that no online worker has (active, reserved or scheduled)."""
+def tasks_on_workers(app: Any, task_ids: list[str], timeout: float = 1.0) -> dict[str, str]:
+    """``{task id: task name}`` of the ``task_ids`` an online worker has (active, reserved
+    or scheduled); the name is "" where a worker's answer does not give one."""
     replies = app.control.inspect(timeout=timeout).query_task(*task_ids) or {}
-    known = {task_id for tasks in replies.values() for task_id in (tasks or {})}
-    return set(task_ids) - known
+    found: dict[str, str] = {}
+    for tasks in replies.values():
+        for task_id, answer in (tasks or {}).items():  # id -> [state, request info]
+            info = answer[1] if isinstance(answer, list | tuple) and len(answer) == 2 else None
+            name = info.get("name") if isinstance(info, dict) else None
+            found[task_id] = name if isinstance(name, str) else found.get(task_id, "")
+    return found

@@ -143,6 +143,9 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
     watched = iter(session.attach_many(task_ids, names, register=False))
     for record in records:
         jobs = [next(watched) for _ in (record.task_ids or (record.id,))]
+        for job in jobs:  # a group's tasks were sent with it: elapsed goes on from then
+            if not job._counted_from_store:
+                job._count_from(record.submitted)
         if not record.task_ids:  # shown by its name: the store keeps no arguments
             registry.add(jobs[0])
             again[record.id] = jobs[0]
@@ -155,6 +158,7 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
             session=session,
             group_id=record.id,
         )
+        group._count_from(record.submitted)
         registry.add(group)
         again[record.id] = group
     return [again[record.id] for record in previous]  # oldest first

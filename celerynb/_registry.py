@@ -49,6 +49,9 @@ class JobRegistry:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._jobs
+
     def find_exact(self, task_id: str) -> Any:
         """The job with exactly this id; KeyError if none."""
         with self._lock:

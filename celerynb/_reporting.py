@@ -7,11 +7,14 @@ outside a task it is plain ``tqdm.auto.tqdm``. Writes are throttled per task.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -169,6 +172,62 @@ class tqdm(_auto_tqdm):  # noqa: N801 - a drop-in for tqdm keeps its name
         super().close()
         progress.close_bar(id(self), self._celerynb_bar_meta())
         self.fp.close()
+
+
+def trange(*args: Any, **kwargs: Any) -> tqdm:
+    """``tqdm(range(*args), **kwargs)``, as tqdm's own ``trange``."""
+    return tqdm(range(*args), **kwargs)
+
+
+# tqdm's modules whose ``tqdm`` and ``trange`` draw text bars (asyncio's and rich's
+# bars are left alone: they are not drop-ins for a plain loop).
+PLAIN_TQDM_MODULES = ("tqdm", "tqdm.std", "tqdm.auto", "tqdm.autonotebook", "tqdm.notebook")
+
+
+def _plain_bars() -> dict[Any, Any]:
+    """Plain tqdm classes and trange functions loaded in this process -> ours."""
+    substitutes: dict[Any, Any] = {}
+    for name in PLAIN_TQDM_MODULES:
+        module = sys.modules.get(name)
+        for attribute, ours in (("tqdm", tqdm), ("trange", trange), ("tnrange", trange)):
+            plain = getattr(module, attribute, None)
+            if plain is not None:
+                substitutes[plain] = ours
+    return substitutes
+
+
+def reporting_view(value: Any) -> Any:
+    """``value`` as code run in a task should see it: a plain tqdm class, ``trange`` or
+    tqdm module becomes one whose bars report the task's progress instead of drawing
+    text; anything else is returned as is (used for a ``%%celery_submit`` cell)."""
+    return _view(value, _plain_bars(), depth=2)
+
+
+def _view(value: Any, substitutes: dict[Any, Any], depth: int) -> Any:
+    if not isinstance(value, types.ModuleType):
+        try:
+            return substitutes.get(value, value)
+        except TypeError:  # unhashable: not a tqdm class
+            return value
+    if value.__name__ not in PLAIN_TQDM_MODULES or depth == 0:
+        return value
+    view = types.ModuleType(value.__name__, value.__doc__)
+    for attribute, inner in vars(value).items():  # tqdm.auto inside the tqdm package too
+        view.__dict__[attribute] = _view(inner, substitutes, depth - 1)
+    return view
+
+
+def reporting_import(
+    name: str,
+    globals: dict[str, Any] | None = None,  # noqa: A002 - __import__'s own signature
+    locals: dict[str, Any] | None = None,  # noqa: A002
+    fromlist: Any = (),
+    level: int = 0,
+) -> Any:
+    """``__import__`` for code run in a task: ``from tqdm import tqdm`` (or ``tqdm.auto``,
+    ``import tqdm``...) gives bars that report the task's progress."""
+    module = builtins.__import__(name, globals, locals, fromlist, level)
+    return reporting_view(module) if level == 0 else module
 
 
 def report(

@@ -26,7 +26,7 @@ from ._errors import (
     UnknownTaskError,
     one_line,
 )
-from ._job import Job
+from ._job import Job, placeholder_name
 from ._liveness import WorkerMonitor
 from ._queues import routed_queue
 from ._registry import registry
@@ -34,7 +34,7 @@ from ._revoker import Revoker
 from ._signing import seal
 from ._sources import source_for
 from ._sources.rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
-from ._store import backend_key
+from ._store import backend_key, store
 from ._validation import check_queue, check_task_ids
 from ._watcher import Watcher
 from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers, registered_task_names
@@ -283,6 +283,10 @@ class Session:
         check_task_ids(task_ids)
         jobs: list[Job] = []
         new = 0
+        unseen = [task_id for task_id in task_ids if task_id not in registry]
+        # Submitted from an earlier kernel (or another notebook): the job store has its
+        # name and when it was sent, so its elapsed time goes on from there.
+        kept = store.find(unseen, self.backend_key) if unseen else {}
         for task_id, name in zip(task_ids, names or [None] * len(task_ids)):
             try:
                 known = registry.find_exact(task_id)
@@ -291,11 +295,18 @@ class Session:
             if known is not None and _still_told(known):
                 jobs.append(known)
                 continue
+            record = kept.get(task_id)
+            if not name and record is not None and record.name != placeholder_name(task_id):
+                name = record.name
             if known is not None:  # what this kernel knew of it stays known
                 job = Job(task_id, name or known.name, self, shipped=known._shipped)
                 job.call_repr, job._code = known.call_repr, known._code
+                job._submitted_at = known._submitted_at
             else:
-                job = Job(task_id, name or f"task {task_id[:8]}", self, shipped=None)
+                job = Job(task_id, name or placeholder_name(task_id), self, shipped=None)
+                if record is not None:
+                    job._count_from(record.submitted)
+            job.named = bool(name) or known is not None  # else a state or worker may tell
             job.attached = True  # see Watcher: UNKNOWN after a while
             if not self.stores_states:
                 job._not_followed(RPC_ATTACH_NOTE)  # before watching: a state that comes wins

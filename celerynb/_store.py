@@ -167,6 +167,27 @@ class JobStore:
             return []
         return [_record_from(row) for row in rows]
 
+    def find(self, task_ids: list[str], backend: str) -> dict[str, JobRecord]:
+        """The records kept of ``task_ids`` on this backend (by any notebook), by id."""
+        found: dict[str, JobRecord] = {}
+        try:
+            with self._lock:
+                for start in range(0, len(task_ids), 500):  # SQLite's bound on parameters
+                    chunk = task_ids[start : start + 500]
+                    rows = (
+                        self._db()
+                        .execute(
+                            "SELECT id, name, shipped, task_ids, spans, submitted FROM jobs "
+                            f"WHERE backend = ? AND id IN ({','.join('?' * len(chunk))})",
+                            (backend, *chunk),
+                        )
+                        .fetchall()
+                    )
+                    found.update((row[0], _record_from(row)) for row in rows)
+        except (sqlite3.Error, OSError) as exc:
+            self.error = f"cannot read jobs from {self.path}: {exc}"
+        return found
+
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
             if self._connection is not None:

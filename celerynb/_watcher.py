@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from celery import states
 
 from ._liveness import LOST as LOST_VERDICT
-from ._liveness import PROBE, UNKNOWN_AFTER, WAIT, WorkerMonitor, judge, unknown_to_workers
+from ._liveness import PROBE, UNKNOWN_AFTER, WAIT, WorkerMonitor, judge, tasks_on_workers
 from ._queues import QueueCheck
 from ._schema import PROGRESS
 from ._sources import StateSource, Update
@@ -35,6 +35,7 @@ class Watched(Protocol):
     id: str
     attached: bool
     asked_workers: bool
+    asked_for_name: bool
     _submitted_at: float
 
     @property
@@ -61,6 +62,8 @@ class Watched(Protocol):
 
     def news_age(self, now: float) -> float | None: ...
 
+    def _learn_name(self, name: Any) -> None: ...
+
 
 class Watcher:
     """Serves all jobs of a connection from one thread and one source."""
@@ -77,6 +80,7 @@ class Watcher:
         self._app = app
         self._poll_timeout = poll_timeout
         self._jobs: dict[str, Watched] = {}
+        self._watched_since: dict[str, float] = {}  # monotonic time each job was first watched
         # Jobs to follow, and Events set once the jobs queued before them are caught up.
         self._incoming: queue.SimpleQueue[Watched | threading.Event] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -240,11 +244,11 @@ class Watcher:
 
         def ask() -> None:
             try:
-                unknown = unknown_to_workers(self._app, [job.id for job in waiting])
+                held = tasks_on_workers(self._app, [job.id for job in waiting])
             except Exception as exc:
                 log.debug("celerynb: asking the workers about lost tasks failed: %s", exc)
                 return
-            lost = [job for job in waiting if job.id in unknown]
+            lost = [job for job in waiting if job.id not in held]
             if lost:
                 log.warning(
                     "celerynb: the broker restarted without its data: %d queued job(s) "
@@ -270,13 +274,16 @@ class Watcher:
             else:
                 new.append(item)
         if new:
+            now = time.monotonic()
             for job in new:
                 self._jobs[job.id] = job
+                self._watched_since.setdefault(job.id, now)
             try:
                 self._dispatch(self._source.watch([job.id for job in new]))
             except (ValueError, TypeError) as exc:  # bad ids, not a lost connection:
                 for job in new:  # drop them, or every later read would fail too
                     self._jobs.pop(job.id, None)
+                    self._watched_since.pop(job.id, None)
                     job._abandon(exc)
                 log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
         for event in caught_up:
@@ -291,7 +298,7 @@ class Watcher:
             self._check_workers_of_running_jobs(now)
             if self._queue_check is not None:
                 self._queue_check.check(list(self._jobs.values()), now)
-            self._ask_about_long_pending_attached_jobs(now)
+            self._ask_workers_about_attached_jobs(now)
             # A LOST job stays watched: its worker may come back and finish it after all.
             finished |= {
                 task_id
@@ -302,6 +309,7 @@ class Watcher:
             self._source.unwatch(list(finished))
             for task_id in finished:
                 self._jobs.pop(task_id, None)
+                self._watched_since.pop(task_id, None)
             self._finished_by_updates = set()
 
     def _check_workers_of_running_jobs(self, now: float) -> None:
@@ -321,34 +329,46 @@ class Watcher:
                 job._lose(hostname, monitor.silent_for(hostname, now) or 0.0)
             job._set_note("worker", note if verdict == WAIT else None)
 
-    def _ask_about_long_pending_attached_jobs(self, now: float) -> None:
-        """Attached jobs PENDING for ``UNKNOWN_AFTER`` s: ask the workers once (in a
-        thread of its own: the answer takes up to a second) and show those nobody
-        has as UNKNOWN rather than PENDING forever."""
+    def _ask_workers_about_attached_jobs(self, now: float) -> None:
+        """Ask the workers once (in a thread of its own: the answer takes up to a second)
+        about attached jobs PENDING for ``UNKNOWN_AFTER`` s, to show those nobody has as
+        UNKNOWN rather than PENDING forever, and about attached jobs running under no
+        known name, which the worker running each can tell."""
         if self._app is None:
             return
-        waiting = [
-            job
-            for job in self._jobs.values()
-            if getattr(job, "attached", False)
-            and not getattr(job, "asked_workers", True)
-            and job.state == states.PENDING
-            and now - job._submitted_at >= UNKNOWN_AFTER
-        ]
-        if not waiting:
+        pending, unnamed = [], []
+        for job in self._jobs.values():
+            if not getattr(job, "attached", False):
+                continue
+            if (
+                not getattr(job, "asked_workers", True)
+                and job.state == states.PENDING
+                and now - self._watched_since.get(job.id, now) >= UNKNOWN_AFTER
+            ):
+                job.asked_workers = True
+                pending.append(job)
+            elif (
+                not getattr(job, "named", True)
+                and not getattr(job, "asked_for_name", True)
+                and job.state in RUNNING_STATES
+            ):
+                job.asked_for_name = True
+                unnamed.append(job)
+        if not pending and not unnamed:
             return
-        for job in waiting:
-            job.asked_workers = True
 
         def ask() -> None:
             try:
-                unknown = unknown_to_workers(self._app, [job.id for job in waiting])
+                found = tasks_on_workers(self._app, [job.id for job in pending + unnamed])
             except Exception as exc:
-                log.debug("celerynb: asking the workers about pending tasks failed: %s", exc)
+                log.debug("celerynb: asking the workers about attached tasks failed: %s", exc)
                 return
-            for job in waiting:
-                if job.id in unknown:
+            for job in pending:
+                if job.id not in found:
                     job._mark_unknown()
+            for job in pending + unnamed:
+                if found.get(job.id):
+                    job._learn_name(found[job.id])
 
         threading.Thread(target=ask, name="celerynb-ask-workers", daemon=True).start()
 

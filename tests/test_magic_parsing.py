@@ -3,7 +3,13 @@
 import pytest
 from IPython.core.error import UsageError
 
-from celerynb._cell import CellResult, names_read_from_outside, parse_output_names, run_cell
+from celerynb._cell import (
+    CellResult,
+    names_read_from_outside,
+    parse_output_names,
+    run_cell,
+    without_redraws,
+)
 from celerynb._magics import CeleryMagics, evaluate_call, split_options
 from celerynb._tables import JobTable, WorkerTable, text_table
 from celerynb._workers import WorkerInfo
@@ -124,6 +130,13 @@ def test_run_cell_returns_the_asked_variables_and_the_output():
     with pytest.raises(NameError, match="the cell did not define 'q'") as info:
         run_cell("print('partial')\n", "<c>", pickle.dumps({}), ("q",))
     assert info.value.celerynb_output.stdout == "partial\n"
+
+
+def test_captured_output_keeps_the_last_state_of_a_redrawn_line():
+    bar = "\rbar:   0%|   | 0/2\rbar:  50%|#  | 1/2\rbar: 100%|###| 2/2\n"
+    assert without_redraws(f"start\n{bar}end\r\n") == "start\nbar: 100%|###| 2/2\nend\n"
+    assert without_redraws("half\rdrawn") == "drawn"  # a bar left open
+    assert without_redraws("plain\ntext\n") == "plain\ntext\n"
 
 
 def test_tables_line_up():

@@ -178,6 +178,52 @@ def test_cell_magic_ships_inputs_and_returns_outputs_and_stdout(kernel):
     assert cell.stdout == "145 14.5 ['mean', 'total'] 'total is 145\\n'\n"
 
 
+TQDM_CELL = """%%celery_submit
+import time
+{bar_import}
+for _ in {bar}(range(20), desc="cell bar"):
+    time.sleep(0.01)
+from tqdm.contrib import tenumerate  # a library's own plain tqdm.auto bar
+for _ in tenumerate(range(5), desc="library"):
+    pass
+print("cell done")
+"""
+
+OUTPUT_OF_THE_LAST_JOB = """
+import json
+from celerynb._display import final_text
+last = celerynb.jobs()[-1]
+out = last.result(timeout=30)
+bars = [[bar.desc, bar.n, bar.total] for bar in last.progress.bars]
+print(json.dumps([out.stdout, out.stderr, final_text(last), bars]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("bar_import", "bar"),
+    [
+        ("from tqdm import tqdm", "tqdm"),
+        ("import tqdm.auto", "tqdm.auto.tqdm"),
+        ("", "notebook_tqdm"),  # a notebook variable, shipped with the cell
+        ("from tqdm import trange", "(lambda r, desc: trange(len(r), desc=desc))"),
+    ],
+)
+def test_tqdm_in_a_cell_reports_the_jobs_progress_and_no_redrawn_lines(kernel, bar_import, bar):
+    """A plain tqdm in a %%celery_submit cell wrote every redraw of its bar to the captured
+    stderr, shown as lines under the widget (and more of them on a second run)."""
+    kernel.ok("from tqdm.auto import tqdm as notebook_tqdm")
+    for _ in range(2):
+        kernel.ok(TQDM_CELL.format(bar_import=bar_import, bar=bar))
+        cell = kernel.ok(OUTPUT_OF_THE_LAST_JOB, timeout=60)
+        stdout, stderr, final, bars = json.loads(cell.stdout)
+        assert stdout == "cell done\n"
+        assert bars == [["cell bar", 20, 20]], "the cell's bar is the job's progress"
+        # Other code's text bar: its last state only, one line.
+        assert "\r" not in stderr and stderr.count("\n") == 1, repr(stderr)
+        assert stderr.startswith("library: 100%") and "5/5" in stderr, repr(stderr)
+        assert [line for line in final.splitlines() if "%|" in line] == [stderr.strip()], final
+
+
 def test_cell_magic_failure_shows_output_and_traceback_and_keeps_variables(kernel):
     kernel.ok("kept = 'yes'")
     kernel.ok("%%celery_submit -o kept\nprint('about to fail')\nkept = 1 / 0\n")

@@ -169,6 +169,40 @@ def test_attach_by_id_and_async_result_decodes_signed_results(session):
     assert fresh.result(timeout=30) == 144
 
 
+def test_an_attached_id_is_named_by_its_stored_state_or_by_the_worker_running_it(
+    session, project_worker
+):
+    """An id attached from elsewhere showed as ``task 1a2b3c4d`` although Celery could tell
+    its name: in the stored state (``result_extended``) or from the worker that runs it."""
+    import json
+    import uuid
+
+    backend = session.app.backend
+
+    def store_state(task_id, meta):  # as a worker of an app with result_extended writes it
+        raw = json.dumps({"task_id": task_id, "result": None, **meta})
+        key = backend.get_key_for_task(task_id)
+        backend.client.set(key, raw)
+        backend.client.publish(key, raw)
+
+    extended = celerynb.attach(str(uuid.uuid4()))
+    assert extended.name == f"task {extended.id[:8]}", "nothing better is known yet"
+    store_state(extended.id, {"status": "STARTED", "name": "two\nlines"})  # not a name
+    store_state(extended.id, {"status": "STARTED", "name": "tasks.crunch"})
+    assert wait_for(lambda: extended.name == "tasks.crunch", timeout=10), extended.name
+    assert extended.call_repr == "tasks.crunch" and "tasks.crunch" in repr(extended)
+    store_state(extended.id, {"status": "SUCCESS", "result": 3, "name": "tasks.other"})
+    assert extended.result(timeout=10) == 3 and extended.name == "tasks.crunch"
+
+    # No name in the stored state (result_extended is off): the worker running it tells.
+    running = session.app.send_task(
+        "myproject.tasks.crunch", args=[[1] * 60, 1, 0.05], queue="myproject"
+    )
+    attached = celerynb.attach(running.id)
+    assert wait_for(lambda: attached.name == "myproject.tasks.crunch", timeout=15), attached
+    assert attached.result(timeout=30) == 60
+
+
 def test_attach_refuses_what_it_cannot_watch(session):
     with pytest.raises(TypeError, match="attach\\(\\) takes a task id"):
         celerynb.attach(42)
