@@ -77,8 +77,10 @@ class Revoker:
         stores_states: bool,
         secret: Callable[[], bytes] | None = None,
         give_up_after: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._app = app
+        self._clock = clock
         self._stores_states = stores_states
         self._secret = secret
         self._give_up_after = give_up_after
@@ -136,10 +138,9 @@ class Revoker:
     # -- the thread ---------------------------------------------------------------
     def _run(self) -> None:
         while True:
+            wait = IDLE_SECONDS
             if self._undelivered:
-                wait = max(self._next_retry - time.monotonic(), 0.0)
-            else:
-                wait = IDLE_SECONDS
+                wait = max(self._next_retry - self._clock(), 0.0)
             batch = []
             try:
                 batch.append(self._pending.get(timeout=wait))
@@ -158,7 +159,7 @@ class Revoker:
                 for task_id, e in list(self._undelivered.items())
                 if task_id not in new_ids
             ]
-            if entries or (retry and (closing or time.monotonic() >= self._next_retry)):
+            if entries or (retry and (closing or self._clock() >= self._next_retry)):
                 try:
                     self._send(entries + retry)
                 except Exception as exc:  # a bug here must not stop later revokes
@@ -200,7 +201,7 @@ class Revoker:
             self._record_revoked(delivered)
 
     def _not_delivered(self, entries: list[tuple[str, bool, OnChange | None]], why: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         first = not self._undelivered
         changed: list[OnChange] = []
         expired: list[str] = []
@@ -239,7 +240,7 @@ class Revoker:
         log.info(
             "celerynb: the revoke of %d task(s) reached the workers %.1fs after it was first tried",
             len(late),
-            time.monotonic() - min(e.since for e in late),
+            self._clock() - min(e.since for e in late),
         )
         _call_each([e.on_change for e in late if e.on_change is not None])
 
