@@ -111,7 +111,7 @@ class Session:
     def check_broker(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Raise BrokerUnreachableError (URL masked) unless the broker answers."""
         with self.broker_errors("reach the broker"), self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            conn.ensure_connection(max_retries=1, interval_start=0.5, timeout=timeout)
 
     @contextlib.contextmanager
     def broker_errors(self, doing: str) -> Iterator[None]:
