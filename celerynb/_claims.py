@@ -217,29 +217,52 @@ def claim_run(
 
 
 class LeaseKeeper:
-    """Renews a claim from a daemon thread while a call runs."""
+    """Renews a claim while a call runs. One daemon thread per process renews every
+    claim held there (no thread is started per call)."""
+
+    _held: dict[tuple[int, str], tuple[ClaimStore, str, float]] = {}
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+    _thread_pid = 0
 
     def __init__(self, store: ClaimStore, key: str, me: Holder, lease: float = LEASE_SECONDS):
-        self._store, self._key, self._value, self._lease = store, key, me.encode(), lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="celerynb-lease", daemon=True)
+        self._entry = (id(store), key), (store, me.encode(), lease)
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        cls = type(self)
+        with cls._lock:
+            cls._held[self._entry[0]] = self._entry[1]
+            if cls._thread is None or cls._thread_pid != os.getpid():  # a forked child too
+                cls._thread_pid = os.getpid()
+                cls._thread = threading.Thread(
+                    target=cls._renew_forever, name="celerynb-leases", daemon=True
+                )
+                cls._thread.start()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join(RENEW_EVERY)
+        with type(self)._lock:
+            type(self)._held.pop(self._entry[0], None)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._lease / 3):
+    @classmethod
+    def _renew_forever(cls) -> None:
+        while True:
+            time.sleep(RENEW_EVERY)
+            cls.renew_all()
+
+    @classmethod
+    def renew_all(cls) -> None:
+        """Extend every claim held in this process by its lease (one round)."""
+        with cls._lock:
+            held = list(cls._held.items())
+        for entry, (store, value, lease) in held:
             try:
-                if not self._store.renew(self._key, self._value, self._lease):
-                    log.warning("celerynb: lost the claim %s (its lease expired)", self._key)
-                    return
+                if not store.renew(entry[1], value, lease):
+                    log.warning("celerynb: lost the claim %s (its lease expired)", entry[1])
+                    with cls._lock:
+                        cls._held.pop(entry, None)
             except Exception as exc:  # a store outage: the next round tries again
-                log.debug("celerynb: renewing %s failed: %s", self._key, exc)
+                log.debug("celerynb: renewing %s failed: %s", entry[1], exc)
 
 
 _stores: dict[tuple[int, int], ClaimStore] = {}

@@ -99,3 +99,21 @@ def test_a_local_store_forgets_expired_claims(clock):
     assert not store.try_claim("k", "w", 5)
     clock.now += 5.1
     assert store.current("k") is None and store.try_claim("k", "w", 5)
+
+
+def test_a_running_call_keeps_its_claim_past_the_lease_and_frees_it_when_done(clock):
+    from celerynb._claims import LeaseKeeper
+
+    store = LocalClaimStore(clock)
+    me = Holder("host", 10, "a")
+    run(store, clock, me)
+    with LeaseKeeper(store, "k", me):
+        for _ in range(5):  # five leases long, renewed each third of a lease
+            clock.now += LEASE_SECONDS / 3
+            LeaseKeeper.renew_all()
+        assert store.current("k") == me.encode()
+        assert not store.try_claim("k", "copy", LEASE_SECONDS)
+    clock.now += LEASE_SECONDS / 3
+    LeaseKeeper.renew_all()  # no longer held here: not renewed
+    clock.now += LEASE_SECONDS
+    assert store.current("k") is None  # a dead run's claim lapses
