@@ -14,8 +14,9 @@ each with two worker processes:
    chunks of 10 (the documentation's example) and as many chunks as celerynb makes.
 4. dask.distributed ``client.map(square, range(N), pure=False)`` + ``client.gather``,
    ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
-5. ipyparallel ``view.map_async(square, range(N), chunksize=500).get()``,
-   ``ipp.Cluster(n=2)``, load-balanced view.
+5. ipyparallel ``view.map_async(square, range(N), chunksize=C).get()``,
+   ``ipp.Cluster(n=2)``, load-balanced view, with C giving as many chunks as celerynb.map
+   made for the same N (equal chunking), at N=10,000 and at N=1,000,000.
 
 Every contender gets a warm-up, then a few timed runs from submission to all results
 received and checked; rates are items/s, median and best. Goals: celerynb.map
@@ -63,6 +64,7 @@ from celery import Celery
 import celerynb
 
 N = 10_000
+BIG = 1_000_000  # the size at which celerynb.map and ipyparallel are compared again
 GOAL_RATE = 200_000.0  # items/s, celerynb.map at N
 RUN_TIMEOUT = 120.0  # seconds; any one timed run
 GATE_DEADLINE = 60.0  # seconds; a gated job gives up waiting for its gate after this
@@ -223,9 +225,10 @@ def dask_run(client: Any, items: int) -> float:
     return end - start
 
 
-def ipyparallel_run(view: Any, items: int) -> float:
+def ipyparallel_run(view: Any, items: int, chunks: int) -> float:
+    chunksize = math.ceil(items / chunks)
     start = time.perf_counter()
-    values = view.map_async(square, range(items), chunksize=500).get(timeout=RUN_TIMEOUT)
+    values = view.map_async(square, range(items), chunksize=chunksize).get(timeout=RUN_TIMEOUT)
     end = time.perf_counter()
     check(list(values), [x * x for x in range(items)], "ipyparallel")
     return end - start
@@ -372,12 +375,18 @@ def run_dask(items: int, runs: int, warmup: int, directory: Path) -> Result:
         )
 
 
-def run_ipyparallel(items: int, runs: int, warmup: int, directory: Path) -> Result:
-    name = "ipyparallel map_async, chunksize=500"
+def run_ipyparallel(
+    sizes: dict[int, int], runs: int, warmup: int, directory: Path
+) -> dict[int, Result]:
+    """ipyparallel at each ``{items: chunks}``: as many chunks as celerynb.map made."""
+    names = {
+        items: f"ipyparallel map_async, {chunks} chunks (as celerynb)"
+        for items, chunks in sizes.items()
+    }
     try:
         import ipyparallel
     except ImportError:
-        return Result(name, note=NOT_INSTALLED)
+        return {items: Result(name, note=NOT_INSTALLED) for items, name in names.items()}
     print("ipyparallel: starting Cluster(n=2) ...", flush=True)
     # A profile of its own: no connection files left in ~/.ipython.
     cluster = ipyparallel.Cluster(n=2, profile_dir=str(directory / "ipp"), log_level=logging.ERROR)
@@ -386,7 +395,16 @@ def run_ipyparallel(items: int, runs: int, warmup: int, directory: Path) -> Resu
             client = cluster.start_and_connect_sync()
         try:
             view = client.load_balanced_view()
-            return measure(name, lambda n: ipyparallel_run(view, n), items, runs, warmup)
+            return {
+                items: measure(
+                    names[items],
+                    lambda n, chunks=sizes[items]: ipyparallel_run(view, n, chunks),
+                    items,
+                    runs if items < 1_000_000 else 3,
+                    warmup,
+                )
+                for items in sizes
+            }
         finally:
             client.close()
     finally:
@@ -461,6 +479,7 @@ def main() -> None:
                 results[f"shown {big}"] = measure(
                     "celerynb.map, shown as live text bar", live.run, big, 3, 1_000
                 )
+            results["ours 1M"] = measure("celerynb.map", plain.run, BIG, 3, 1_000)
             # psutil reads thread CPU times and this process's sockets (dask requires it).
             has_psutil = importlib.util.find_spec("psutil") is not None
             watching = watch_many(cluster, directory) if has_psutil else None
@@ -491,7 +510,10 @@ def main() -> None:
             )
         # The celerynb cluster is stopped: the others get the machine to themselves.
         results["dask"] = run_dask(slow_items, slow_runs, 200, directory)
-        results["ipp"] = run_ipyparallel(N, fast_runs, 1_000, directory)
+        equal = run_ipyparallel(
+            {N: plain.chunks[N], BIG: plain.chunks[BIG]}, fast_runs, 1_000, directory
+        )
+        results["ipp"], results["ipp 1M"] = equal[N], equal[BIG]
 
     ours = results["ours"].median
     contenders = ["raw", "chunks 10", "chunks same", "dask", "ipp"]
@@ -501,9 +523,14 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, {'--quick' if args.quick else 'full run'}; "
         f"items are x -> x * x (the Celery rows: a no-op task), 2 worker processes each"
     )
-    rows = [
-        throughput_row(r, None if k.startswith("shown 1") else ours) for k, r in results.items()
-    ]
+    ours_big = results["ours 1M"].median
+
+    def baseline(key: str) -> float | None:  # each contender against celerynb at its N
+        if key.startswith("shown 1") or key == "ours 1M":
+            return None
+        return ours_big if key == "ipp 1M" else ours
+
+    rows = [throughput_row(r, baseline(k)) for k, r in results.items()]
     print_table(HEADER, rows)
     measured = [results[k] for k in contenders if results[k].seconds]
     ahead = all(ours > r.median for r in measured)
@@ -513,6 +540,12 @@ def main() -> None:
         f"{'yes' if ahead else 'NO'}"
         + ("" if len(measured) == len(contenders) else " (some not installed)")
     )
+    big_ipp = results["ipp 1M"]
+    if big_ipp.seconds:
+        print(
+            f"at N={BIG:,} with equal chunking ({plain.chunks[BIG]} chunks): celerynb.map / "
+            f"ipyparallel = {ours_big / big_ipp.median:.2f}x (issue 15's goal: >= 1.0x)"
+        )
     if slow_items < N:
         print(f"raw Celery and dask: {slow_items:,} items per run, rate extrapolated")
     submits = plain.submit_seconds[N]

@@ -84,6 +84,7 @@ class RenderScheduler:
         self.refresh_seconds = refresh_seconds
         self._clock = clock
         self._dirty: set[Any] = set()
+        self._urgent: set[Any] = set()  # final draws that do not wait for the next tick
         self._live: set[Any] = set()
         self._last_drawn: dict[Any, float] = {}
         self._next_tick = float("-inf")
@@ -93,13 +94,17 @@ class RenderScheduler:
         self._threaded = threaded
         self._stopped = False
 
-    def mark(self, renderer: Any) -> None:
-        """``renderer`` has news: draw it at the next tick. Safe from any thread."""
+    def mark(self, renderer: Any, *, urgent: bool = False) -> None:
+        """``renderer`` has news: draw it at the next tick. Safe from any thread.
+
+        ``urgent``: at once, whatever the pace (a text display's final line, which
+        ``result()`` waits for; there is one per job, so they cannot flood anything).
+        """
         with self._cv:
             if self._stopped:
                 return
             was_idle = not self._dirty
-            self._dirty.add(renderer)
+            (self._urgent if urgent else self._dirty).add(renderer)
             self._live.add(renderer)
             if not self._threaded:
                 return
@@ -108,15 +113,20 @@ class RenderScheduler:
                     target=self._run, name="celerynb-render", daemon=True
                 )
                 self._thread.start()
-            elif was_idle:  # else the thread already sleeps until the next tick only
+            elif was_idle or urgent:  # else the thread already sleeps until the next tick
                 self._cv.notify()
 
     def tick(self) -> list[Any]:
         """Draw the renderers due now (none before the next tick is due); return them."""
         now = self._clock()
         with self._cv:
+            urgent, self._urgent = list(self._urgent), set()
+            self._dirty.difference_update(urgent)
+        if urgent:
+            self._draw(urgent, now)
+        with self._cv:
             if now < self._next_tick:
-                return []
+                return urgent
             if now >= self._next_refresh:
                 self._next_refresh = now + self.refresh_seconds
                 self._dirty.update(self._live)
@@ -125,7 +135,7 @@ class RenderScheduler:
             if batch:
                 self._next_tick = now + self.tick_seconds
         self._draw(batch, now)
-        return batch
+        return urgent + batch
 
     def seconds_to_next_tick(self) -> float | None:
         """How long the thread may sleep: None while nothing is live (until a mark)."""
@@ -133,6 +143,8 @@ class RenderScheduler:
             return self._seconds_to_next_tick(self._clock())
 
     def _seconds_to_next_tick(self, now: float) -> float | None:
+        if self._urgent:
+            return 0.0
         if self._dirty:
             return max(self._next_tick - now, 0.0)
         if self._live:  # the next refresh, on a tick
@@ -474,7 +486,10 @@ def display_job(job: Any) -> Any:
         _cell_bars.add(renderer)
     if _exit_hook_once.acquire(blocking=False):  # once, at the first display
         atexit.register(_flush_at_exit)
-    job.add_listener(lambda _job: _scheduler.mark(renderer))
+    final_text_line = isinstance(renderer, TextRenderer)
+    job.add_listener(
+        lambda changed: _scheduler.mark(renderer, urgent=final_text_line and changed.done())
+    )
     _scheduler.mark(renderer)
     return renderer
 

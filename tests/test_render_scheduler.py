@@ -109,6 +109,24 @@ def test_a_renderer_with_news_all_the_time_is_drawn_ten_times_a_second():
     assert renderer.draws == 3 * MAX_DRAWS_PER_SECOND
 
 
+def test_an_urgent_final_draw_does_not_wait_for_the_next_tick():
+    """A text display's final line is drawn at once: ``result()`` waits for it."""
+    clock = FakeClock()
+    scheduler = scheduler_on(clock)
+    busy, finishing = CountingRenderer(), CountingRenderer()
+    scheduler.mark(busy)
+    scheduler.mark(finishing)
+    assert len(scheduler.tick()) == 2  # a tick: the next one is due in 0.1 s
+    clock.now = 0.01
+    scheduler.mark(busy)
+    scheduler.mark(finishing, urgent=True)
+    assert scheduler.seconds_to_next_tick() == 0.0
+    assert scheduler.tick() == [finishing]  # drawn now; the other waits for its tick
+    assert (finishing.draws, busy.draws) == (2, 1)
+    clock.now = 0.1
+    assert scheduler.tick() == [busy]
+
+
 def test_a_live_renderer_without_news_is_redrawn_once_a_second_until_it_finishes():
     clock = FakeClock()
     scheduler = scheduler_on(clock)
