@@ -37,6 +37,14 @@ DISABLED_REDIS_COMMANDS = (
     "MONITOR",
     "SLAVEOF",
     "REPLICAOF",
+    # Also beyond the data: a full copy and live stream of every write (SYNC, PSYNC, as
+    # MONITOR), the server sending data to any host (MIGRATE), a holder of the password
+    # removing it for everyone (ACL), a failover to another server (FAILOVER).
+    "SYNC",
+    "PSYNC",
+    "MIGRATE",
+    "ACL",
+    "FAILOVER",
 )
 # Logged once the server listens (6.2 and 7.x): only then is the port surely its own.
 REDIS_READY_LINE = "Ready to accept connections"

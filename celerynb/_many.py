@@ -140,7 +140,8 @@ def reattach_previous(session: Session) -> builtins.list[Job | JobGroup]:
     # Every task of every record in one batch: one catch-up read for all of them.
     task_ids = [task_id for r in records for task_id in (r.task_ids or (r.id,))]
     names = [r.name for r in records for _ in (r.task_ids or (r.id,))]
-    watched = iter(session.attach_many(task_ids, names, register=False))
+    shipped = [r.shipped for r in records for _ in (r.task_ids or (r.id,))]
+    watched = iter(session.attach_many(task_ids, names, register=False, shipped=shipped))
     for record in records:
         jobs = [next(watched) for _ in (record.task_ids or (record.id,))]
         for job in jobs:  # a group's tasks were sent with it: elapsed goes on from then

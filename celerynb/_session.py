@@ -273,6 +273,7 @@ class Session:
         names: Sequence[str | None] | None = None,
         *,
         register: bool = True,
+        shipped: Sequence[bool | None] | None = None,
     ) -> list[Job]:
         """Watch tasks started anywhere, by id. Jobs of this kernel are returned as is.
 
@@ -287,7 +288,8 @@ class Session:
         # Submitted from an earlier kernel (or another notebook): the job store has its
         # name and when it was sent, so its elapsed time goes on from there.
         kept = store.find(unseen, self.backend_key) if unseen else {}
-        for task_id, name in zip(task_ids, names or [None] * len(task_ids)):
+        shipped = shipped or [None] * len(task_ids)
+        for task_id, name, was_shipped in zip(task_ids, names or [None] * len(task_ids), shipped):
             try:
                 known = registry.find_exact(task_id)
             except LookupError:
@@ -303,7 +305,10 @@ class Session:
                 job.call_repr, job._code = known.call_repr, known._code
                 job._submitted_at = known._submitted_at
             else:
-                job = Job(task_id, name or placeholder_name(task_id), self, shipped=None)
+                # A shipped call's outcome must be signed, whoever attaches it again.
+                if was_shipped is None and record is not None:
+                    was_shipped = record.shipped
+                job = Job(task_id, name or placeholder_name(task_id), self, shipped=was_shipped)
                 if record is not None:
                     job._count_from(record.submitted)
             job.named = bool(name) or known is not None  # else a state or worker may tell

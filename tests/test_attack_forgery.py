@@ -182,3 +182,22 @@ def test_a_queued_shipped_job_revoked_by_another_client_ends_cancelled(session, 
     assert wait_for(queued.done, timeout=30), queued.status_line()
     assert queued.cancelled() and queued.note is None
     assert [job.result(timeout=30) for job in busy] == ["busy", "busy"]
+
+
+def test_a_shipped_job_attached_again_by_id_still_needs_a_signed_outcome(session, tmp_path):
+    """As after a kernel restart: the job store says the task was shipped, so an
+    unsigned SUCCESS does not finish the job attached again by its id."""
+    from celerynb._registry import registry
+
+    gate = tmp_path / "gate"
+    first = celerynb.submit(gated, str(gate), "real")
+    assert wait_for(lambda: first.state == "STARTED", timeout=30)
+    with registry._lock:
+        registry._jobs.pop(first.id)  # this kernel forgets it, as a new kernel would
+    again = celerynb.attach(first.id)
+    assert again is not first and again._shipped is True
+    forge(session, first.id, {"status": "SUCCESS", "result": {"attacker": "chosen value"}})
+    assert wait_for(lambda: again.note is not None, timeout=10), again.status_line()
+    assert not again.done()
+    gate.touch()
+    assert again.result(timeout=30) == "real"

@@ -100,6 +100,11 @@ DISABLED = [
     ("MONITOR",),
     ("SLAVEOF", "NO", "ONE"),
     ("REPLICAOF", "NO", "ONE"),
+    ("SYNC",),
+    ("PSYNC", "?", "-1"),
+    ("MIGRATE", "127.0.0.1", "1", "k", "0", "100"),
+    ("ACL", "SETUSER", "default", "nopass"),
+    ("FAILOVER",),
 ]
 
 

@@ -110,8 +110,10 @@ class RedisPushSource:
             except Exception:
                 pass
         self._pubsub = None
-        self.data_lost = not self._backend.client.exists(self._sentinel)
+        sentinel_gone = not self._backend.client.exists(self._sentinel)
         self._ensure_pubsub()
+        # Both: a client could delete the sentinel, but not change the server's run_id.
+        self.data_lost = sentinel_gone and self.restarted
         return self._catch_up(list(self._channel_to_id))
 
     def wake(self) -> None:
