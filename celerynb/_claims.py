@@ -20,6 +20,8 @@ still bounds the age of any replay.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import socket
@@ -70,17 +72,28 @@ class Holder:
     def this_process(cls) -> Holder:
         return cls(socket.gethostname(), os.getpid(), uuid.uuid4().hex[:12])
 
-    def encode(self) -> str:
-        return f"{self.host}|{self.pid}|{self.token}"
+    def encode(self, key: str, secret: bytes) -> str:
+        """The claim's value: who holds ``key``, signed (a value written by anyone who can
+        reach the store, naming some pool process, must not pass for a worker's)."""
+        body = f"{self.host}|{self.pid}|{self.token}"
+        return f"{body}|{_claim_mac(secret, key, body)}"
 
     @classmethod
-    def parse(cls, value: str | None) -> Holder | None:
+    def parse(cls, value: str | None, key: str, secret: bytes) -> Holder | None:
+        """The holder a claim value names, if a worker holding ``secret`` wrote it."""
         if not value or value == DONE:
             return None
-        parts = value.rsplit("|", 2)
+        body, _, mac = value.rpartition("|")
+        parts = body.rsplit("|", 2)
         if len(parts) != 3 or not parts[1].isdigit():
             return None
+        if not hmac.compare_digest(mac, _claim_mac(secret, key, body)):
+            return None
         return cls(parts[0], int(parts[1]), parts[2])
+
+
+def _claim_mac(secret: bytes, key: str, body: str) -> str:
+    return hmac.new(secret, f"{key}|{body}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 class ClaimStore(Protocol):
@@ -190,13 +203,14 @@ def claim_run(
     key: str,
     me: Holder,
     *,
+    secret: bytes,
     lease: float = LEASE_SECONDS,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     alive: Callable[[int], bool] = process_alive,
 ) -> None:
     """Take the claim ``key`` for ``me``, or raise Refused (see the module's rules)."""
-    mine = me.encode()
+    mine = me.encode(key, secret)
     deadline = clock() + lease + 2 * WAIT_STEP
     while True:
         if store.try_claim(key, mine, lease):
@@ -204,7 +218,7 @@ def claim_run(
         value = store.current(key)
         if value == DONE:
             raise Refused("it already ran: a replayed or duplicate message")
-        holder = Holder.parse(value)
+        holder = Holder.parse(value, key, secret)  # None too for a forged value
         if holder is not None and holder.host == me.host and not alive(holder.pid):
             if store.replace(key, value, mine, lease):  # type: ignore[arg-type]
                 log.info("celerynb: run of %s taken over from dead pid %s", key, holder.pid)
@@ -225,8 +239,10 @@ class LeaseKeeper:
     _thread: threading.Thread | None = None
     _thread_pid = 0
 
-    def __init__(self, store: ClaimStore, key: str, me: Holder, lease: float = LEASE_SECONDS):
-        self._entry = (id(store), key), (store, me.encode(), lease)
+    def __init__(
+        self, store: ClaimStore, key: str, me: Holder, secret: bytes, lease: float = LEASE_SECONDS
+    ):
+        self._entry = (id(store), key), (store, me.encode(key, secret), lease)
 
     def __enter__(self) -> LeaseKeeper:
         cls = type(self)

@@ -186,7 +186,7 @@ class ShippedTaskBackend:
             body = verify_envelope(args[0], secret=key, purpose="call", task_id=task_id)
             claims = store_for(self._app)
             claim = claim_key(task_id, str(body.get("nonce")))
-            if not revoked and not self._ran_here(claims, claim, request):
+            if not revoked and not self._ran_here(claims, claim, request, key):
                 return None
             claims.finish(claim, keep=self.max_call_age + CLOCK_SKEW)
         except Exception as exc_info:
@@ -196,14 +196,14 @@ class ShippedTaskBackend:
         return ShippedTaskError(f"{type(exc).__name__}: {exc}", sealed)
 
     @staticmethod
-    def _ran_here(claims: Any, claim: str, request: Any) -> bool:
+    def _ran_here(claims: Any, claim: str, request: Any, secret: bytes) -> bool:
         pid = getattr(request, "worker_pid", None)
         if pid is None:
             return False
         if not claims.shared:
             return True  # the claim lives in the pool process: only the pid can be checked
         value = claims.current(claim)
-        holder = Holder.parse(value)
+        holder = Holder.parse(value, claim, secret)  # signed: no forged holder passes
         return (
             value != DONE
             and holder is not None

@@ -45,12 +45,12 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     claim = claim_key(task_id, str(body.get("nonce")))
     me = Holder.this_process()
     try:
-        claim_run(claims, claim, me)
+        claim_run(claims, claim, me, secret=key)
     except Refused as why:
         log.warning("celerynb: refused to run task %s: %s", task_id, why)
         raise Ignore() from None  # no state written: the real run's states stand
     try:
-        with LeaseKeeper(claims, claim, me), holding_claim(task_id):
+        with LeaseKeeper(claims, claim, me, key), holding_claim(task_id):
             _announce_started(task)
             return _call(body, key, task_id)
     finally:
