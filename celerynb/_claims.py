@@ -28,7 +28,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -192,6 +193,30 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_claimed = threading.local()  # .runs: task id -> signed run, for calls this thread holds
+
+
+@contextmanager
+def holding_claim(task_id: str, run: dict[str, Any]) -> Iterator[None]:
+    """Within it, this thread's run of ``task_id`` holds the claim: it may write STARTED,
+    and every state it writes carries ``run``, its signed (hostname, pid), which is what
+    the kernel judges the liveness of a shipped job by (a forged entry naming some
+    worker cannot make it LOST)."""
+    runs = getattr(_claimed, "runs", None)
+    if runs is None:
+        runs = _claimed.runs = {}
+    runs[task_id] = run
+    try:
+        yield
+    finally:
+        runs.pop(task_id, None)
+
+
+def signed_run(task_id: str) -> dict[str, Any] | None:
+    """The signed run of ``task_id`` when this thread holds its claim, else None."""
+    return getattr(_claimed, "runs", {}).get(task_id)
 
 
 class Refused(Exception):

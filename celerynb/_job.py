@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import reprlib
 import threading
@@ -29,6 +30,7 @@ from ._schema import (
     LOST,
     PROGRESS,
     REQUEUED,
+    RUN_KEY,
     UNKNOWN,
     ProgressSnapshot,
     acceptable_state,
@@ -119,6 +121,7 @@ class Job(WatchedFuture):
         self._notes: dict[str, str] = {}  # topic -> what is odd about this job now
         self._news_at: float | None = None  # when a live update last moved the job
         self._unfollowed_note: str | None = None  # why no state may ever come (rpc://)
+        self._vouched_run: tuple[str, int] | None = None  # a shipped call's signed run
         self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
         self.asked_for_name = False
 
@@ -172,6 +175,8 @@ class Job(WatchedFuture):
             return
         if not self.named:
             self._learn_name(meta.get("name"))
+        if self._shipped is True:
+            self._take_signed_run(meta.get("result"))
         outcome: tuple[str, Any] | None = None
         if state in states.READY_STATES:
             try:
@@ -247,6 +252,27 @@ class Job(WatchedFuture):
             notes.append(self._session.backend_caveat)
         notes += self._notes.values()
         return "; ".join(note for note in notes if note) or None
+
+    @property
+    def worker_run(self) -> tuple[str, int | None] | None:
+        """(hostname, pid) of the process running the task, for judging whether it lives:
+        for a shipped job only the run its worker signed (a forged progress entry naming
+        some worker must not make it LOST); else what its states say."""
+        if self._shipped is True:
+            return self._vouched_run
+        hostname = self._snapshot.hostname
+        return (hostname, self._snapshot.pid) if hostname else None
+
+    def _take_signed_run(self, result: Any) -> None:
+        run = result.get(RUN_KEY) if isinstance(result, dict) else None
+        if run is None:
+            return
+        try:
+            data = open_envelope(run, secret=self._session.secret, purpose="run", task_id=self.id)
+            info = json.loads(data)
+            self._vouched_run = (str(info["hostname"]), int(info["pid"]))
+        except Exception:  # unsigned or forged: not a run this kernel can judge by
+            return
 
     @property
     def watch_after_done(self) -> bool:

@@ -31,7 +31,7 @@ from celery import Task, states
 from celery.exceptions import TaskRevokedError
 from celery.worker.request import Request
 
-from ._claims import DONE, Holder, claim_key, store_for
+from ._claims import DONE, Holder, claim_key, signed_run, store_for
 from ._config import max_call_age, secret_from_env
 from ._errors import ShippedTaskError
 from ._remote_errors import pickle_exception
@@ -41,24 +41,6 @@ from ._signing import CLOCK_SKEW, seal, verify_envelope
 log = logging.getLogger(__name__)
 
 _acting = threading.local()  # .request: the Request the main process acts for
-_claimed = threading.local()  # .task_ids: calls this pool process holds the claim of
-
-
-@contextmanager
-def holding_claim(task_id: str) -> Iterator[None]:
-    """Within it, this thread's run of ``task_id`` holds the claim (may write STARTED)."""
-    ids = getattr(_claimed, "task_ids", None)
-    if ids is None:
-        ids = _claimed.task_ids = set()
-    ids.add(task_id)
-    try:
-        yield
-    finally:
-        ids.discard(task_id)
-
-
-def _holds_claim(task_id: str) -> bool:
-    return task_id in getattr(_claimed, "task_ids", ())
 
 
 @contextmanager
@@ -138,7 +120,7 @@ class ShippedTaskBackend:
         return self._app.backend
 
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any):
-        if state == states.STARTED and not _holds_claim(task_id):
+        if state == states.STARTED and signed_run(task_id) is None:
             return result  # Celery's own STARTED comes before the claim; the run writes it
         if state in states.READY_STATES:
             self._drop_forged_success(task_id)

@@ -22,7 +22,8 @@ from celery import current_task
 from celery.signals import task_postrun
 from tqdm.auto import tqdm as _auto_tqdm
 
-from ._schema import PROGRESS, bar_meta, task_meta
+from ._claims import signed_run
+from ._schema import PROGRESS, RUN_KEY, bar_meta, task_meta
 
 DEFAULT_MAX_WRITES_PER_SECOND = 10.0
 
@@ -40,6 +41,7 @@ class TaskProgress:
         clock: Callable[[], float] = time.monotonic,
     ):
         self._clock = clock
+        self.run = signed_run(task.request.id)  # made in the task's thread, on first use
         self.report_started: float | None = None  # the first ``report()`` of the task
         self.task = task
         self.task_id: str = task.request.id
@@ -77,6 +79,8 @@ class TaskProgress:
 
     def _write(self, bars: list[dict[str, Any]]) -> None:
         meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
+        if self.run is not None:  # a shipped call: its signed run, for the kernel
+            meta[RUN_KEY] = self.run
         try:
             self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
         except Exception as exc:  # progress is best effort: never fail the task for it

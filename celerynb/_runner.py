@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -10,11 +11,19 @@ import cloudpickle
 from celery import states
 from celery.exceptions import Ignore
 
-from ._claims import Holder, LeaseKeeper, Refused, claim_key, claim_run, store_for
+from ._claims import (
+    Holder,
+    LeaseKeeper,
+    Refused,
+    claim_key,
+    claim_run,
+    holding_claim,
+    store_for,
+)
 from ._config import max_call_age, secret_from_env
 from ._errors import SerializationError, ShippedTaskError, VersionMismatchError
-from ._outcomes import holding_claim
 from ._remote_errors import pickle_exception
+from ._schema import RUN_KEY
 from ._signing import (
     CLOCK_SKEW,
     check_age,
@@ -50,8 +59,9 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
         log.warning("celerynb: refused to run task %s: %s", task_id, why)
         raise Ignore() from None  # no state written: the real run's states stand
     try:
-        with LeaseKeeper(claims, claim, me, key), holding_claim(task_id):
-            _announce_started(task)
+        run = _signed_run(task, key)
+        with LeaseKeeper(claims, claim, me, key), holding_claim(task_id, run):
+            _announce_started(task, run)
             return _call(body, key, task_id)
     finally:
         try:
@@ -84,16 +94,17 @@ def _call(body: dict[str, Any], key: bytes, task_id: str) -> dict[str, Any]:
     return seal(data, secret=key, purpose="result", task_id=task_id)
 
 
-def _announce_started(task: Any) -> None:
-    """STARTED, written by the run that holds the claim (Celery's own is held back)."""
-    if not (task.track_started or task.app.conf.task_track_started):
-        return
+def _signed_run(task: Any, key: bytes) -> dict[str, Any]:
+    """This run's worker and process, signed for the kernel's liveness judgement."""
+    run = {"hostname": task.request.hostname, "pid": os.getpid()}
+    return seal(json.dumps(run).encode(), secret=key, purpose="run", task_id=task.request.id)
+
+
+def _announce_started(task: Any, run: dict[str, Any]) -> None:
+    """STARTED, written by the run that holds the claim (Celery's own is held back),
+    with the run signed."""
+    meta = {"pid": os.getpid(), "hostname": task.request.hostname, RUN_KEY: run}
     try:
-        task.backend.store_result(
-            task.request.id,
-            {"pid": os.getpid(), "hostname": task.request.hostname},
-            states.STARTED,
-            request=task.request,
-        )
+        task.backend.store_result(task.request.id, meta, states.STARTED, request=task.request)
     except Exception as exc:
         log.warning("celerynb: could not store STARTED for %s: %s", task.request.id, exc)

@@ -29,6 +29,7 @@ from typing import Any
 from celery import states
 
 PROGRESS = "PROGRESS"
+RUN_KEY = "celerynb_run"  # in a shipped call's states: its signed (hostname, pid)
 # Published on a task's channel instead of a state too big to publish (Redis drops a
 # subscriber whose output buffer passes 32 MB): the kernel reads the key instead.
 STORED_MARKER = b"celerynb:stored"

@@ -29,7 +29,7 @@ import cloudpickle
 from ._errors import PayloadRefusedError, UntrustedResultError, VersionMismatchError
 
 ENVELOPE_VERSION = 1
-PURPOSES = ("call", "result", "error")
+PURPOSES = ("call", "result", "error", "run")
 CLOCK_SKEW = 300.0  # seconds a kernel's clock may run ahead of a worker's
 
 

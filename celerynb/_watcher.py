@@ -62,6 +62,9 @@ class Watched(Protocol):
 
     def news_age(self, now: float) -> float | None: ...
 
+    @property
+    def worker_run(self) -> tuple[str, int | None] | None: ...
+
     def _learn_name(self, name: Any) -> None: ...
 
 
@@ -319,12 +322,13 @@ class Watcher:
         if monitor is None:
             return
         for job in list(self._jobs.values()):
-            hostname = job.progress.hostname
-            if not hostname or job.done() or job.state not in RUNNING_STATES:
+            run = job.worker_run
+            if run is None or job.done() or job.state not in RUNNING_STATES:
                 continue
+            hostname, pid = run
             verdict, note = judge(monitor.evidence(hostname, job.news_age(now), now))
             if verdict == PROBE:
-                monitor.probe(hostname, job.progress.pid)
+                monitor.probe(hostname, pid)
             elif verdict == LOST_VERDICT:
                 job._lose(hostname, monitor.silent_for(hostname, now) or 0.0)
             job._set_note("worker", note if verdict == WAIT else None)

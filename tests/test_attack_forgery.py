@@ -6,6 +6,7 @@ signed outcome still wins."""
 import json
 import os
 import signal
+import time
 import uuid
 
 import pytest
@@ -201,3 +202,24 @@ def test_a_shipped_job_attached_again_by_id_still_needs_a_signed_outcome(session
     assert not again.done()
     gate.touch()
     assert again.result(timeout=30) == "real"
+
+
+def test_a_forged_progress_entry_naming_a_dead_worker_does_not_make_a_shipped_job_lost(
+    session, tmp_path
+):
+    """Liveness of a shipped job is judged by the run its worker signed, not by whatever
+    worker a progress entry names (that one answers no ping: it would be judged LOST)."""
+    from celerynb._liveness import LOST_AFTER, NOT_HEARD_GRACE
+
+    gate = tmp_path / "gate"
+    job = celerynb.submit(gated, str(gate), "real")
+    assert wait_for(lambda: job.worker_run is not None, timeout=30)
+    ghost = {"current": 1, "total": 2, "hostname": "celery@ghost-host", "pid": 99999}
+    forge(session, job.id, {"status": "PROGRESS", "result": ghost})
+    assert wait_for(lambda: job.progress.hostname == "celery@ghost-host", timeout=10)
+    deadline = time.monotonic() + LOST_AFTER + NOT_HEARD_GRACE + 4  # past any verdict
+    while time.monotonic() < deadline:
+        assert not job.done(), job.status_line()
+        time.sleep(0.2)
+    gate.touch()
+    assert job.result(timeout=30) == "real"
