@@ -34,9 +34,9 @@ from celery.worker.request import Request
 from ._claims import DONE, Holder, claim_key, signed_run, store_for
 from ._config import max_call_age, secret_from_env
 from ._errors import ShippedTaskError
-from ._remote_errors import pickle_exception
+from ._remote_errors import sealed_error
 from ._schema import PUBLISH_LIMIT, STORED_MARKER
-from ._signing import CLOCK_SKEW, seal, verify_envelope
+from ._signing import CLOCK_SKEW, verify_envelope
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ class ShippedTaskBackend:
         except Exception as exc_info:
             log.debug("celerynb: not signing the outcome of %s: %s", task_id, exc_info)
             return None
-        sealed = seal(pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
-        return ShippedTaskError(f"{type(exc).__name__}: {exc}", sealed)
+        return sealed_error(exc, secret=key, task_id=task_id)
 
     @staticmethod
     def _ran_here(claims: Any, claim: str, request: Any, secret: bytes) -> bool:

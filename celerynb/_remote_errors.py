@@ -12,7 +12,8 @@ from typing import Any
 
 import cloudpickle
 
-from ._errors import RemoteError, RemoteTraceback
+from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
+from ._signing import seal
 from ._tracebacks import restore_sources, source_map
 
 
@@ -29,6 +30,15 @@ def pickle_exception(exc: BaseException) -> bytes:
     return cloudpickle.dumps(
         {"exc": pickled_exc, "type": type(exc).__qualname__, "message": str(exc), "tb": tb}
     )
+
+
+def sealed_error(
+    exc: BaseException, *, secret: bytes, task_id: str, summary: str | None = None
+) -> ShippedTaskError:
+    """``exc`` as the outcome of shipped task ``task_id``: pickled, signed, and carried
+    by a ShippedTaskError whose one-line ``summary`` logs and Flower show."""
+    sealed = seal(pickle_exception(exc), secret=secret, purpose="error", task_id=task_id)
+    return ShippedTaskError(f"{type(exc).__name__}: {exc}" if summary is None else summary, sealed)
 
 
 def exception_from_info(data: bytes, code: Any = None) -> BaseException:

@@ -27,8 +27,7 @@ from celery.exceptions import TaskRevokedError
 
 from ._config import mask_password, mask_url
 from ._errors import ShippedTaskError, one_line
-from ._remote_errors import pickle_exception
-from ._signing import seal
+from ._remote_errors import sealed_error
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +286,7 @@ class Revoker:
             key = self._secret()
         except Exception:
             return None
-        error = TaskRevokedError(REASON)
-        sealed = seal(pickle_exception(error), secret=key, purpose="error", task_id=task_id)
-        return ShippedTaskError(f"TaskRevokedError: {REASON}", sealed)
+        return sealed_error(TaskRevokedError(REASON), secret=key, task_id=task_id)
 
 
 def _call_each(callbacks: list[OnChange]) -> None:

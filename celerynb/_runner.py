@@ -21,8 +21,8 @@ from ._claims import (
     store_for,
 )
 from ._config import max_call_age, secret_from_env
-from ._errors import SerializationError, ShippedTaskError, VersionMismatchError
-from ._remote_errors import pickle_exception
+from ._errors import SerializationError, VersionMismatchError
+from ._remote_errors import sealed_error
 from ._schema import RUN_KEY
 from ._signing import (
     CLOCK_SKEW,
@@ -74,14 +74,12 @@ def _call(body: dict[str, Any], key: bytes, task_id: str) -> dict[str, Any]:
     try:
         check_versions(body)
     except VersionMismatchError as exc:  # a verified call: say so, signed
-        sealed = seal(pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
-        raise ShippedTaskError(str(exc), sealed) from None
+        raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
     fn, args, kwargs = cloudpickle.loads(envelope_data(body))
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:
-        sealed = seal(pickle_exception(exc), secret=key, purpose="error", task_id=task_id)
-        raise ShippedTaskError(f"{type(exc).__name__}: {exc}", sealed) from exc
+        raise sealed_error(exc, secret=key, task_id=task_id) from exc
     try:
         data = cloudpickle.dumps(value)
     except Exception as exc:  # signed like any error of the call, or the job waits forever
@@ -89,8 +87,7 @@ def _call(body: dict[str, Any], key: bytes, task_id: str) -> dict[str, Any]:
             f"the result of {getattr(fn, '__name__', fn)!r} ({type(value).__name__}) "
             f"cannot be pickled: {exc}"
         )
-        sealed = seal(pickle_exception(error), secret=key, purpose="error", task_id=task_id)
-        raise ShippedTaskError(str(error), sealed) from None
+        raise sealed_error(error, secret=key, task_id=task_id, summary=str(error)) from None
     return seal(data, secret=key, purpose="result", task_id=task_id)
 
 
