@@ -7,7 +7,7 @@ import re
 
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
-from ._errors import MissingSecretError
+from ._errors import MissingSecretError, one_line
 
 SECRET_ENV = "CELERYNB_SECRET"
 BROKER_ENV = "CELERYNB_BROKER_URL"
@@ -53,6 +53,14 @@ def mask_password(text: str, url: str | None) -> str:
     except Exception:
         password = None
     return text.replace(password, "**") if password else text
+
+
+def failure_line(doing: str, url: str | None, exc: BaseException) -> str:
+    """``"{doing} {masked url}: {ExcType}: {message}"`` on one line, no password shown:
+    how every failure to reach a broker or backend is told."""
+    return one_line(
+        f"{doing} {mask_url(url)}: {type(exc).__name__}: {mask_password(str(exc), url)}"
+    )
 
 
 MAX_CALL_AGE_ENV = "CELERYNB_MAX_CALL_AGE"

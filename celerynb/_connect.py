@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 
 from ._backend import plain_backend_url, quiet_backend_url
-from ._config import BACKEND_ENV, BROKER_ENV, default_backend, mask_password, mask_url
+from ._config import BACKEND_ENV, BROKER_ENV, default_backend, failure_line, mask_url
 from ._errors import ConnectionSettingsError, NotConnectedError, one_line
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
@@ -97,10 +97,7 @@ def connect(
     except Exception as exc:  # Celery builds the result backend here and can refuse it
         backend_url = plain_backend_url(str(app.conf.result_backend))
         raise ConnectionSettingsError(
-            one_line(
-                f"cannot use the result backend {mask_url(backend_url)}: "
-                f"{type(exc).__name__}: {mask_password(str(exc), backend_url)}"
-            )
+            failure_line("cannot use the result backend", backend_url, exc)
         ) from None
     if check:
         session.check_broker()

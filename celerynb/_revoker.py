@@ -25,7 +25,7 @@ from typing import Any
 from celery import states
 from celery.exceptions import TaskRevokedError
 
-from ._config import mask_password, mask_url
+from ._config import failure_line, mask_url
 from ._errors import ShippedTaskError, one_line
 from ._remote_errors import sealed_error
 
@@ -182,10 +182,7 @@ class Revoker:
                     connection=connection,
                 )
         except Exception as exc:
-            why = one_line(
-                f"cannot reach the broker at {mask_url(url)}: {type(exc).__name__}: "
-                f"{mask_password(str(exc), url)}"
-            )
+            why = failure_line("cannot reach the broker at", url, exc)
             self._not_delivered(entries, why)
             return
         # A revoke sent again after a failure counts once a worker answered it: sent

@@ -16,7 +16,7 @@ from celery import Celery, states
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
-from ._config import SHIPPED_TASK_NAME, mask_password, mask_url, secret_from_env
+from ._config import SHIPPED_TASK_NAME, failure_line, mask_url, secret_from_env
 from ._errors import (
     BrokerUnreachableError,
     CelerynbError,
@@ -24,7 +24,6 @@ from ._errors import (
     NotConnectedError,
     SerializationError,
     UnknownTaskError,
-    one_line,
 )
 from ._job import Job, placeholder_name
 from ._liveness import WorkerMonitor
@@ -123,10 +122,7 @@ class Session:
             raise
         except Exception as exc:
             raise BrokerUnreachableError(
-                one_line(
-                    f"cannot {doing} at {self.broker_url}: {type(exc).__name__}: "
-                    f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
-                )
+                failure_line(f"cannot {doing} at", self.app.conf.broker_write_url, exc)
             ) from None
 
     def submit(
@@ -202,10 +198,10 @@ class Session:
         except Exception as exc:
             job._finish_cancelled()
             raise BrokerUnreachableError(
-                one_line(
-                    f"could not send {job.call_repr} to the broker at {self.broker_url}: "
-                    f"{type(exc).__name__}: "
-                    f"{mask_password(str(exc), self.app.conf.broker_write_url)}"
+                failure_line(
+                    f"could not send {job.call_repr} to the broker at",
+                    self.app.conf.broker_write_url,
+                    exc,
                 )
             ) from None
         if record:
