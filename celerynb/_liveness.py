@@ -190,14 +190,6 @@ class WorkerMonitor:
             return None  # the listener itself may be behind (a busy kernel)
         return now - last
 
-    def is_lost(self, hostname: str) -> bool:
-        """True when ``hostname`` is known to have been silent for ``lost_after``
-        seconds (2 s after it said it went offline: its last writes may be in flight)."""
-        silent = self.silent_for(hostname)
-        if silent is None:
-            return False
-        return silent >= (OFFLINE_GRACE if hostname in self._offline else self.lost_after)
-
     def evidence(self, hostname: str, news_age: float | None, now: float) -> Evidence:
         """What is known of ``hostname`` now (see ``judge``)."""
         probe = self._probes.get(hostname)

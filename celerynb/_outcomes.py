@@ -110,7 +110,7 @@ class ShippedTaskBackend:
     def __init__(self, app: Any, secret: Any) -> None:
         self._app = app
         self._secret = secret  # a callable returning the key, or raising without one
-        self.max_call_age: float = 24 * 3600
+        self.max_call_age = max_call_age()  # the "done" mark is kept as long as calls live
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._app.backend, name)
@@ -228,11 +228,9 @@ class ShippedTask(Task):
     def backend(self) -> Any:
         if self._signing_backend is None:
             key = self.celerynb_key
-            signing = ShippedTaskBackend(
+            self._signing_backend = ShippedTaskBackend(
                 self.app, lambda: key if key is not None else secret_from_env()
             )
-            signing.max_call_age = max_call_age()
-            self._signing_backend = signing
         return self._signing_backend
 
     @backend.setter

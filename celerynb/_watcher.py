@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from celery import states
@@ -242,15 +243,8 @@ class Watcher:
         if self._app is None or not getattr(self._source, "broker_shares_server", False):
             return
         waiting = [job for job in self._jobs.values() if job.state == states.PENDING]
-        if not waiting:
-            return
 
-        def ask() -> None:
-            try:
-                held = tasks_on_workers(self._app, [job.id for job in waiting])
-            except Exception as exc:
-                log.debug("celerynb: asking the workers about lost tasks failed: %s", exc)
-                return
+        def tell(held: dict[str, str]) -> None:
             lost = [job for job in waiting if job.id not in held]
             if lost:
                 log.warning(
@@ -261,7 +255,26 @@ class Watcher:
             for job in lost:
                 job._lose_message()
 
-        threading.Thread(target=ask, name="celerynb-ask-lost", daemon=True).start()
+        self._ask_workers_about(waiting, tell)
+
+    def _ask_workers_about(
+        self, jobs: list[Watched], then: Callable[[dict[str, str]], None]
+    ) -> None:
+        """Ask the workers which of ``jobs`` they hold (``tasks_on_workers``) in a thread
+        of its own (the answer takes up to a second), and call ``then`` with it."""
+        if not jobs or self._app is None:
+            return
+        app = self._app
+
+        def ask() -> None:
+            try:
+                held = tasks_on_workers(app, [job.id for job in jobs])
+            except Exception as exc:  # the broker is away: nothing learnt this time
+                log.debug("celerynb: asking the workers about %d job(s) failed: %s", len(jobs), exc)
+                return
+            then(held)
+
+        threading.Thread(target=ask, name="celerynb-ask-workers", daemon=True).start()
 
     def _step(self) -> None:
         self._wake_pending.clear()  # before draining: a job queued from now on wakes again
@@ -358,15 +371,8 @@ class Watcher:
             ):
                 job.asked_for_name = True
                 unnamed.append(job)
-        if not pending and not unnamed:
-            return
 
-        def ask() -> None:
-            try:
-                found = tasks_on_workers(self._app, [job.id for job in pending + unnamed])
-            except Exception as exc:
-                log.debug("celerynb: asking the workers about attached tasks failed: %s", exc)
-                return
+        def tell(found: dict[str, str]) -> None:
             for job in pending:
                 if job.id not in found:
                     job._mark_unknown()
@@ -374,7 +380,7 @@ class Watcher:
                 if found.get(job.id):
                     job._learn_name(found[job.id])
 
-        threading.Thread(target=ask, name="celerynb-ask-workers", daemon=True).start()
+        self._ask_workers_about(pending + unnamed, tell)
 
     def _dispatch(self, updates: list[Update], live: bool = False) -> None:
         """Feed states to their jobs; ``live`` ones were just written (news of the

@@ -90,7 +90,7 @@ def test_the_monitor_says_nothing_of_silence_just_after_it_connected():
     clock.now += 5
     monitor._drained()
     assert monitor.silent_for("w@h") == pytest.approx(LOST_AFTER + 4)
-    assert monitor.is_lost("w@h")
+    assert judge(monitor.evidence("w@h", None, clock.now)) == (PROBE, None)
 
 
 def test_the_monitor_does_not_call_silence_what_it_did_not_drain():
