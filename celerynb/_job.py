@@ -122,6 +122,7 @@ class Job(WatchedFuture):
         self._news_at: float | None = None  # when a live update last moved the job
         self._unfollowed_note: str | None = None  # why no state may ever come (rpc://)
         self._vouched_run: tuple[str, int] | None = None  # a shipped call's signed run
+        self._vouched_run_mac: str | None = None  # its signature, verified once
         self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
         self.asked_for_name = False
 
@@ -265,12 +266,13 @@ class Job(WatchedFuture):
 
     def _take_signed_run(self, result: Any) -> None:
         run = result.get(RUN_KEY) if isinstance(result, dict) else None
-        if run is None:
-            return
+        if not isinstance(run, dict) or run.get("mac") == self._vouched_run_mac:
+            return  # none, or the same run again (every progress write carries it)
         try:
             data = open_envelope(run, secret=self._session.secret, purpose="run", task_id=self.id)
             info = json.loads(data)
             self._vouched_run = (str(info["hostname"]), int(info["pid"]))
+            self._vouched_run_mac = run["mac"]
         except Exception:  # unsigned or forged: not a run this kernel can judge by
             return
 
