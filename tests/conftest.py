@@ -28,6 +28,20 @@ os.environ["CELERYNB_STORE"] = os.path.join(_STORE_DIR, "jobs.sqlite3")
 atexit.register(shutil.rmtree, _STORE_DIR, ignore_errors=True)
 
 
+class FakeClock:
+    """Time that moves only when the test says so (``now``, or ``sleep``): a swappable
+    clock for timing logic (throttles, leases, backoff, liveness, rendering)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def wait_for(
     predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.02
 ) -> bool:

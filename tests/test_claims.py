@@ -1,6 +1,7 @@
 """The run-once rule for shipped calls, with a clock the test controls (no server)."""
 
 import pytest
+from conftest import FakeClock
 
 from celerynb._claims import (
     DONE,
@@ -11,17 +12,6 @@ from celerynb._claims import (
     claim_key,
     claim_run,
 )
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_for
+from conftest import FakeClock, wait_for
 
 from celerynb._liveness import (
     ALIVE,
@@ -71,16 +71,8 @@ def test_a_probe_decides(probe, verdict):
     assert (note is not None) == (verdict == WAIT)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_the_monitor_says_nothing_of_silence_just_after_it_connected():
-    clock = Clock()
+    clock = FakeClock()
     monitor = WorkerMonitor(app=None, clock=clock)
     monitor._connected_since = clock.now
     monitor._heard({"hostname": "w@h"})
@@ -94,7 +86,7 @@ def test_the_monitor_says_nothing_of_silence_just_after_it_connected():
 
 
 def test_the_monitor_does_not_call_silence_what_it_did_not_drain():
-    clock = Clock()
+    clock = FakeClock()
     monitor = WorkerMonitor(app=None, clock=clock)
     monitor._connected_since = clock.now - 60
     monitor._heard({"hostname": "w@h"})
@@ -103,7 +95,7 @@ def test_the_monitor_does_not_call_silence_what_it_did_not_drain():
 
 
 def test_an_answered_probe_counts_as_hearing_the_worker():
-    clock = Clock()
+    clock = FakeClock()
 
     class Control:
         def ping(self, destination, timeout):

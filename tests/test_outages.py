@@ -26,6 +26,13 @@ def gated(gate, value):
     return value
 
 
+def started(session, gate, value):
+    """A job of ``gated(gate, value)`` on ``session``, once it runs."""
+    job = session.submit(gated, (str(gate), value))
+    assert wait_for(lambda: job.state == "STARTED", timeout=60)
+    return job
+
+
 @pytest.fixture
 def private_redis(tmp_path, monkeypatch):
     """A redis-server without persistence, that the test can kill and start again, and
@@ -63,8 +70,7 @@ def test_while_the_backend_is_down_bars_say_so_and_calls_fail_in_one_line(
 ):
     session, restart, kill = private_redis
     gate = tmp_path / "gate"
-    job = session.submit(gated, (str(gate), "through"))
-    assert wait_for(lambda: job.state == "STARTED", timeout=60)
+    job = started(session, gate, "through")
     with caplog.at_level(logging.INFO, logger="celerynb"):
         kill()
         assert wait_for(lambda: job.note and "unreachable" in job.note, timeout=15), job.note
@@ -87,8 +93,7 @@ def test_a_server_that_comes_back_empty_tells_the_queued_jobs_they_were_lost(
 ):
     session, restart, kill = private_redis
     gate = tmp_path / "gate"
-    running = session.submit(gated, (str(gate), "kept"))
-    assert wait_for(lambda: running.state == "STARTED", timeout=60)
+    running = started(session, gate, "kept")
     queued = [session.submit(gated, (str(gate), i)) for i in range(5)]  # one process: queued
     time.sleep(0.5)
     kill()
@@ -109,8 +114,7 @@ def test_a_subscriber_dropped_by_a_healthy_server_reconnects_without_a_word(
 ):
     session, _restart, _kill = private_redis
     gate = tmp_path / "gate"
-    job = session.submit(gated, (str(gate), "heard"))
-    assert wait_for(lambda: job.state == "STARTED", timeout=60)
+    job = started(session, gate, "heard")
     client = session.app.backend.client
     with caplog.at_level(logging.INFO, logger="celerynb"):
         assert client.client_kill_filter(_type="pubsub") >= 1  # as an output buffer limit does

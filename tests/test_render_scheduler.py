@@ -4,7 +4,7 @@ timing (driven by a clock the tests control) and the render thread's stop."""
 import threading
 import time
 
-from conftest import wait_for
+from conftest import FakeClock, wait_for
 
 from celerynb._display import MAX_DRAWS_PER_SECOND, RenderScheduler, pick_batch
 
@@ -61,22 +61,12 @@ def test_many_busy_renderers_share_one_budget_and_all_get_drawn():
     assert wait_for(lambda: not scheduler._live, timeout=60)
 
 
-class FakeClock:
-    """Time that moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def scheduler_on(clock, draws_per_tick=10):
     return RenderScheduler(draws_per_tick, clock=clock, threaded=False)
 
 
 def test_a_tick_draws_the_budget_and_the_next_batch_waits_a_tenth_of_a_second():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     scheduler = scheduler_on(clock)
     renderers = [CountingRenderer() for _ in range(25)]
     for renderer in renderers:
@@ -99,7 +89,7 @@ def test_a_tick_draws_the_budget_and_the_next_batch_waits_a_tenth_of_a_second():
 
 
 def test_a_renderer_with_news_all_the_time_is_drawn_ten_times_a_second():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     scheduler = scheduler_on(clock)
     renderer = CountingRenderer()
     for step in range(300):  # three seconds, news every 10 ms
@@ -111,7 +101,7 @@ def test_a_renderer_with_news_all_the_time_is_drawn_ten_times_a_second():
 
 def test_an_urgent_final_draw_does_not_wait_for_the_next_tick():
     """A text display's final line is drawn at once: ``result()`` waits for it."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     scheduler = scheduler_on(clock)
     busy, finishing = CountingRenderer(), CountingRenderer()
     scheduler.mark(busy)
@@ -128,7 +118,7 @@ def test_an_urgent_final_draw_does_not_wait_for_the_next_tick():
 
 
 def test_a_live_renderer_without_news_is_redrawn_once_a_second_until_it_finishes():
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     scheduler = scheduler_on(clock)
     renderer = CountingRenderer()
     scheduler.mark(renderer)
@@ -162,7 +152,7 @@ def test_stop_ends_the_render_thread_and_later_marks_start_none():
 def test_stop_with_flush_draws_every_live_renderer_once_more_at_once():
     """What a script's exit does: a job that finished just before would otherwise lose
     its final line to the next tick."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     scheduler = scheduler_on(clock)
     done, running = CountingRenderer(), CountingRenderer()
     scheduler.mark(done)

@@ -3,15 +3,9 @@ bound; driven with a clock the test controls and a broker that fails on command.
 
 import contextlib
 
+from conftest import FakeClock
+
 from celerynb._revoker import FIRST_RETRY, MAX_RETRY, Revoker
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 class FlakyBroker:
@@ -44,7 +38,7 @@ def revoker(clock, broker, give_up_after=60.0):
 
 
 def test_a_revoke_the_broker_did_not_take_is_noted_and_retried_with_backoff():
-    clock, broker = Clock(), FlakyBroker()
+    clock, broker = FakeClock(), FlakyBroker()
     changes = []
     revokes = revoker(clock, broker)
     entry = [("t1", True, lambda: changes.append(revokes.note("t1")))]
@@ -68,7 +62,7 @@ def test_a_revoke_the_broker_did_not_take_is_noted_and_retried_with_backoff():
 
 
 def test_a_revoke_is_given_up_at_its_bound_and_says_so():
-    clock, broker = Clock(), FlakyBroker()
+    clock, broker = FakeClock(), FlakyBroker()
     revokes = revoker(clock, broker, give_up_after=30.0)
     revokes._send([("t1", False, None)])
     clock.now += 29.0

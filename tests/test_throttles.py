@@ -1,17 +1,11 @@
 """The rates celerynb keeps, with a clock the test controls (no server): progress writes
 per task, and polling rounds of a backend that does not push."""
 
+from conftest import FakeClock
+
 from celerynb._reporting import TaskProgress
 from celerynb._schema import bar_meta
 from celerynb._sources import PollingSource
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 class Task:
@@ -26,7 +20,7 @@ class Task:
 
 
 def test_progress_writes_are_throttled_per_task_and_the_last_state_is_kept():
-    clock, task = Clock(), Task()
+    clock, task = FakeClock(), Task()
     progress = TaskProgress(task, max_writes_per_second=10, clock=clock)
     for n in range(100):  # 100 updates within 50 ms: only the first one is written
         progress.update_bar(1, bar_meta(n, 10_000))
@@ -41,7 +35,7 @@ def test_progress_writes_are_throttled_per_task_and_the_last_state_is_kept():
 
 
 def test_ten_writes_per_second_at_most_over_a_long_loop():
-    clock, task = Clock(), Task()
+    clock, task = FakeClock(), Task()
     progress = TaskProgress(task, max_writes_per_second=10, clock=clock)
     for n in range(10_000):  # 10 s of updates every millisecond
         progress.update_bar(1, bar_meta(n, 10_000))
@@ -50,7 +44,7 @@ def test_ten_writes_per_second_at_most_over_a_long_loop():
 
 
 def test_a_failed_write_is_retried_by_the_next_update_not_raised():
-    clock = Clock()
+    clock = FakeClock()
 
     class Failing(Task):
         def update_state(self, task_id, state, meta):
@@ -62,7 +56,7 @@ def test_a_failed_write_is_retried_by_the_next_update_not_raised():
 
 
 def test_a_polled_backend_is_read_at_most_once_per_interval():
-    clock, rounds = Clock(), []
+    clock, rounds = FakeClock(), []
 
     def read(backend, task_ids):
         rounds.append((clock.now, list(task_ids)))
