@@ -24,6 +24,7 @@ from tqdm.std import tqdm as std_tqdm
 from . import _future
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
+from ._future import ipython_shell
 from ._schema import LOST, REQUEUED, UNKNOWN
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
@@ -428,7 +429,7 @@ class _CellBars:
         self._lock = threading.Lock()
 
     def add(self, renderer: TextRenderer) -> None:
-        shell = _ipython_shell()
+        shell = ipython_shell()
         if shell is None:
             return  # a script: no prompt, the bar stays in place until the job is done
         with self._lock:
@@ -459,15 +460,9 @@ def final_text(job: Any) -> str:
     return "\n".join(parts)
 
 
-def _ipython_shell() -> Any:
-    """The running IPython shell, or None (never imports IPython)."""
-    ipython_module = sys.modules.get("IPython")
-    return ipython_module.get_ipython() if ipython_module is not None else None
-
-
 def widgets_available() -> bool:
     """True in a Jupyter kernel (widgets can render), False in terminals and scripts."""
-    shell = _ipython_shell()
+    shell = ipython_shell()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 

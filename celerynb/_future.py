@@ -19,11 +19,15 @@ from ._format import job_status_line
 display: Callable[[Any], Any] | None = None
 
 
+def ipython_shell() -> Any:
+    """The running IPython shell, or None (never imports IPython)."""
+    ipython_module = sys.modules.get("IPython")
+    return ipython_module.get_ipython() if ipython_module is not None else None
+
+
 def current_cell() -> int | None:
     """The execution count of the running cell, or None outside IPython."""
-    ipython_module = sys.modules.get("IPython")
-    shell = ipython_module.get_ipython() if ipython_module is not None else None
-    return getattr(shell, "execution_count", None)
+    return getattr(ipython_shell(), "execution_count", None)
 
 
 DISPLAY_GRACE = 2.0  # seconds result() waits at most for displays to show the outcome
