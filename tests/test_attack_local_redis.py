@@ -197,11 +197,25 @@ INTRUDER = textwrap.dedent(
 )
 
 
+def _python_for(**as_user):
+    """A Python that the account can run (the intruder is stdlib-only): a checkout under a
+    0700 directory (a fresh ``mktemp -d`` clone) keeps another account from its .venv."""
+    for candidate in dict.fromkeys([sys.executable, sys._base_executable, "/usr/bin/python3"]):
+        try:
+            subprocess.run(
+                [candidate, "-I", "-S", "-c", "pass"], check=True, timeout=30, cwd="/", **as_user
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return candidate
+    pytest.skip(f"no Python interpreter that {as_user or 'this account'} may run")
+
+
 def _intrude(cluster, **as_user):
     pids = [str(p.pid) for p in _family(cluster)]
     directory = str(cluster.log_path.parent)
     run = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", INTRUDER, directory, str(cluster.port), *pids],
+        [_python_for(**as_user), "-I", "-S", "-c", INTRUDER, directory, str(cluster.port), *pids],
         capture_output=True,
         text=True,
         timeout=60,
