@@ -18,6 +18,8 @@ from ._errors import (
     ClusterStartError,
     ConnectionClosedError,
     ConnectionSettingsError,
+    DataStoreError,
+    DataUnavailableError,
     MessageLostError,
     MissingSecretError,
     NotConnectedError,
@@ -37,8 +39,9 @@ from ._group import ItemCounts, JobGroup
 from ._job import Job
 from ._many import as_completed, attach, map, wait
 from ._reporting import report, tqdm
+from ._scatter import Scattered
 from ._schema import LOST, PROGRESS, REQUEUED, UNKNOWN, BarSnapshot, ProgressSnapshot
-from ._session import Session, apply_async, current_session, submit
+from ._session import Session, apply_async, current_session, scatter, submit
 from ._tables import JobTable, WorkerTable
 from ._workers import WorkerInfo
 
@@ -64,6 +67,8 @@ __all__ = [
     "ClusterStartError",
     "ConnectionClosedError",
     "ConnectionSettingsError",
+    "DataStoreError",
+    "DataUnavailableError",
     "ItemCounts",
     "Job",
     "JobGroup",
@@ -78,6 +83,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "Scattered",
     "Session",
     "UndecodableResultError",
     "UnknownJobError",
@@ -97,6 +103,7 @@ __all__ = [
     "load_ipython_extension",
     "map",
     "report",
+    "scatter",
     "submit",
     "submit_cell",
     "tqdm",

@@ -27,6 +27,8 @@ def connect(
     backend: str | None = None,
     secret: str | bytes | None = None,
     check: bool = True,
+    store: str | None = None,
+    inline_limit: int | None = None,
 ) -> Session:
     """Connect this process to Celery; later ``submit`` calls use this connection.
 
@@ -38,6 +40,12 @@ def connect(
     ``$CELERYNB_SECRET``). A ``backend`` other than the app's own is accepted with
     one warning line (its workers may have been started with ``--result-backend``);
     PENDING jobs then say why they may wait.
+
+    Arguments and results bigger than ``inline_limit`` bytes (default
+    ``$CELERYNB_INLINE_LIMIT``, else 1 MiB) travel by reference through a data store:
+    ``store`` is an fsspec URL both the kernel and the workers reach
+    (``file:///shared/dir``, ``s3://bucket/prefix``), default ``$CELERYNB_DATA_STORE``,
+    else the session's Redis (its result backend's, else its broker's).
 
     Raises:
         ConnectionSettingsError: no result backend (an app without one: its workers
@@ -93,7 +101,14 @@ def connect(
             "celerynb could not follow any job; give a Redis, database or rpc:// URL"
         )
     try:
-        session = Session(app, secret=key, owner=owner, user_app=user_app)
+        session = Session(
+            app,
+            secret=key,
+            owner=owner,
+            user_app=user_app,
+            store=store,
+            inline_limit=inline_limit,
+        )
     except Exception as exc:  # Celery builds the result backend here and can refuse it
         backend_url = plain_backend_url(str(app.conf.result_backend))
         raise ConnectionSettingsError(

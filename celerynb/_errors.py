@@ -16,6 +16,8 @@ They print as ``celerynb.X`` (``__init__`` sets their ``__module__``)::
      │    │    ├── UntrustedResultError        ... a result or error from the backend
      │    │    └── VersionMismatchError        ... pickled by another Python/cloudpickle
      │    ├── UndecodableResultError           a backend entry cannot be decoded
+     │    ├── DataStoreError (OSError)         big data could not be stored or read back
+     │    │    └── DataUnavailableError        ... it expired or was removed
      │    ├── RemoteError                      a worker's exception whose class is not here
      │    ├── WorkerLostError (billiard.exceptions.WorkerLostError)
      │    │                                    the whole worker running a job is gone
@@ -92,6 +94,16 @@ class VersionMismatchError(PayloadRefusedError):
 
 class UndecodableResultError(CelerynbError):
     """A result backend entry could not be decoded with the configured serializer."""
+
+
+class DataStoreError(CelerynbError, OSError):
+    """Big data (an argument, a result, a scattered object) could not be put in the data
+    store or read back: the store is unreachable, full, or there is none."""
+
+
+class DataUnavailableError(DataStoreError):
+    """Data a reference points to is gone from the data store: it expired, was removed
+    (collected, released) or was never completely written."""
 
 
 class RemoteError(CelerynbError):

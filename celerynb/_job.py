@@ -8,13 +8,15 @@ import reprlib
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import cloudpickle
 from celery import states
 
+from ._byref import unpack
 from ._config import SHIPPED_TASK_NAME
+from ._datastore import Progress
 from ._errors import (
     MessageLostError,
     RemoteError,
@@ -25,18 +27,21 @@ from ._errors import (
 )
 from ._future import WatchedFuture, monotonic_of
 from ._liveness import UNKNOWN_NOTE
+from ._payload import loads
 from ._remote_errors import exception_from_info
+from ._scatter import resolving
 from ._schema import (
     LOST,
     PROGRESS,
     REQUEUED,
     RUN_KEY,
     UNKNOWN,
+    BarSnapshot,
     ProgressSnapshot,
     acceptable_state,
     parse_meta,
 )
-from ._signing import is_envelope, open_envelope
+from ._signing import Opened, is_envelope, open_envelope
 from ._sources import UNDECODABLE
 from ._store import JobRecord
 
@@ -123,6 +128,7 @@ class Job(WatchedFuture):
         self._unfollowed_note: str | None = None  # why no state may ever come (rpc://)
         self._vouched_run: tuple[str, int] | None = None  # a shipped call's signed run
         self._vouched_run_mac: str | None = None  # its signature, verified once
+        self._receiving = False  # a big result is being read from the data store
         self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
         self.asked_for_name = False
 
@@ -266,13 +272,13 @@ class Job(WatchedFuture):
 
     def _take_signed_run(self, result: Any) -> None:
         run = result.get(RUN_KEY) if isinstance(result, dict) else None
-        if not isinstance(run, dict) or run.get("mac") == self._vouched_run_mac:
+        if not isinstance(run, dict) or run.get("frame") == self._vouched_run_mac:
             return  # none, or the same run again (every progress write carries it)
         try:
-            data = open_envelope(run, secret=self._session.secret, purpose="run", task_id=self.id)
-            info = json.loads(data)
+            opened = open_envelope(run, secret=self._session.secret, purpose="run", task_id=self.id)
+            info = json.loads(opened.segments[0].tobytes())
             self._vouched_run = (str(info["hostname"]), int(info["pid"]))
-            self._vouched_run_mac = run["mac"]
+            self._vouched_run_mac = run["frame"]
         except Exception:  # unsigned or forged: not a run this kernel can judge by
             return
 
@@ -360,13 +366,16 @@ class Job(WatchedFuture):
         secret = self._session.secret
         try:
             if state == states.SUCCESS:
-                data = open_envelope(result, secret=secret, purpose="result", task_id=self.id)
-                return ("value", cloudpickle.loads(data))
+                opened = open_envelope(result, secret=secret, purpose="result", task_id=self.id)
+                if opened.ref is not None:  # big: read from the data store, off this thread
+                    return ("fetch", opened)
+                with resolving(secret, self._session.store_for):
+                    return ("value", loads(opened.segments))
             envelope = result.envelope if isinstance(result, ShippedTaskError) else None
-            data = open_envelope(envelope, secret=secret, purpose="error", task_id=self.id)
+            opened = open_envelope(envelope, secret=secret, purpose="error", task_id=self.id)
             if state == states.REVOKED:
                 return ("cancel", None)
-            return ("error", exception_from_info(data, self._code))
+            return ("error", exception_from_info(opened.segments[0], self._code))
         except UntrustedResultError as exc:
             what = _short.repr(getattr(result, "summary", None) or str(result))
             raise _Unverified(f"an unsigned {state} ({what}: {exc})") from None
@@ -374,6 +383,12 @@ class Job(WatchedFuture):
             return ("error", exc)
 
     def _settle(self, kind: str, value: Any, done_at: Any = None) -> None:
+        if kind == "fetch":
+            with self._lock:
+                receiving, self._receiving = self._receiving, True
+            if not receiving:  # the same SUCCESS may be read twice (catch-up and push)
+                self._session.transfers.run(lambda: self._receive(value, done_at))
+            return
         if kind == "cancel":
             self._finish_cancelled()
             return
@@ -394,6 +409,51 @@ class Job(WatchedFuture):
                 self.set_exception(value)
         except InvalidStateError:
             pass
+
+    def _receive(self, reference: Opened, done_at: Any) -> None:
+        """Read a big result from the data store (on a transfer thread), then settle; the
+        stored data is removed once the value is here."""
+        session = self._session
+        ref = reference.ref or {}
+        try:
+            opened = unpack(
+                reference,
+                secret=session.secret,
+                purpose="result",
+                task_id=self.id,
+                store_for=session.store_for,
+                progress=self._transfer_progress("receiving the result", int(ref["size"])),
+            )
+            with resolving(session.secret, session.store_for):
+                value = loads(opened.segments)
+            del opened
+        except Exception as exc:  # gone, tampered, unreachable: the job says which
+            self._settle("error", exc, done_at)
+            self._notify()
+            return
+        self._settle("value", value, done_at)
+        self._notify()
+        store = session.store_for(ref["store"])
+        if store is not None:
+            try:
+                store.delete([ref["key"]])
+            except Exception as exc:  # it expires anyway
+                log.debug("celerynb: could not remove the result of %s: %s", self.id, exc)
+
+    def _transfer_progress(self, desc: str, total: int) -> Progress:
+        """A callback showing a transfer of ``total`` bytes as the job's bar."""
+        started = time.monotonic()
+
+        def moved(done: int) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar = BarSnapshot(done, total, desc, "B", done / elapsed, elapsed)
+            with self._lock:
+                if self.done():
+                    return
+                self._snapshot = replace(self._snapshot, bars=(bar,))
+            self._notify()
+
+        return moved
 
     def _finish_cancelled(self) -> bool:
         """Cancel here; True for the one call that did (a revoke's REVOKED may arrive

@@ -13,7 +13,7 @@ from typing import Any
 import cloudpickle
 
 from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
-from ._signing import seal
+from ._signing import as_json, seal
 from ._tracebacks import restore_sources, source_map
 
 
@@ -37,11 +37,11 @@ def sealed_error(
 ) -> ShippedTaskError:
     """``exc`` as the outcome of shipped task ``task_id``: pickled, signed, and carried
     by a ShippedTaskError whose one-line ``summary`` logs and Flower show."""
-    sealed = seal(pickle_exception(exc), secret=secret, purpose="error", task_id=task_id)
+    sealed = as_json(seal(pickle_exception(exc), secret=secret, purpose="error", task_id=task_id))
     return ShippedTaskError(f"{type(exc).__name__}: {exc}" if summary is None else summary, sealed)
 
 
-def exception_from_info(data: bytes, code: Any = None) -> BaseException:
+def exception_from_info(data: bytes | memoryview, code: Any = None) -> BaseException:
     """Rebuild a worker's exception from its pickled info, with the remote traceback
     (source lines restored from ``code``) as its cause."""
     info = cloudpickle.loads(data)

@@ -73,6 +73,11 @@ class TaskProgress:
         with self._lock:
             self.bars.setdefault(key, meta)
 
+    def drop_bar(self, key: int) -> None:
+        """Forget a bar (a finished transfer's): the next write leaves it out."""
+        with self._lock:
+            self.bars.pop(key, None)
+
     def close_bar(self, key: int, meta: dict[str, Any]) -> None:
         """Final write for a bar; the bar stays in the meta (it finished, not vanished)."""
         self.update_bar(key, meta, force=True)

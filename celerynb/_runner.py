@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import cloudpickle
 from celery import states
 from celery.exceptions import Ignore
 
+from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
 from ._claims import (
     Holder,
     LeaseKeeper,
@@ -21,19 +24,19 @@ from ._claims import (
     store_for,
 )
 from ._config import max_call_age, secret_from_env
-from ._errors import SerializationError, VersionMismatchError
+from ._datastore import REDIS_SPEC, DataStore, Progress, data_store, no_store_line
+from ._errors import CelerynbError, SerializationError
+from ._payload import dumps, loads
 from ._remote_errors import sealed_error
-from ._schema import RUN_KEY
-from ._signing import (
-    CLOCK_SKEW,
-    check_age,
-    check_versions,
-    envelope_data,
-    seal,
-    verify_envelope,
-)
+from ._reporting import progress_for
+from ._scatter import resolving
+from ._schema import RUN_KEY, bar_meta
+from ._signing import CLOCK_SKEW, Opened, as_json, check_age, check_versions, seal, verify_envelope
 
 log = logging.getLogger(__name__)
+
+TRANSFER_BAR = -3  # a transfer's key among the task's bars (see _chunks.CHUNK_BAR)
+MAX_INLINE_WITHOUT_STORE = 32 * 2**20  # a frame's bytes in a message when no store exists
 
 
 def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
         run = _signed_run(task, key)
         with LeaseKeeper(claims, claim, me, key), holding_claim(task_id, run):
             _announce_started(task, run)
-            return _call(body, key, task_id)
+            return _call(task, body, key)
     finally:
         try:
             claims.finish(claim, keep=age_limit + CLOCK_SKEW)
@@ -70,31 +73,95 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
             log.warning("celerynb: could not close the claim of task %s: %s", task_id, exc)
 
 
-def _call(body: dict[str, Any], key: bytes, task_id: str) -> dict[str, Any]:
+def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
+    """Read the call (following its reference), run it, and seal what it gives."""
+    task_id = task.request.id
+
+    def stores(spec: str) -> DataStore | None:
+        return data_store(task.app, spec)
+
+    spec = body.get("store") if isinstance(body.get("store"), str) else REDIS_SPEC
+    ttl = body.get("ttl") if isinstance(body.get("ttl"), int) else DEFAULT_TTL
     try:
         check_versions(body)
-    except VersionMismatchError as exc:  # a verified call: say so, signed
+        with _transfer(task, "receiving the call", stored_ref(body)) as progress:
+            call = unpack(
+                body,
+                secret=key,
+                purpose="call",
+                task_id=task_id,
+                store_for=stores,
+                progress=progress,
+            )
+        with resolving(key, stores):
+            fn, args, kwargs = loads(call.segments)
+        del call
+    except CelerynbError as exc:  # a verified call that cannot be opened: say so, signed
         raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
-    fn, args, kwargs = cloudpickle.loads(envelope_data(body))
     try:
         value = fn(*args, **kwargs)
     except Exception as exc:
         raise sealed_error(exc, secret=key, task_id=task_id) from exc
+    del args, kwargs
     try:
-        data = cloudpickle.dumps(value)
+        segments = dumps(value)
     except Exception as exc:  # signed like any error of the call, or the job waits forever
         error = SerializationError(
             f"the result of {getattr(fn, '__name__', fn)!r} ({type(value).__name__}) "
             f"cannot be pickled: {exc}"
         )
         raise sealed_error(error, secret=key, task_id=task_id, summary=str(error)) from None
-    return seal(data, secret=key, purpose="result", task_id=task_id)
+    store = stores(spec)
+    limit = body.get("inline") if isinstance(body.get("inline"), int) else inline_limit()
+    size = sum(segment.nbytes for segment in segments)
+    try:
+        with _transfer(
+            task, "sending the result", {"size": size} if size > limit else None
+        ) as progress:
+            sealed = pack(
+                segments,
+                secret=key,
+                purpose="result",
+                task_id=task_id,
+                store=store,
+                limit=limit if store is not None else max(limit, MAX_INLINE_WITHOUT_STORE),
+                ttl=ttl,
+                progress=progress,
+                no_store=lambda: no_store_line(task.app),
+            )
+    except CelerynbError as exc:
+        raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
+    return as_json(sealed)
+
+
+@contextmanager
+def _transfer(task: Any, desc: str, ref: dict[str, Any] | None) -> Iterator[Progress | None]:
+    """A bar on the task for moving a big frame (``ref`` names its size), dropped once
+    the frame has moved; nothing for a frame that travels inline."""
+    size = ref.get("size") if ref else None
+    if not isinstance(size, int):
+        yield None
+        return
+    progress = progress_for(task)
+    started = time.monotonic()
+
+    def moved(done: int) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        meta = bar_meta(done, size, desc, unit="B", rate=done / elapsed, elapsed=elapsed)
+        progress.update_bar(TRANSFER_BAR, meta, force=done >= size)
+
+    try:
+        yield moved
+    finally:
+        progress.drop_bar(TRANSFER_BAR)
 
 
 def _signed_run(task: Any, key: bytes) -> dict[str, Any]:
     """This run's worker and process, signed for the kernel's liveness judgement."""
     run = {"hostname": task.request.hostname, "pid": os.getpid()}
-    return seal(json.dumps(run).encode(), secret=key, purpose="run", task_id=task.request.id)
+    return as_json(
+        seal(json.dumps(run).encode(), secret=key, purpose="run", task_id=task.request.id)
+    )
 
 
 def _announce_started(task: Any, run: dict[str, Any]) -> None:

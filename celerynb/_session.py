@@ -11,31 +11,38 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import cloudpickle
 from celery import Celery, states
 from celery.app.task import Task
 from kombu.utils.json import dumps as json_dumps
 
+from ._byref import DEFAULT_TTL, by_reference
+from ._byref import inline_limit as configured_inline_limit
 from ._config import SHIPPED_TASK_NAME, failure_line, mask_url, secret_from_env
+from ._datastore import DataStore, data_store, no_store_line, store_spec
 from ._errors import (
     BrokerUnreachableError,
     CelerynbError,
     ConnectionClosedError,
+    DataStoreError,
     NotConnectedError,
     SerializationError,
     UnknownTaskError,
 )
 from ._job import Job, placeholder_name
 from ._liveness import WorkerMonitor
+from ._payload import dumps
 from ._queues import routed_queue
 from ._registry import registry
 from ._revoker import Revoker
-from ._signing import seal
+from ._scatter import Scattered, scatter_to
+from ._signing import Sealed, seal
 from ._sources import source_for
 from ._sources.rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._store import backend_key, store
+from ._transfers import Transfers
 from ._validation import check_queue, check_task_ids
 from ._watcher import Watcher
+from ._wire import SERIALIZER
 from ._workers import INSPECT_TIMEOUT, WorkerInfo, inspect_workers, registered_task_names
 
 log = logging.getLogger(__name__)
@@ -44,9 +51,9 @@ log = logging.getLogger(__name__)
 # block far longer: celery issue 4627).
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 4.0
-# One message's serialized call at most (base64 in JSON adds a third on the wire; Redis
-# and RabbitMQ take far more, but the broker, every worker and the result path would
-# carry it): large data belongs in shared storage, passed by reference.
+# Registered tasks: one message's JSON arguments at most (the broker, every worker and
+# the result path would carry them). Shipped calls over the inline limit go by
+# reference through the data store instead; without one, this is their limit too.
 MAX_MESSAGE_BYTES = 32 * 2**20
 NAME_CHECK_TIMEOUT = 1.0  # seconds to wait for workers to list their tasks
 SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
@@ -69,6 +76,8 @@ class Session:
         secret: bytes | None,
         owner: Any = None,
         user_app: Celery | None = None,
+        store: str | None = None,
+        inline_limit: int | None = None,
     ) -> None:
         self.app = app
         self.user_app = user_app
@@ -88,6 +97,14 @@ class Session:
         self.backend_caveat: str | None = None
         self._processes: int | None = None
         self._known_task_names: set[str] = set()
+        self.store_spec = store_spec(store)  # where big data waits ("redis" or a URL)
+        self.inline_limit = configured_inline_limit(inline_limit)
+        self.data_ttl = (
+            int(app.conf.result_expires.total_seconds())
+            if hasattr(app.conf.result_expires, "total_seconds")
+            else int(app.conf.result_expires or DEFAULT_TTL)
+        )
+        self.transfers = Transfers()
 
     @property
     def broker_url(self) -> str:
@@ -97,6 +114,22 @@ class Session:
     def backend_key(self) -> str:
         """Names this session's result backend in the job store (no password kept)."""
         return backend_key(str(self.app.conf.result_backend))
+
+    def store_for(self, spec: str) -> DataStore | None:
+        """This process's data store named ``spec`` ("redis": this session's Redis)."""
+        return data_store(self.app, spec)
+
+    @property
+    def data_store(self) -> DataStore | None:
+        """Where this session puts big data (None: no Redis and no store URL given)."""
+        return self.store_for(self.store_spec)
+
+    def scatter(self, obj: Any) -> Scattered:
+        """Put ``obj`` in the data store once; see ``celerynb.scatter``."""
+        store = self.data_store
+        if store is None:
+            raise DataStoreError(f"cannot scatter: {no_store_line(self.app)}")
+        return scatter_to(store, obj, secret=self.secret, ttl=self.data_ttl)
 
     @property
     def secret(self) -> bytes:
@@ -162,9 +195,9 @@ class Session:
                 options["queue"] = fn.queue
         elif callable(fn):
             task_name = SHIPPED_TASK_NAME
-            payload = _pickle_call(fn, args, kwargs)
-            envelope = seal(payload, secret=self.secret, purpose="call", task_id=task_id)
-            send_args, send_kwargs, shipped = [envelope], {}, True
+            sealed = self._seal_call(task_id, _pickle_call(fn, args, kwargs), _display_name(fn))
+            send_args, send_kwargs, shipped = [sealed], {}, True
+            options["serializer"] = SERIALIZER
         else:
             raise TypeError(
                 f"submit() needs a callable or a registered Celery task, got "
@@ -181,6 +214,72 @@ class Session:
         job.requeued_if_worker_lost = not shipped and self._requeues_on_worker_loss(task_name)
         job.queue = routed_queue(self.app, task_name, options)
         self.watcher.watch(job)
+        if shipped and send_args[0].size > self._inline_frames():
+            # Too big for a message: stored first (on a transfer thread, its progress on
+            # the job's bar), then a signed reference is sent. Nothing is sent if the
+            # store fails: the job fails with the reason.
+            if record:
+                registry.add(job)
+            sealed = send_args[0]
+            self.transfers.run(lambda: self._send_by_reference(job, task_name, sealed, options))
+            return job
+        if shipped:
+            send_args = [send_args[0].tobytes()]
+        self._send(job, task_name, send_args, send_kwargs, options)
+        if record:
+            registry.add(job)
+        return job
+
+    def _inline_frames(self) -> int:
+        """Bytes of a shipped call's frame sent in its message at most."""
+        return self.inline_limit if self.data_store is not None else MAX_MESSAGE_BYTES
+
+    def _seal_call(self, task_id: str, segments: list[memoryview], name: str) -> Sealed:
+        extra = {"store": self.store_spec, "inline": self.inline_limit, "ttl": self.data_ttl}
+        sealed = seal(segments, secret=self.secret, purpose="call", task_id=task_id, extra=extra)
+        if sealed.size > self._inline_frames() and self.data_store is None:
+            raise DataStoreError(
+                f"the call {name}() takes {sealed.size / 2**20:.1f} MiB once pickled, over the "
+                f"{MAX_MESSAGE_BYTES // 2**20} MiB a message may carry, and there is "
+                f"{no_store_line(self.app)}"
+            )
+        return sealed
+
+    def _send_by_reference(
+        self, job: Job, task_name: str, sealed: Sealed, options: dict[str, Any]
+    ) -> None:
+        store = self.data_store
+        if job.done():  # cancelled before its data moved
+            return
+        try:
+            assert store is not None
+            reference = by_reference(
+                store,
+                sealed,
+                secret=self.secret,
+                ttl=self.data_ttl,
+                progress=job._transfer_progress("sending the call", sealed.size),
+            )
+        except Exception as exc:
+            job._abandon(exc if isinstance(exc, CelerynbError) else DataStoreError(str(exc)))
+            return
+        key = str(reference.header["ref"]["key"])
+        job.add_done_callback(lambda _: _forget_stored(store, key))
+        if job.done():
+            return
+        try:
+            self._send(job, task_name, [reference.tobytes()], {}, options)
+        except CelerynbError as exc:
+            job._abandon(exc)
+
+    def _send(
+        self,
+        job: Job,
+        task_name: str,
+        send_args: list[Any],
+        send_kwargs: dict[str, Any],
+        options: dict[str, Any],
+    ) -> None:
         try:
             if self.reply_to is not None:
                 options["reply_to"] = self.reply_to
@@ -204,9 +303,6 @@ class Session:
                     exc,
                 )
             ) from None
-        if record:
-            registry.add(job)
-        return job
 
     def _requeues_on_worker_loss(self, task_name: str) -> bool:
         """True when the task, as this kernel's apps configure it, is re-queued if its
@@ -339,6 +435,7 @@ class Session:
         self.closed = True
         self.watcher.stop()
         self._revoker.close()
+        self.transfers.close()
         for job in registry.all():
             if job._session is self and not job.done():
                 job._abandon(
@@ -386,6 +483,20 @@ def submit(fn: Any, *args: Any, **kwargs: Any) -> Job:
     return current_session().submit(fn, args, kwargs)
 
 
+def scatter(obj: Any) -> Scattered:
+    """Put ``obj`` in the data store once and return a reference to pass to any number
+    of calls (``submit``, ``map``, cells): it arrives on the workers as the object,
+    read once per worker process (cached by its content digest). Like dask's
+    ``client.scatter``. The data stays while the reference lives (``release()``
+    removes it at once) and expires with the session's result expiry otherwise.
+
+    Raises:
+        DataStoreError: there is no data store (no Redis and no ``store=`` URL), or
+            the store cannot take it.
+    """
+    return current_session().scatter(obj)
+
+
 def apply_async(
     fn: Any,
     args: tuple[Any, ...] | list[Any] = (),
@@ -428,27 +539,33 @@ def _refuse_size(name: str, total: int, sizes: dict[str, int]) -> None:
     )
 
 
-def _pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[memoryview]:
+    """The call pickled (protocol 5, big buffers out of band); SerializationError naming
+    the part that cannot be pickled."""
     try:
-        payload = cloudpickle.dumps((fn, args, kwargs))
+        return dumps((fn, args, kwargs))
+    except CelerynbError:
+        raise
     except Exception as whole:
-        parts = [("the function", fn)]
-        parts += [(f"argument {i + 1}", a) for i, a in enumerate(args)]
-        parts += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+        parts = [("the function", fn), *_labelled(args, kwargs)]
         for label, value in parts:
             try:
-                cloudpickle.dumps(value)
+                dumps(value)
+            except CelerynbError:
+                raise
             except Exception as exc:
                 raise SerializationError(
                     f"cannot ship {label} of {_display_name(fn)}() "
                     f"({type(value).__name__}): {type(exc).__name__}: {exc}"
                 ) from None
         raise SerializationError(f"cannot ship {_display_name(fn)}(): {whole}") from None
-    if len(payload) > MAX_MESSAGE_BYTES:
-        parts = [("the function", fn), *_labelled(args, kwargs)]
-        sizes = {label: len(cloudpickle.dumps(value)) for label, value in parts}
-        _refuse_size(_display_name(fn), len(payload), sizes)
-    return payload
+
+
+def _forget_stored(store: DataStore, key: str) -> None:
+    try:
+        store.delete([key])
+    except Exception as exc:  # it expires anyway
+        log.debug("celerynb: could not remove %s from the data store: %s", key, exc)
 
 
 def _display_name(fn: Any) -> str:

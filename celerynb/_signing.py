@@ -1,16 +1,29 @@
-"""Signed envelopes for pickled payloads (pure; stdlib + cloudpickle version only).
+"""Signed binary frames for pickled payloads (pure; stdlib + cloudpickle version only).
 
-An envelope is a JSON-safe dict. Its HMAC-SHA256 covers every field, so the
-purpose ("call", "result", "error"), the task id it belongs to, the nonce, the
-time it was sealed and the versions cannot be swapped. Verification happens
-before anything is unpickled, in steps a worker needs apart:
+A frame is bytes::
 
-- ``verify_envelope``: signature, purpose and task id (was it signed for this?);
+    b"CNB2" | HMAC-SHA256 (32) | header length (4, big-endian) | header (JSON)
+    | padding to 64 | segment 0 | padding to 64 | segment 1 | ...
+
+The header names the purpose ("call", "result", "error", "run", "data"), the id it
+belongs to (a task id, or a scattered object's digest), a nonce, the time it was
+sealed, the Python and cloudpickle versions, each segment's size, and optionally a
+reference to a frame kept in a data store (``ref``) or the store results go to
+(``store``). The HMAC covers the header and every segment, so nothing can be
+swapped. Segments are a pickle and its out-of-band buffers (``_payload``): big
+buffers are signed and written as they are, never copied into one string, and
+opened as views of the received bytes (aligned, so numpy arrays need no copy).
+
+Verification happens before anything is unpickled, in steps a worker needs apart:
+
+- ``verify_envelope``: signature, purpose and id (was it signed for this?);
 - ``check_age``: a call sealed too long ago is refused (a replay of an old capture);
-- ``check_versions``: the Python and cloudpickle versions the pickle needs;
-- ``envelope_data``: the bytes.
+- ``check_versions``: the Python and cloudpickle versions the pickle needs.
 
 ``open_envelope`` does them all but the age check (results are read when they come).
+Where JSON must carry a frame (Celery's result backend), ``as_json`` wraps it in
+``{"celerynb": 2, "frame": base64}``; only small frames travel that way (big ones
+are kept in a data store and the JSON carries a small frame referring to them).
 """
 
 from __future__ import annotations
@@ -20,17 +33,27 @@ import hashlib
 import hmac
 import json
 import os
+import struct
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
 from ._errors import PayloadRefusedError, UntrustedResultError, VersionMismatchError
 
-ENVELOPE_VERSION = 1
-PURPOSES = ("call", "result", "error", "run")
+ENVELOPE_VERSION = 2
+MAGIC = b"CNB2"
+PURPOSES = ("call", "result", "error", "run", "data")
 CLOCK_SKEW = 300.0  # seconds a kernel's clock may run ahead of a worker's
+ALIGN = 64  # segments start at multiples of this (numpy needs its itemsize; SIMD likes 64)
+MAX_HEADER = 1 << 20  # bytes of header JSON read before the signature is checked
+_PREFIX = len(MAGIC) + 32 + 4
+_ZEROS = bytes(ALIGN)
+
+Buffer = bytes | bytearray | memoryview
 
 
 def runtime_versions() -> dict[str, str]:
@@ -41,58 +64,173 @@ def runtime_versions() -> dict[str, str]:
     }
 
 
+def _padding(size: int) -> int:
+    return -size % ALIGN
+
+
+@dataclass
+class Sealed:
+    """A signed frame as the pieces to write in order: big buffers are not copied."""
+
+    parts: list[Buffer]
+    size: int
+    header: dict[str, Any]
+
+    def tobytes(self) -> bytes:
+        """The whole frame as one bytes object (for small frames)."""
+        return b"".join(self.parts)
+
+
+@dataclass
+class Opened:
+    """A verified frame: its signed header and its segments (views of the frame)."""
+
+    header: dict[str, Any]
+    segments: list[memoryview] = field(default_factory=list)
+
+    @property
+    def ref(self) -> dict[str, Any] | None:
+        """Where the real frame is kept, when this one only refers to it."""
+        ref = self.header.get("ref")
+        return ref if isinstance(ref, dict) else None
+
+    def __getitem__(self, key: str) -> Any:  # header fields, as the v1 dict envelope had
+        return self.header[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.header.get(key, default)
+
+
 def seal(
-    data: bytes, *, secret: bytes, purpose: str, task_id: str, now: float | None = None
-) -> dict[str, Any]:
-    """Wrap ``data`` in an envelope signed with ``secret`` for ``task_id``."""
+    data: Buffer | Sequence[Buffer],
+    *,
+    secret: bytes,
+    purpose: str,
+    task_id: str,
+    now: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Sealed:
+    """Sign ``data`` (one buffer, or several segments) for ``task_id`` as a frame.
+
+    ``extra`` adds signed header fields (``ref``, ``store``).
+    """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown envelope purpose {purpose!r}")
-    envelope: dict[str, Any] = {
+    segments = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    views = [memoryview(s).cast("B") for s in segments]
+    header: dict[str, Any] = {
         "celerynb": ENVELOPE_VERSION,
         "purpose": purpose,
         "task_id": task_id,
         "nonce": os.urandom(12).hex(),
         "ts": round(time.time() if now is None else now, 3),
         **runtime_versions(),
-        "data": base64.b64encode(data).decode("ascii"),
+        "sizes": [v.nbytes for v in views],
+        **(extra or {}),
     }
-    envelope["mac"] = _mac(secret, envelope)
-    return envelope
+    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    length = struct.pack(">I", len(header_bytes))
+    mac = hmac.new(secret, length + header_bytes, hashlib.sha256)
+    for view in views:
+        mac.update(view)
+    head = MAGIC + mac.digest() + length + header_bytes
+    parts: list[Buffer] = [head + _ZEROS[: _padding(len(head))]]
+    size = len(parts[0])
+    for view in views:
+        parts.append(view)
+        size += view.nbytes
+        pad = _padding(view.nbytes)
+        if pad:
+            parts.append(_ZEROS[:pad])
+            size += pad
+    return Sealed(parts, size, header)
 
 
 def is_envelope(value: Any) -> bool:
     """Whether ``value`` looks like a celerynb envelope (it may still be forged)."""
-    return isinstance(value, dict) and value.get("celerynb") == ENVELOPE_VERSION and "mac" in value
+    if isinstance(value, dict):
+        return value.get("celerynb") == ENVELOPE_VERSION and isinstance(value.get("frame"), str)
+    return isinstance(value, bytes | bytearray | memoryview) and bytes(value[:4]) == MAGIC
 
 
-def verify_envelope(envelope: Any, *, secret: bytes, purpose: str, task_id: str) -> dict[str, Any]:
-    """The envelope's signed fields, once its signature, purpose and task id check out.
+def as_json(sealed: Sealed | Buffer) -> dict[str, Any]:
+    """A (small) frame as a JSON-safe envelope, for Celery's result backend."""
+    raw = sealed.tobytes() if isinstance(sealed, Sealed) else bytes(sealed)
+    return {"celerynb": ENVELOPE_VERSION, "frame": base64.b64encode(raw).decode("ascii")}
 
-    Refuses a missing or wrong signature, and an envelope signed for another
-    purpose or task id (a payload replayed under a new task).
+
+def verify_envelope(envelope: Any, *, secret: bytes, purpose: str, task_id: str) -> Opened:
+    """The frame's signed header and segments, once its signature, purpose and id check out.
+
+    ``envelope`` is a frame (bytes-like) or its JSON form (``as_json``). Refuses a
+    missing or wrong signature, and a frame signed for another purpose or id (a
+    payload replayed under a new task).
     """
     error = _refusal(purpose)
-    if not isinstance(envelope, dict) or "mac" not in envelope:
+    frame = _frame_bytes(envelope)
+    if frame is None:
         raise error(f"refused an unsigned {purpose} payload for task {task_id}")
-    body = {k: v for k, v in envelope.items() if k != "mac"}
     try:
-        expected = _mac(secret, body)
-    except (TypeError, ValueError) as exc:
+        header_bytes, header, segments = _parse(frame)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise error(f"refused a malformed {purpose} payload for task {task_id}") from exc
-    if not hmac.compare_digest(str(envelope["mac"]), expected):
+    mac = hmac.new(secret, frame[36:40].tobytes() + header_bytes, hashlib.sha256)
+    for segment in segments:
+        mac.update(segment)
+    if not hmac.compare_digest(frame[4:36].tobytes(), mac.digest()):
         raise error(
             f"refused a {purpose} payload for task {task_id}: bad signature "
             "(tampered, or signed with another CELERYNB_SECRET)"
         )
-    if body.get("purpose") != purpose or body.get("task_id") != task_id:
+    if header.get("purpose") != purpose or header.get("task_id") != task_id:
         raise error(
             f"refused a {purpose} payload for task {task_id}: it was signed as "
-            f"{body.get('purpose')!r} for task {body.get('task_id')!r} (replayed?)"
+            f"{header.get('purpose')!r} for task {header.get('task_id')!r} (replayed?)"
         )
-    return body
+    return Opened(header, segments)
 
 
-def check_age(body: dict[str, Any], max_age: float, now: float | None = None) -> None:
+def _frame_bytes(envelope: Any) -> memoryview | None:
+    if isinstance(envelope, dict):
+        if envelope.get("celerynb") != ENVELOPE_VERSION or not isinstance(
+            envelope.get("frame"), str
+        ):
+            return None
+        try:
+            return memoryview(bytearray(base64.b64decode(envelope["frame"], validate=True)))
+        except ValueError:
+            return None
+    if isinstance(envelope, bytes | bytearray | memoryview):
+        view = memoryview(envelope).cast("B")
+        return view if view[:4].tobytes() == MAGIC else None
+    return None
+
+
+def _parse(frame: memoryview) -> tuple[bytes, dict[str, Any], list[memoryview]]:
+    if frame.nbytes < _PREFIX:
+        raise ValueError("short frame")
+    (length,) = struct.unpack(">I", frame[36:40])
+    if length > MAX_HEADER or _PREFIX + length > frame.nbytes:
+        raise ValueError("bad header length")
+    header_bytes = frame[_PREFIX : _PREFIX + length].tobytes()
+    header = json.loads(header_bytes)
+    sizes = header.get("sizes") if isinstance(header, dict) else None
+    if not isinstance(sizes, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
+    ):
+        raise ValueError("bad sizes")
+    offset = _PREFIX + length
+    offset += _padding(offset)
+    segments = []
+    for size in sizes:
+        if offset + size > frame.nbytes:
+            raise ValueError("truncated")
+        segments.append(frame[offset : offset + size])
+        offset += size + _padding(size)
+    return header_bytes, header, segments
+
+
+def check_age(body: Opened | dict[str, Any], max_age: float, now: float | None = None) -> None:
     """Refuse a verified envelope sealed more than ``max_age`` seconds ago (or in the
     future, beyond ``CLOCK_SKEW``)."""
     now = time.time() if now is None else now
@@ -109,7 +247,7 @@ def check_age(body: dict[str, Any], max_age: float, now: float | None = None) ->
         )
 
 
-def check_versions(body: dict[str, Any]) -> None:
+def check_versions(body: Opened | dict[str, Any]) -> None:
     """Refuse a payload pickled with another Python or cloudpickle than this process's."""
     ours = runtime_versions()
     theirs = {k: body.get(k) for k in ours}
@@ -122,28 +260,12 @@ def check_versions(body: dict[str, Any]) -> None:
         )
 
 
-def envelope_data(body: dict[str, Any]) -> bytes:
-    """The payload bytes of a verified envelope."""
-    try:
-        return base64.b64decode(body["data"], validate=True)
-    except (KeyError, TypeError, ValueError) as exc:
-        purpose = str(body.get("purpose"))
-        raise _refusal(purpose)(
-            f"refused a truncated {purpose} payload for task {body.get('task_id')}"
-        ) from exc
-
-
-def open_envelope(envelope: Any, *, secret: bytes, purpose: str, task_id: str) -> bytes:
-    """Verify an envelope and return its bytes; raise before anything is unpickled."""
-    body = verify_envelope(envelope, secret=secret, purpose=purpose, task_id=task_id)
-    check_versions(body)
-    return envelope_data(body)
+def open_envelope(envelope: Any, *, secret: bytes, purpose: str, task_id: str) -> Opened:
+    """Verify a frame and its versions; raise before anything is unpickled."""
+    opened = verify_envelope(envelope, secret=secret, purpose=purpose, task_id=task_id)
+    check_versions(opened)
+    return opened
 
 
 def _refusal(purpose: str) -> type[PayloadRefusedError]:
     return PayloadRefusedError if purpose == "call" else UntrustedResultError
-
-
-def _mac(secret: bytes, body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(secret, canonical, hashlib.sha256).hexdigest()

@@ -25,12 +25,14 @@ from ._config import (
 )
 from ._outcomes import ShippedTask
 from ._runner import run_shipped
+from ._wire import CONTENT_TYPE, accept_shipped_calls
 
 # Settings of celerynb's own worker app (a user's app keeps its own; see the README).
 WORKER_DEFAULTS: dict[str, Any] = {
     "task_serializer": "json",
     "result_serializer": "json",
-    "accept_content": ["json"],
+    # Shipped calls come in celerynb's own binary content type (see _wire).
+    "accept_content": ["json", CONTENT_TYPE],
     "task_track_started": True,
     # One long task per child at a time; prefetching would starve other workers.
     "worker_prefetch_multiplier": 1,
@@ -52,6 +54,7 @@ def register(app: Celery, secret: str | bytes | None = None) -> Any:
     writes (a lost pool process, a time limit, a revoke: see ``_outcomes``).
     """
     key = secret.encode() if isinstance(secret, str) else secret
+    accept_shipped_calls(app)
 
     # Options, not attributes set afterwards: touching the task now would bind it to
     # the app's configuration before the app's module has finished configuring it.

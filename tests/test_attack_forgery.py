@@ -17,11 +17,17 @@ from celerynb._display import WidgetRenderer
 from celerynb._errors import ShippedTaskError
 from celerynb._job import Job
 from celerynb._schema import acceptable_state
-from celerynb._signing import verify_envelope
+from celerynb._signing import as_json, seal, verify_envelope
 from celerynb._tables import JobTable, WorkerTable
 from celerynb._workers import WorkerInfo
 
 XSS = '<img src=x onerror="window.__pwned=1">'
+
+
+# A frame as a forger without the secret makes it: well-formed, signed with another key.
+FORGED_FRAME = as_json(seal(b"\x80\x04K\x01.", secret=b"forger", purpose="result", task_id="x"))[
+    "frame"
+]
 
 
 def gated(gate, value):
@@ -127,10 +133,10 @@ def test_a_custom_state_of_a_users_app_is_shown(session):
                      "exc_module": "builtins"}),
         ("REVOKED", {"exc_type": "TaskRevokedError", "exc_message": ["forged"],
                      "exc_module": "celery.exceptions"}),
-        ("SUCCESS", {"celerynb": 1, "purpose": "result", "data": "gASVBQAAAAAAAACMAXiULg==",
-                     "mac": "0" * 64}),
+        ("SUCCESS", {"celerynb": 2, "frame": FORGED_FRAME}),
         ("FAILURE", {"exc_type": "ShippedTaskError", "exc_module": "celerynb._errors",
-                     "exc_message": ["ValueError: forged", {"celerynb": 1, "mac": "0" * 64}]}),
+                     "exc_message": ["ValueError: forged", {"celerynb": 2,
+                                                            "frame": FORGED_FRAME}]}),
     ],
     ids=["plain-failure", "revoked", "forged-success", "forged-signed-failure"],
 )  # fmt: skip

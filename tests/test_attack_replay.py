@@ -12,6 +12,7 @@ import celerynb
 from celerynb._config import SHIPPED_TASK_NAME
 from celerynb._session import _pickle_call
 from celerynb._signing import seal
+from celerynb._wire import SERIALIZER
 
 
 def record_run(path, label, gate=None):
@@ -31,20 +32,22 @@ def runs_of(path):
 
 
 def signed_call(session, fn, args, *, sealed_at=None):
-    """A call as the kernel signs it: (task id, envelope)."""
+    """A call as the kernel signs it: (task id, frame)."""
     task_id = str(uuid.uuid4())
-    envelope = seal(
+    sealed = seal(
         _pickle_call(fn, args, {}),
         secret=session.secret,
         purpose="call",
         task_id=task_id,
         now=sealed_at,
     )
-    return task_id, envelope
+    return task_id, sealed.tobytes()
 
 
 def publish(session, task_id, envelope, **options):
-    session.app.send_task(SHIPPED_TASK_NAME, args=[envelope], task_id=task_id, **options)
+    session.app.send_task(
+        SHIPPED_TASK_NAME, args=[envelope], task_id=task_id, serializer=SERIALIZER, **options
+    )
 
 
 def refusals(cluster, task_id):

@@ -12,6 +12,7 @@ import celerynb
 from celerynb._config import SHIPPED_TASK_NAME
 from celerynb._errors import PayloadRefusedError
 from celerynb._signing import seal
+from celerynb._wire import SERIALIZER
 
 
 class LeavesAMark:
@@ -30,8 +31,14 @@ def marker_pickle(path):
 
 def send_raw(session, envelope_for):
     task_id = str(uuid.uuid4())
-    session.app.send_task(SHIPPED_TASK_NAME, args=[envelope_for(task_id)], task_id=task_id)
+    session.app.send_task(
+        SHIPPED_TASK_NAME, args=[envelope_for(task_id)], task_id=task_id, serializer=SERIALIZER
+    )
     return session.app.AsyncResult(task_id)
+
+
+def call_frame(data, secret, task_id):
+    return seal(data, secret=secret, purpose="call", task_id=task_id).tobytes()
 
 
 @pytest.mark.parametrize(
@@ -39,20 +46,21 @@ def send_raw(session, envelope_for):
 )
 def test_worker_refuses_bad_payloads_without_unpickling(session, tmp_path, attack):
     mark = tmp_path / "unpickled"
-    evil = marker_pickle(str(mark))
-    good = seal(b"harmless", secret=session.secret, purpose="call", task_id="another-task")
+    evil = base64.b64decode(marker_pickle(str(mark)))
+    good = call_frame(b"harmless", session.secret, "another-task")
 
     def envelope_for(task_id):
-        signed = seal(b"harmless", secret=session.secret, purpose="call", task_id=task_id)
+        harmless = b"h" * len(evil)  # signed, then its bytes swapped for the evil pickle
+        signed = call_frame(harmless, session.secret, task_id)
         if attack == "unsigned":
-            return {k: v for k, v in signed.items() if k != "mac"} | {"data": evil}
+            return evil
         if attack == "wrong-secret":
-            return seal(base64.b64decode(evil), secret=b"attacker", purpose="call", task_id=task_id)
+            return call_frame(evil, b"attacker", task_id)
         if attack == "tampered":
-            return signed | {"data": evil}
+            return signed.replace(harmless, evil)
         if attack == "truncated":
-            return {k: v for k, v in signed.items() if k not in ("data", "nonce")}
-        return good  # a valid envelope replayed under a new task id
+            return signed[: signed.index(harmless) + 5]
+        return good  # a valid frame replayed under a new task id
 
     result = send_raw(session, envelope_for)
     assert wait_for(lambda: result.state == "FAILURE", timeout=30), result.state
