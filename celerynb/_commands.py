@@ -14,6 +14,7 @@ from ._errors import SerializationError
 from ._job import Job
 from ._many import reattach_previous
 from ._registry import registry
+from ._scatter import collecting
 from ._session import current_session
 from ._tables import JobTable, WorkerTable
 from ._validation import check_task_ids
@@ -82,7 +83,8 @@ def submit_cell(
     label = label or f"cell {next(_cell_numbers)}"
     filename = f"<{label}>"
     inputs = cell_inputs(source, filename, namespace, hidden or {})
-    blob = _pickle_inputs(inputs)
+    with collecting() as carried:  # scattered references among the variables
+        blob = _pickle_inputs(inputs)
     first_line = next((line.strip() for line in source.splitlines() if line.strip()), "")
     job = current_session().submit(
         run_cell,
@@ -90,6 +92,7 @@ def submit_cell(
         queue=queue,
         name=label,
         call_repr=f"{label}: {first_line}"[:60],  # shown, never stored (see _store)
+        holding=carried,
     )
     if names:
         job.add_done_callback(lambda done: _assign_outputs(done, namespace))

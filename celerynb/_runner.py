@@ -99,7 +99,8 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     except CelerynbError as exc:  # a verified call that cannot be opened: say so, signed
         raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
     try:
-        value = fn(*args, **kwargs)
+        with resolving(key, stores):  # a cell unpickles its inputs itself
+            value = fn(*args, **kwargs)
     except Exception as exc:
         raise sealed_error(exc, secret=key, task_id=task_id) from exc
     del args, kwargs

@@ -23,7 +23,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._datastore import DataStore
-from ._errors import DataStoreError, DataUnavailableError, UntrustedResultError
+from ._errors import (
+    DataStoreError,
+    DataUnavailableError,
+    SerializationError,
+    UntrustedResultError,
+)
 from ._payload import dumps, loads
 from ._signing import open_envelope, seal
 
@@ -33,6 +38,7 @@ CACHE_ENV = "CELERYNB_SCATTER_CACHE"  # bytes of scattered objects a worker proc
 REFRESH_EVERY = 60.0  # seconds between refreshes of a reference's time to live
 
 _context = threading.local()  # .value: (secret, store_for) while a payload is unpickled
+_collected = threading.local()  # .value: the references met while a call is pickled
 
 
 @contextmanager
@@ -46,12 +52,26 @@ def resolving(secret: bytes, store_for: Callable[[str], DataStore | None]) -> It
         _context.value = previous
 
 
+@contextmanager
+def collecting() -> Iterator[list[Scattered]]:
+    """Within it, every ``Scattered`` pickled (sent) is listed: its jobs keep it alive."""
+    previous = getattr(_collected, "value", None)
+    found: list[Scattered] = []
+    _collected.value = found
+    try:
+        yield found
+    finally:
+        _collected.value = previous
+
+
 class Scattered:
     """A reference to an object scattered with ``celerynb.scatter``.
 
     Pass it (or anything holding it) to ``submit``, ``map`` or a cell: it arrives on
     the worker as the object itself. The data stays in the store while this
-    reference lives (refreshed whenever it is sent); ``release()`` removes it now.
+    reference or an unfinished job that carries it lives, and expires the session's
+    result expiry (one day by default) after it was last sent; ``release()`` removes
+    it once the jobs carrying it are done.
     """
 
     def __init__(
@@ -68,6 +88,8 @@ class Scattered:
         self._ttl = ttl
         self._refreshed_at = time.monotonic()
         self._released = False
+        self._lock = threading.Lock()
+        self._users: set[int] = set()  # ids of unfinished jobs that carry this reference
         self._finalizer = (
             weakref.finalize(self, _remove, store, info["ref"]["key"]) if store else None
         )
@@ -83,14 +105,43 @@ class Scattered:
         return int(self._info["ref"]["size"])
 
     def release(self) -> None:
-        """Remove the data from the store now; calls sent later cannot use it."""
-        self._released = True
-        if self._finalizer is not None:
+        """Remove the data from the store once the jobs that carry it are done (at once
+        if none is running); calls sent after this are refused."""
+        with self._lock:
+            self._released = True
+            busy = bool(self._users)
+        if not busy and self._finalizer is not None:
+            self._finalizer()
+
+    def held_by(self, job: Any) -> None:
+        """``job`` carries this reference: its data stays until the job is done (the job
+        holds the reference until then, and only a weak one to it afterwards)."""
+        with self._lock:
+            self._users.add(id(job))
+        job._holding = [*getattr(job, "_holding", ()), self]
+        me = weakref.ref(self)
+
+        def done(finished: Any) -> None:
+            scattered = me()
+            finished._holding = []
+            if scattered is not None:
+                scattered._job_done(id(finished))
+
+        job.add_done_callback(done)
+
+    def _job_done(self, job_id: int) -> None:
+        with self._lock:
+            self._users.discard(job_id)
+            remove = self._released and not self._users
+        if remove and self._finalizer is not None:
             self._finalizer()
 
     def __reduce__(self) -> Any:
         if self._store is not None:  # sending it: the data must still be there
             self._keep_alive()
+            found = getattr(_collected, "value", None)
+            if found is not None and not any(other is self for other in found):
+                found.append(self)
         return _materialize, (self._info,)
 
     def _keep_alive(self) -> None:
@@ -122,8 +173,17 @@ def _remove(store: DataStore, key: str) -> None:
 
 
 def scatter_to(store: DataStore, obj: Any, *, secret: bytes, ttl: int) -> Scattered:
-    """Put ``obj`` in ``store`` once; a reference to pass to calls."""
-    segments = dumps(obj)
+    """Put ``obj`` in ``store`` once; a reference to pass to calls.
+
+    Raises:
+        SerializationError: ``obj`` cannot be pickled.
+    """
+    try:
+        segments = dumps(obj)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot scatter {type(obj).__name__}: {type(exc).__name__}: {exc}"
+        ) from None
     digest = hashlib.sha256()
     for segment in segments:
         digest.update(segment)

@@ -34,7 +34,7 @@ from ._payload import dumps
 from ._queues import routed_queue
 from ._registry import registry
 from ._revoker import Revoker
-from ._scatter import Scattered, scatter_to
+from ._scatter import Scattered, collecting, scatter_to
 from ._signing import Sealed, seal
 from ._sources import source_for
 from ._sources.rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
@@ -168,11 +168,14 @@ class Session:
         name: str | None = None,
         call_repr: str | None = None,
         record: bool = True,
+        holding: Sequence[Scattered] = (),
     ) -> Job:
         """Send one call; return its Job at once.
 
         ``queue`` routes it; ``name`` and ``call_repr`` replace how displays call it;
         ``record=False`` keeps it out of ``jobs()`` (a part of a JobGroup).
+        ``holding``: scattered references the call carries inside already pickled
+        data (a cell's inputs); the job keeps them alive, as those in ``args``.
 
         Raises:
             ValueError: ``queue`` is not a usable queue name (see ``check_queue``).
@@ -195,7 +198,10 @@ class Session:
                 options["queue"] = fn.queue
         elif callable(fn):
             task_name = SHIPPED_TASK_NAME
-            sealed = self._seal_call(task_id, _pickle_call(fn, args, kwargs), _display_name(fn))
+            with collecting() as carried:
+                segments = _pickle_call(fn, args, kwargs)
+            holding = [*holding, *carried]
+            sealed = self._seal_call(task_id, segments, _display_name(fn))
             send_args, send_kwargs, shipped = [sealed], {}, True
             options["serializer"] = SERIALIZER
         else:
@@ -211,6 +217,8 @@ class Session:
             call_repr=call_repr or _call_repr(fn, args, kwargs),
             code=fn if shipped else None,
         )
+        for scattered in holding:
+            scattered.held_by(job)
         job.requeued_if_worker_lost = not shipped and self._requeues_on_worker_loss(task_name)
         job.queue = routed_queue(self.app, task_name, options)
         self.watcher.watch(job)

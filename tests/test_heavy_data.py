@@ -308,3 +308,51 @@ def test_a_shared_file_store_carries_big_arguments_and_results(
     finally:
         monkeypatch.setattr(session_module, "_current", None)
         session.close()
+
+
+def test_jobs_keep_scattered_data_alive_until_they_are_done(heavy):
+    import gc
+    import itertools
+
+    job = celerynb.submit(element, celerynb.scatter(np.arange(300_000.0)), 5)
+    sweep = celerynb.map(element, itertools.repeat(celerynb.scatter(np.ones(300_000))), range(8))
+    gc.collect()  # no variable holds either reference: the jobs do
+    assert job.result(timeout=30) == 5.0
+    assert sweep.results(timeout=30) == [1.0] * 8
+    del job, sweep
+    gc.collect()
+    assert wait_for(lambda: not data_keys(heavy), timeout=10), data_keys(heavy)
+
+
+def slow_element(gate, array, index):
+    import os
+    import time
+
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return float(array[index])
+
+
+def test_release_waits_for_the_jobs_that_carry_the_reference(heavy, tmp_path):
+    gate = tmp_path / "gate"
+    scattered = celerynb.scatter(np.arange(300_000.0))
+    job = celerynb.submit(slow_element, str(gate), scattered, 7)
+    scattered.release()
+    assert data_keys(heavy), "released while a job still needed it"
+    with pytest.raises(DataUnavailableError, match="released"):
+        celerynb.submit(element, scattered, 0)
+    gate.touch()
+    assert job.result(timeout=30) == 7.0
+    assert wait_for(lambda: not data_keys(heavy), timeout=10), "kept after its jobs were done"
+
+
+def test_a_cell_reads_a_scattered_variable(heavy):
+    namespace = {"frames": celerynb.scatter(np.arange(300_000.0))}
+    job = celerynb.submit_cell("total = float(frames.sum())", namespace, outputs="total")
+    assert job.result(timeout=30).values == {"total": float(np.arange(300_000.0).sum())}
+
+
+def test_scattering_what_cannot_be_pickled_names_it(heavy):
+    with pytest.raises(celerynb.SerializationError, match="cannot scatter lock"):
+        celerynb.scatter(threading.Lock())
