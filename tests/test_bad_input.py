@@ -72,18 +72,35 @@ def test_bad_process_count_is_refused():
         celerynb.LocalCluster(processes=0)
 
 
-def test_a_call_too_big_for_one_message_is_refused_naming_the_argument(session):
+def test_registered_task_arguments_too_big_for_one_message_are_refused_naming_them(session):
     from celerynb._session import MAX_MESSAGE_BYTES
 
     before = len(celerynb.jobs())
-    huge = b"x" * (MAX_MESSAGE_BYTES + 1)
     with pytest.raises(celerynb.SerializationError) as info:
-        celerynb.submit(len, 1, huge)
+        celerynb.submit("celery.accumulate", 1, data="y" * MAX_MESSAGE_BYTES)
     message = str(info.value)
-    assert "largest: argument 2" in message and "32 MiB limit" in message and "\n" not in message
-    with pytest.raises(celerynb.SerializationError, match="largest: argument 'data'"):
-        celerynb.submit("celery.accumulate", data="y" * MAX_MESSAGE_BYTES)
+    assert "largest: argument 'data'" in message and "32 MiB limit" in message
+    assert "\n" not in message
     assert len(celerynb.jobs()) == before, "nothing was sent"
+
+
+def test_a_big_call_with_no_data_store_is_refused_at_submit_in_one_line(monkeypatch):
+    """RabbitMQ with rpc:// has no Redis to keep big data in: a call over the 32 MiB a
+    message may carry is refused before anything is sent, saying what to do."""
+    import celerynb._session as session_module
+    from celerynb._session import MAX_MESSAGE_BYTES
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    session = celerynb.connect("amqp://guest:guest@127.0.0.1:5672//", secret="s", check=False)
+    try:
+        before = len(celerynb.jobs())
+        with pytest.raises(celerynb.DataStoreError) as info:
+            celerynb.submit(len, b"x" * (MAX_MESSAGE_BYTES + 1))
+        message = str(info.value)
+        assert "no data store" in message and "store=" in message and "\n" not in message
+        assert len(celerynb.jobs()) == before, "nothing was sent"
+    finally:
+        session.close()
 
 
 def test_broker_down_at_submit_fails_within_five_seconds_with_masked_url(tmp_path, monkeypatch):
