@@ -11,11 +11,12 @@ from typing import Any
 
 from celery.result import AsyncResult, ResultSet
 
+from ._calls import display_name
 from ._chunks import run_chunk
 from ._group import JobGroup
 from ._job import Job
 from ._registry import registry
-from ._session import Session, _display_name, current_session
+from ._session import Session, current_session
 from ._store import JobRecord, store
 from ._validation import check_queue
 
@@ -65,7 +66,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     session = current_session()
     size = chunksize or auto_chunksize(len(items), session.processes_hint or DEFAULT_PROCESSES)
     spans = chunk_spans(len(items), size)
-    name = _display_name(fn)
+    name = display_name(fn)
     jobs: list[Job] = []
     try:
         for number, (start, stop) in enumerate(spans):

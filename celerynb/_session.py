@@ -13,10 +13,10 @@ from typing import Any
 
 from celery import Celery, states
 from celery.app.task import Task
-from kombu.utils.json import dumps as json_dumps
 
 from ._byref import DEFAULT_TTL, by_reference
 from ._byref import inline_limit as configured_inline_limit
+from ._calls import MAX_MESSAGE_BYTES, check_json, display_name, pickle_call, shown_call
 from ._config import SHIPPED_TASK_NAME, failure_line, mask_url, secret_from_env
 from ._datastore import DataStore, data_store, no_store_line, store_spec
 from ._errors import (
@@ -25,12 +25,10 @@ from ._errors import (
     ConnectionClosedError,
     DataStoreError,
     NotConnectedError,
-    SerializationError,
     UnknownTaskError,
 )
 from ._job import Job, placeholder_name
 from ._liveness import WorkerMonitor
-from ._payload import dumps
 from ._queues import routed_queue
 from ._registry import registry
 from ._revoker import Revoker
@@ -51,10 +49,6 @@ log = logging.getLogger(__name__)
 # block far longer: celery issue 4627).
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CONNECT_TIMEOUT = 4.0
-# Registered tasks: one message's JSON arguments at most (the broker, every worker and
-# the result path would carry them). Shipped calls over the inline limit go by
-# reference through the data store instead; without one, this is their limit too.
-MAX_MESSAGE_BYTES = 32 * 2**20
 NAME_CHECK_TIMEOUT = 1.0  # seconds to wait for workers to list their tasks
 SYNC_TIMEOUT = 3.0  # attach waits this long at most for a task's current state
 # rpc:// sends a task's states to the reply queue of the client that sent it, and that
@@ -192,16 +186,16 @@ class Session:
             task_name = fn if isinstance(fn, str) else fn.name
             if isinstance(fn, str):
                 self._check_task_name(task_name)
-            _check_json(task_name, args, kwargs)
+            check_json(task_name, args, kwargs)
             send_args, send_kwargs, shipped = list(args), kwargs, False
             if isinstance(fn, Task) and not queue and getattr(fn, "queue", None):
                 options["queue"] = fn.queue
         elif callable(fn):
             task_name = SHIPPED_TASK_NAME
             with collecting() as carried:
-                segments = _pickle_call(fn, args, kwargs)
+                segments = pickle_call(fn, args, kwargs)
             holding = [*holding, *carried]
-            sealed = self._seal_call(task_id, segments, _display_name(fn))
+            sealed = self._seal_call(task_id, segments, display_name(fn))
             send_args, send_kwargs, shipped = [sealed], {}, True
             options["serializer"] = SERIALIZER
         else:
@@ -211,10 +205,10 @@ class Session:
             )
         job = Job(
             task_id,
-            name or _display_name(fn),
+            name or display_name(fn),
             self,
             shipped=shipped,
-            call_repr=call_repr or _call_repr(fn, args, kwargs),
+            call_repr=call_repr or shown_call(fn, args, kwargs),
             code=fn if shipped else None,
         )
         for scattered in holding:
@@ -516,80 +510,8 @@ def apply_async(
     return current_session().submit(fn, tuple(args), kwargs, queue=queue)
 
 
-def _check_json(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    sizes: dict[str, int] = {}
-    for label, value in _labelled(args, kwargs):
-        try:
-            sizes[label] = len(json_dumps(value))
-        except Exception as exc:
-            raise SerializationError(
-                f"{label} of {name} ({type(value).__name__}) cannot be sent as JSON: {exc}; "
-                "registered tasks take JSON arguments"
-            ) from None
-    if sum(sizes.values()) > MAX_MESSAGE_BYTES:
-        _refuse_size(name, sum(sizes.values()), sizes)
-
-
-def _labelled(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [
-        *((f"argument {i + 1}", a) for i, a in enumerate(args)),
-        *((f"argument {k!r}", v) for k, v in kwargs.items()),
-    ]
-
-
-def _refuse_size(name: str, total: int, sizes: dict[str, int]) -> None:
-    largest = max(sizes, key=sizes.__getitem__) if sizes else "the call"
-    mib = 2**20
-    raise SerializationError(
-        f"the call {name}() takes {total / mib:.1f} MiB once serialized (largest: {largest}, "
-        f"{sizes.get(largest, total) / mib:.1f} MiB), over the {MAX_MESSAGE_BYTES // mib} MiB "
-        "limit for one message: pass large data by reference (a file path, a URL, a key)"
-    )
-
-
-def _pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[memoryview]:
-    """The call pickled (protocol 5, big buffers out of band); SerializationError naming
-    the part that cannot be pickled."""
-    try:
-        return dumps((fn, args, kwargs))
-    except CelerynbError:
-        raise
-    except Exception as whole:
-        parts = [("the function", fn), *_labelled(args, kwargs)]
-        for label, value in parts:
-            try:
-                dumps(value)
-            except CelerynbError:
-                raise
-            except Exception as exc:
-                raise SerializationError(
-                    f"cannot ship {label} of {_display_name(fn)}() "
-                    f"({type(value).__name__}): {type(exc).__name__}: {exc}"
-                ) from None
-        raise SerializationError(f"cannot ship {_display_name(fn)}(): {whole}") from None
-
-
 def _forget_stored(store: DataStore, key: str) -> None:
     try:
         store.delete([key])
     except Exception as exc:  # it expires anyway
         log.debug("celerynb: could not remove %s from the data store: %s", key, exc)
-
-
-def _display_name(fn: Any) -> str:
-    if isinstance(fn, str):
-        return fn
-    if isinstance(fn, Task):
-        return fn.name
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if not name:
-        return type(fn).__name__
-    return name.rsplit("<locals>.", 1)[-1]  # outer function names are noise here
-
-
-def _call_repr(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    r = reprlib.Repr()
-    r.maxstring, r.maxother = 20, 20
-    parts = [r.repr(a) for a in args] + [f"{k}={r.repr(v)}" for k, v in kwargs.items()]
-    text = f"{_display_name(fn)}({', '.join(parts)})"
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -9,8 +9,8 @@ import uuid
 from conftest import start_worker, wait_for
 
 import celerynb
+from celerynb._calls import pickle_call
 from celerynb._config import SHIPPED_TASK_NAME
-from celerynb._session import _pickle_call
 from celerynb._signing import seal
 from celerynb._wire import SERIALIZER
 
@@ -35,7 +35,7 @@ def signed_call(session, fn, args, *, sealed_at=None):
     """A call as the kernel signs it: (task id, frame)."""
     task_id = str(uuid.uuid4())
     sealed = seal(
-        _pickle_call(fn, args, {}),
+        pickle_call(fn, args, {}),
         secret=session.secret,
         purpose="call",
         task_id=task_id,

@@ -73,7 +73,7 @@ def test_bad_process_count_is_refused():
 
 
 def test_registered_task_arguments_too_big_for_one_message_are_refused_naming_them(session):
-    from celerynb._session import MAX_MESSAGE_BYTES
+    from celerynb._calls import MAX_MESSAGE_BYTES
 
     before = len(celerynb.jobs())
     with pytest.raises(celerynb.SerializationError) as info:
@@ -88,7 +88,7 @@ def test_a_big_call_with_no_data_store_is_refused_at_submit_in_one_line(monkeypa
     """RabbitMQ with rpc:// has no Redis to keep big data in: a call over the 32 MiB a
     message may carry is refused before anything is sent, saying what to do."""
     import celerynb._session as session_module
-    from celerynb._session import MAX_MESSAGE_BYTES
+    from celerynb._calls import MAX_MESSAGE_BYTES
 
     monkeypatch.setattr(session_module, "_current", session_module._current)
     session = celerynb.connect("amqp://guest:guest@127.0.0.1:5672//", secret="s", check=False)
