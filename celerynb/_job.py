@@ -411,8 +411,9 @@ class Job(WatchedFuture):
             pass
 
     def _receive(self, reference: Opened, done_at: Any) -> None:
-        """Read a big result from the data store (on a transfer thread), then settle; the
-        stored data is removed once the value is here."""
+        """Read a big result from the data store (on a transfer thread), then settle. The
+        stored data is removed once read, whether it opened or not (tampered data never
+        will), and expires if it cannot be."""
         session = self._session
         ref = reference.ref or {}
         try:
@@ -425,15 +426,13 @@ class Job(WatchedFuture):
                 progress=self._transfer_progress("receiving the result", int(ref["size"])),
             )
             with resolving(session.secret, session.store_for):
-                value = loads(opened.segments)
+                outcome: tuple[str, Any] = ("value", loads(opened.segments))
             del opened
         except Exception as exc:  # gone, tampered, unreachable: the job says which
-            self._settle("error", exc, done_at)
-            self._notify()
-            return
-        self._settle("value", value, done_at)
+            outcome = ("error", exc)
+        self._settle(*outcome, done_at)
         self._notify()
-        store = session.store_for(ref["store"])
+        store = session.store_for(ref["store"]) if isinstance(ref.get("store"), str) else None
         if store is not None:
             try:
                 store.delete([ref["key"]])

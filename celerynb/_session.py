@@ -438,8 +438,11 @@ class Session:
         self.watcher.stop()
         self._revoker.close()
         self.transfers.close()
-        for job in registry.all():
-            if job._session is self and not job.done():
+        watched = registry.all()
+        # A group's parts are not in the registry: they end, and so their group does.
+        parts = [part for group in watched for part in getattr(group, "jobs", ())]
+        for job in [*watched, *parts]:
+            if isinstance(job, Job) and job._session is self and not job.done():
                 job._abandon(
                     ConnectionClosedError(
                         f"the connection to {self.broker_url} was closed before job {job.id} "

@@ -226,6 +226,7 @@ def test_a_stored_call_tampered_with_is_refused_before_unpickling(heavy, tmp_pat
     error = job.exception(timeout=30)
     assert isinstance(error, PayloadRefusedError) and "bad signature" in str(error), repr(error)
     assert not mark.exists(), "the tampered payload was unpickled"
+    redis_of(heavy).delete(key)  # sent by hand: no kernel's job removes it
 
 
 def test_a_scattered_object_tampered_with_in_the_store_is_refused(heavy, tmp_path):
@@ -261,6 +262,7 @@ def test_a_big_result_tampered_with_before_the_kernel_reads_it_fails_the_job(hea
     release.set()
     error = job.exception(timeout=30)
     assert isinstance(error, PayloadRefusedError) and "bad signature" in str(error), repr(error)
+    assert wait_for(lambda: not redis_of(heavy).exists(key), timeout=10), "tampered data stayed"
 
 
 def test_an_unreachable_store_fails_the_job_in_one_line_and_sends_nothing(

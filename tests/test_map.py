@@ -380,3 +380,17 @@ def test_a_group_says_what_its_tasks_note(session):
     assert wait_for(lambda: attached.note is not None, timeout=15), attached.status_line()
     assert "no worker has it" in attached.note and attached.note.startswith("1 of 2 tasks: ")
     assert "no worker has it" in attached.status_line()
+
+
+def test_closing_the_session_ends_an_unfinished_map_instead_of_leaving_it_waiting(
+    cluster, monkeypatch
+):
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    session = celerynb.connect(cluster)
+    sweep = celerynb.map(slow_square, range(8), [0.2] * 8, chunksize=4)  # 0.8 s a chunk
+    session.close()
+    assert wait_for(sweep.done, timeout=10), sweep.status_line()
+    with pytest.raises(celerynb.ConnectionClosedError):
+        sweep.result(timeout=0)
