@@ -86,6 +86,7 @@ def test_a_call_too_big_for_one_message_is_refused_naming_the_argument(session):
     assert len(celerynb.jobs()) == before, "nothing was sent"
 
 
+@pytest.mark.needs_server
 def test_broker_down_at_submit_fails_within_five_seconds_with_masked_url(tmp_path, monkeypatch):
     from services import start_redis
 
