@@ -138,7 +138,7 @@ def test_a_run_without_servers_fails_each_test_that_starts_or_reaches_one(tmp_pa
     assert "2 failed, 1 passed, 1 deselected" in out.stdout, out.stdout
     for said in [
         "test_guarded.py::test_starts_a_local_cluster_in_a_child starts a server ('",
-        "test_guarded.py::test_reaches_the_machines_redis connects to a server at port 6379: ",
+        "test_guarded.py::test_reaches_the_machines_redis connects to a server at port 6379: mark",
     ]:
         assert said in out.stdout, out.stdout
-    assert out.stdout.count("mark it `needs_server` (tests/without_servers.py)") == 2
+    assert "mark it `needs_server` (tests/without_servers.py)" in out.stdout, out.stdout
