@@ -15,10 +15,11 @@ import io
 import linecache
 import pickle
 import re
-import symtable
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import _cell_reads
 
 MAX_CAPTURED_CHARS = 1_000_000  # per stream; longer output keeps its end
 
@@ -37,75 +38,22 @@ class CellResult:
 
 # -- kernel side: what the cell needs ------------------------------------------
 def parse_cell(source: str, filename: str) -> ast.Module:
-    """The cell's syntax tree; SyntaxError (with the line) if it is not plain Python."""
+    """The cell's syntax tree; SyntaxError (with the line) if it is not plain Python.
+
+    The cell is compiled as the worker will compile it, so errors only the compiler
+    finds (``nonlocal`` at top level, ``return`` outside a function) are caught here.
+    """
+    compile(source, filename, "exec")
     return ast.parse(source, filename, "exec")
 
 
 def names_read_from_outside(source: str, filename: str) -> list[str]:
-    """Names the cell reads before (or without) binding them itself, in reading order.
+    """Names the cell may read before (or without) binding them, in reading order.
 
-    Module-level code is followed in execution order (a loop variable is bound
-    before the loop body runs); functions and classes defined in the cell count
-    the global names they read. A name bound earlier, even conditionally, counts
-    as bound.
+    See ``_cell_reads`` for the rules: Python's scopes, followed in execution order;
+    a name bound on only some paths (one branch of an ``if``, a loop body) is needed.
     """
-    tree = parse_cell(source, filename)
-    reads = _ReadsBeforeBinding(_global_reads(symtable.symtable(source, filename, "exec")))
-    reads.run(tree.body)
-    return reads.needed
-
-
-# try/except, and try/except* (Python 3.11+).
-_TRY_STATEMENTS = (ast.Try, *([ast.TryStar] if hasattr(ast, "TryStar") else []))
-
-
-class _ReadsBeforeBinding:
-    def __init__(self, global_reads: set[str]) -> None:
-        self.global_reads = global_reads
-        self.bound: set[str] = set()
-        self.needed: list[str] = []
-
-    def run(self, statements: list[ast.stmt]) -> None:
-        for statement in statements:
-            if isinstance(statement, ast.For | ast.AsyncFor):
-                self.read(statement.iter)
-                self.bind(statement.target)
-                self.run(statement.body + statement.orelse)
-            elif isinstance(statement, ast.While | ast.If):
-                self.read(statement.test)
-                self.run(statement.body + statement.orelse)
-            elif isinstance(statement, ast.With | ast.AsyncWith):
-                for item in statement.items:
-                    self.read(item.context_expr)
-                    if item.optional_vars is not None:
-                        self.bind(item.optional_vars)
-                self.run(statement.body)
-            elif isinstance(statement, _TRY_STATEMENTS):
-                self.run(statement.body)
-                for handler in statement.handlers:
-                    if handler.type is not None:
-                        self.read(handler.type)
-                    if handler.name:
-                        self.bound.add(handler.name)
-                    self.run(handler.body)
-                self.run(statement.orelse + statement.finalbody)
-            else:
-                if isinstance(statement, ast.AugAssign) and isinstance(statement.target, ast.Name):
-                    self.need(statement.target.id)  # x += 1 reads x
-                self.read(statement)
-                self.bind(statement)
-
-    def read(self, node: ast.AST) -> None:
-        for name in _loaded_names(node):
-            if name in self.global_reads:
-                self.need(name)
-
-    def need(self, name: str) -> None:
-        if name not in self.bound and name not in self.needed:
-            self.needed.append(name)
-
-    def bind(self, node: ast.AST) -> None:
-        self.bound |= _bound_names(node)
+    return _cell_reads.names_read_from_outside(parse_cell(source, filename))
 
 
 def cell_inputs(
@@ -136,49 +84,6 @@ def parse_output_names(text: str | Iterable[str] | None) -> tuple[str, ...]:
         if not name.isidentifier():
             raise ValueError(f"{name!r} is not a variable name")
     return names
-
-
-def _global_reads(table: symtable.SymbolTable) -> set[str]:
-    reads = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
-    pending = list(table.get_children())
-    while pending:
-        child = pending.pop()
-        reads |= {s.get_name() for s in child.get_symbols() if s.is_referenced() and s.is_global()}
-        pending.extend(child.get_children())
-    return reads
-
-
-def _loaded_names(tree: ast.AST) -> list[str]:
-    names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            names.append(node.id)
-    return names
-
-
-def _bound_names(tree: ast.AST) -> set[str]:
-    """Names a module-level statement binds (not those bound inside its functions)."""
-    bound: set[str] = set()
-    pending: list[ast.AST] = [tree]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            bound.add(node.name)
-            pending.extend(node.decorator_list)
-            continue
-        if isinstance(node, ast.Lambda | ast.ListComp | ast.SetComp | ast.DictComp):
-            continue
-        if isinstance(node, ast.GeneratorExp):
-            continue
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
-            bound.add(node.id)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            for alias in node.names:
-                bound.add(alias.asname or alias.name.split(".")[0])
-        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
-            bound.add(node.name)
-        pending.extend(ast.iter_child_nodes(node))
-    return bound
 
 
 # -- worker side: run it ---------------------------------------------------------

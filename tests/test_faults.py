@@ -16,6 +16,8 @@ from services import pings
 import celerynb
 import celerynb._session as session_module
 
+pytestmark = pytest.mark.needs_server
+
 
 def steps(n, pause):
     from celerynb import tqdm

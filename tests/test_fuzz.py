@@ -4,6 +4,7 @@ line, never crash or hang, and send nothing when they refuse (hypothesis)."""
 import threading
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,6 +87,7 @@ urls = st.one_of(
 )
 
 
+@pytest.mark.needs_server  # the URLs reach the machine's Redis and RabbitMQ
 @settings(FUZZ, deadline=15000)
 @given(url=urls)
 def test_connect_refuses_bad_urls_quickly_and_never_shows_a_password(monkeypatch, url):

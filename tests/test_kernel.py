@@ -9,6 +9,8 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.needs_server
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 

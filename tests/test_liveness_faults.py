@@ -14,6 +14,8 @@ import celerynb._session as session_module
 from celerynb._cluster import _stop_process
 from celerynb._liveness import LOST_AFTER
 
+pytestmark = pytest.mark.needs_server
+
 
 def steps(n, pause):
     from celerynb import tqdm

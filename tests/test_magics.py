@@ -11,6 +11,8 @@ from kernel_helpers import Kernel
 
 from celerynb._config import mask_url
 
+pytestmark = pytest.mark.needs_server
+
 FUNCTIONS = """
 import time, celery, celerynb
 def simulate(n, pause=0.01):

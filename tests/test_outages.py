@@ -15,6 +15,8 @@ import celerynb
 import celerynb._session as session_module
 from celerynb._cluster import _stop_process, free_port
 
+pytestmark = pytest.mark.needs_server
+
 
 def gated(gate, value):
     import os

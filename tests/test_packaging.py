@@ -9,6 +9,16 @@ import pytest
 
 import celerynb
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_pyproject():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pytest brings tomli there
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
 
 def test_all_lists_exactly_the_public_names():
     public = {name for name in vars(celerynb) if not name.startswith("_")}
@@ -76,9 +86,8 @@ CONDA_NAMES = {"redis": "redis-py"}
 def test_the_conda_environment_has_what_the_notebooks_and_lab_need():
     """`conda env create -f environment.yml` must run every notebook: pyproject's
     dependencies and its lab and db extras (the notebooks' database backend), all there."""
-    tomllib = pytest.importorskip("tomllib")
-    root = Path(__file__).resolve().parent.parent
-    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    root = ROOT
+    project = load_pyproject()["project"]
     extras = project["optional-dependencies"]
     wanted = [*project["dependencies"], *extras["lab"], *extras["db"]]
 
@@ -92,3 +101,39 @@ def test_the_conda_environment_has_what_the_notebooks_and_lab_need():
     }
     missing = [r for r in wanted if CONDA_NAMES.get(name(r), name(r)) not in conda]
     assert not missing, f"environment.yml lacks {missing}"
+
+
+def test_every_place_that_names_the_supported_pythons_names_the_same_ones():
+    """pyproject's classifiers are the list; requires-python, environment.yml, the README
+    and dev.py's own check agree with it (requires-python has no upper bound on purpose:
+    pip would refuse a newer Python rather than let it try)."""
+    project = load_pyproject()["project"]
+    promised = [
+        c.rsplit(" :: ", 1)[1]
+        for c in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    ]
+    minors = [int(version.split(".")[1]) for version in promised]
+    assert minors == list(range(minors[0], minors[-1] + 1)), f"not consecutive: {promised}"
+    lowest, highest = promised[0], promised[-1]
+    after = f"3.{minors[-1] + 1}"
+
+    assert project["requires-python"] == f">={lowest}"
+    conda = re.search(r"^\s+- python(\S*)", (ROOT / "environment.yml").read_text(), re.M)
+    assert conda and conda.group(1) == f">={lowest},<{after}", conda
+    readme = (ROOT / "README.md").read_text()
+    needed = re.search(r"Only Python (.+?) is needed", readme, re.S)
+    assert needed and re.findall(r"3\.\d+", needed.group(1)) == promised, needed
+    assert not re.findall(r"Python 3\.\d+\+", readme), "name the versions, not 3.X+"
+    for low, high in re.findall(r"Python (3\.\d+) to (3\.\d+)", readme):
+        assert (low, high) == (lowest, highest)
+    assert f"sys.version_info < (3, {minors[0]})" in (ROOT / "dev.py").read_text()
+
+
+def test_dev_py_reads_the_promised_pythons_from_the_classifiers():
+    from test_dev_tools import load_dev
+
+    classifiers = load_pyproject()["project"]["classifiers"]
+    promised = [c.rsplit(" :: ", 1)[1] for c in classifiers if re.search(r":: 3\.\d+$", c)]
+    dev = load_dev()
+    assert dev.promised_pythons((ROOT / "pyproject.toml").read_text()) == promised

@@ -7,12 +7,15 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from conftest import wait_for
 from kernel_helpers import Kernel
 from services import pings, start_redis
 
 import celerynb
 from celerynb._cluster import _stop_process, free_port
+
+pytestmark = pytest.mark.needs_server
 
 PASSWORD = "pw-7f3a9c-do-not-show"
 
