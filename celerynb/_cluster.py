@@ -187,6 +187,11 @@ class LocalCluster:
         self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
         self._processes: list[subprocess.Popen[bytes]] = []
         self._on_close: list[Any] = []
+        # Big data between the kernel and the workers: a 0700 directory in memory
+        # (/dev/shm) where there is one, removed with the cluster (see _localstore).
+        data_dir = _data_directory(self._dir)
+        self.store_url = f"file://{data_dir}"
+        self._on_close.append(lambda: shutil.rmtree(data_dir, ignore_errors=True))
         # The callbacks ride along so that interpreter exit, too, stops the sessions'
         # watchers before Redis goes (else each would warn of a lost connection).
         self._finalizer = weakref.finalize(
@@ -401,6 +406,19 @@ def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
                 proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
+
+
+def _data_directory(fallback: Path) -> str:
+    """A new 0700 directory in ``/dev/shm`` (memory), else inside ``fallback``."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        try:
+            return tempfile.mkdtemp(prefix="celerynb-data-", dir=shm)
+        except OSError:
+            pass
+    data = fallback / "data"
+    data.mkdir(mode=0o700)
+    return str(data)
 
 
 def _stop_all(

@@ -11,6 +11,7 @@ from celery import Celery
 
 from ._backend import plain_backend_url, quiet_backend_url
 from ._config import BACKEND_ENV, BROKER_ENV, default_backend, failure_line, mask_url
+from ._datastore import store_spec
 from ._errors import ConnectionSettingsError, NotConnectedError, one_line
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
@@ -86,6 +87,7 @@ def connect(
             )
         owner = target
         key = key if key is not None else _as_bytes(target.secret)
+        store = store_spec(store, default=getattr(target, "store_url", None))
         # Calls go where the cluster's workers listen: its first queue, if it has some.
         queues = getattr(target, "queues", None) or []
         conf = {"task_default_queue": queues[0]} if queues else {}

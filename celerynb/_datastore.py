@@ -8,9 +8,12 @@ instead. Two kinds of store:
 - ``RedisDataStore`` (the default): the Redis the session already uses (its result
   backend's, else its broker's), in chunks of a Redis hash, so neither Redis's
   512 MB value limit nor its pub/sub buffer limit matters; every entry expires.
-- ``FsspecDataStore``: any fsspec URL (``file:///shared/dir``, ``s3://bucket/x``,
-  ``memory://`` for tests), one object per entry; entries older than their time to
-  live are swept when a kernel connects or scatters.
+- ``LocalDirectoryStore`` (``_localstore``): a ``file://`` directory, a LocalCluster's
+  default (in ``/dev/shm``, several times faster than Redis on one machine) or a
+  shared disk;
+- ``FsspecDataStore``: any other fsspec URL (``s3://bucket/x``, ``memory://`` for
+  tests), one object per entry; entries older than their time to live are swept
+  when data is put.
 
 A store is named by its ``spec`` ("redis", or the URL), which the kernel signs
 into each call so that the worker writes results where the kernel reads them.
@@ -143,13 +146,13 @@ class RedisDataStore:
                     pipe.hget(name, str(index))
                 for piece in pipe.execute():
                     if piece is None or offset + len(piece) > size:
-                        raise DataUnavailableError(_gone(key))
+                        raise DataUnavailableError(gone_line(key))
                     out[offset : offset + len(piece)] = piece
                     offset += len(piece)
                 if progress is not None:
                     progress(offset)
         if offset != size:
-            raise DataUnavailableError(_gone(key))
+            raise DataUnavailableError(gone_line(key))
         return out
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -164,7 +167,7 @@ class RedisDataStore:
         return kept
 
     def _errors(self, doing: str) -> AbstractContextManager[None]:
-        return _store_errors(f"could not {doing} the data store (Redis) at", self._url)
+        return store_errors(f"could not {doing} the data store (Redis) at", self._url)
 
 
 class FsspecDataStore:
@@ -209,7 +212,7 @@ class FsspecDataStore:
             try:
                 handle = self._fs.open(self._path(key), "rb")
             except FileNotFoundError:
-                raise DataUnavailableError(_gone(key)) from None
+                raise DataUnavailableError(gone_line(key)) from None
             with handle:
                 while offset < size:
                     piece = handle.read(min(CHUNK, size - offset))
@@ -220,7 +223,7 @@ class FsspecDataStore:
                     if progress is not None:
                         progress(offset)
         if offset != size:
-            raise DataUnavailableError(_gone(key))
+            raise DataUnavailableError(gone_line(key))
         return out
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -261,7 +264,7 @@ class FsspecDataStore:
                     log.debug("celerynb: could not sweep %s: %s", entry.get("name"), exc)
 
     def _errors(self, doing: str) -> AbstractContextManager[None]:
-        return _store_errors(f"could not {doing} the data store at", self.spec)
+        return store_errors(f"could not {doing} the data store at", self.spec)
 
 
 def _modified(entry: dict[str, Any]) -> float | None:
@@ -274,7 +277,7 @@ def _modified(entry: dict[str, Any]) -> float | None:
     return None
 
 
-def _gone(key: str) -> str:
+def gone_line(key: str) -> str:
     return (
         f"the data {key} is no longer in the data store: it expired, was removed once "
         "collected or released, or was never completely written"
@@ -282,7 +285,7 @@ def _gone(key: str) -> str:
 
 
 @contextmanager
-def _store_errors(doing: str, url: str | None) -> Iterator[None]:
+def store_errors(doing: str, url: str | None) -> Iterator[None]:
     """Turns a failure of the store's client into one DataStoreError line (URL masked)."""
     try:
         yield
@@ -300,9 +303,10 @@ _stores: dict[tuple[int, int, str], DataStore | None] = {}
 _stores_lock = threading.Lock()
 
 
-def store_spec(explicit: str | None = None) -> str:
-    """The store a kernel uses: ``explicit``, else ``$CELERYNB_DATA_STORE``, else Redis."""
-    return explicit or os.environ.get(STORE_ENV) or REDIS_SPEC
+def store_spec(explicit: str | None = None, default: str | None = None) -> str:
+    """The store a kernel uses: ``explicit``, else ``$CELERYNB_DATA_STORE``, else
+    ``default`` (a LocalCluster's directory), else Redis."""
+    return explicit or os.environ.get(STORE_ENV) or default or REDIS_SPEC
 
 
 def data_store(app: Any, spec: str = REDIS_SPEC) -> DataStore | None:
@@ -315,6 +319,10 @@ def data_store(app: Any, spec: str = REDIS_SPEC) -> DataStore | None:
 
 
 def _make_store(app: Any, spec: str) -> DataStore | None:
+    if spec.startswith("file://"):
+        from ._localstore import LocalDirectoryStore  # no fsspec needed on one machine
+
+        return LocalDirectoryStore(spec)
     if spec != REDIS_SPEC:
         return FsspecDataStore(spec)
     from celery.backends.redis import RedisBackend

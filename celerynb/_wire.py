@@ -33,14 +33,14 @@ def encode_call(body: Any) -> bytes:
 
 
 def decode_call(data: Any) -> list[Any]:
-    """``[[frame], kwargs, embed]`` from a message body; the frame is a (writable)
-    bytearray, so arrays a small call carries arrive writable."""
+    """``[[frame], kwargs, embed]`` from a message body; the frame stays bytes (a worker
+    answers ``inspect active`` with its tasks' arguments as JSON, which takes bytes)."""
     raw = data.encode("latin-1") if isinstance(data, str) else bytes(data)
     if raw[: len(_MAGIC)] != _MAGIC or len(raw) < _HEAD:
         raise ValueError("not a celerynb message body")
     (length,) = struct.unpack(">I", raw[len(_MAGIC) : _HEAD])
     kwargs, embed = json_loads(raw[_HEAD : _HEAD + length])
-    return [[bytearray(memoryview(raw)[_HEAD + length :])], kwargs, embed]
+    return [[raw[_HEAD + length :]], kwargs, embed]
 
 
 def accept_shipped_calls(app: Any) -> None:

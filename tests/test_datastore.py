@@ -58,6 +58,7 @@ def store(private_redis):
         private_redis.delete(*keys)
 
 
+@pytest.mark.needs_server
 def test_a_frame_comes_back_through_redis_with_an_expiry(store, private_redis):
     value = {"data": bytes(range(256)) * 20_000, "n": 3}  # 5 MB: three chunks
     sealed = seal(dumps(value), secret=SECRET, purpose="result", task_id="t1")
@@ -73,6 +74,7 @@ def test_a_frame_comes_back_through_redis_with_an_expiry(store, private_redis):
     assert not store.refresh("k1", 60)
 
 
+@pytest.mark.needs_server
 def test_a_missing_chunk_is_data_unavailable(store, private_redis):
     sealed = seal(b"x" * (3 * CHUNK), secret=SECRET, purpose="result", task_id="t1")
     store.put("k2", sealed.parts, sealed.size, 60)
@@ -81,6 +83,7 @@ def test_a_missing_chunk_is_data_unavailable(store, private_redis):
         store.get("k2", sealed.size)
 
 
+@pytest.mark.needs_server
 def test_a_full_store_says_so_in_one_line(store):
     big = b"x" * (100 * 2**20)
     with pytest.raises(DataStoreError) as info:
@@ -96,6 +99,7 @@ class LeavesAMark:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.needs_server
 def test_a_reference_to_another_tasks_or_an_older_frame_is_refused(store, tmp_path):
     mark = tmp_path / "unpickled"
     segments = [pickle.dumps(LeavesAMark(str(mark))) + b"\0" * CHUNK]

@@ -1,5 +1,6 @@
 """Heavy data on real workers: big arguments and results by signed reference through the
-session's Redis, scatter once for many calls, the kernel's memory, tampering, bad input.
+session's Redis (and a LocalCluster's own directory), scatter once for many calls, the
+kernel's memory, tampering, bad input.
 
 One LocalCluster of its own (two worker processes), so that Redis's traffic counters
 measure this module's transfers alone and big objects never stay in the suite's
@@ -30,6 +31,7 @@ from celerynb._wire import SERIALIZER
 
 np = pytest.importorskip("numpy")
 MB = 10**6
+pytestmark = pytest.mark.needs_server
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,11 @@ def heavy_cluster():
 
 @pytest.fixture
 def heavy(heavy_cluster, monkeypatch):
-    """A session on the module's cluster, current for the test."""
+    """A session on the module's cluster, current for the test, keeping big data in
+    Redis (the default of every Redis connection but a LocalCluster's)."""
     import celerynb._session as session_module
 
-    session = celerynb.connect(heavy_cluster)
+    session = celerynb.connect(heavy_cluster, store="redis")
     yield session
     monkeypatch.setattr(session_module, "_current", None)
     session.close()
@@ -173,7 +176,7 @@ def peak_script(cluster, kind, size):
     return textwrap.dedent(
         f"""
         import json, resource, celerynb
-        celerynb.connect({broker!r}, backend={backend!r}, secret={secret!r})
+        celerynb.connect({broker!r}, backend={backend!r}, secret={secret!r}, store="redis")
         def make(kind, size):
             import numpy as np
             return np.ones(size, dtype="u1") if kind == "array" else b"x" * size
@@ -358,3 +361,28 @@ def test_a_cell_reads_a_scattered_variable(heavy):
 def test_scattering_what_cannot_be_pickled_names_it(heavy):
     with pytest.raises(celerynb.SerializationError, match="cannot scatter lock"):
         celerynb.scatter(threading.Lock())
+
+
+def test_a_local_clusters_own_directory_carries_big_data_privately(heavy_cluster, monkeypatch):
+    import stat
+
+    import celerynb._session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    session = celerynb.connect(heavy_cluster)  # a LocalCluster's default store
+    directory = heavy_cluster.store_url.removeprefix("file://")
+    try:
+        assert session.store_spec == heavy_cluster.store_url
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        scattered = celerynb.scatter(np.arange(1_000_000.0))
+        (entry,) = os.listdir(directory)
+        assert stat.S_IMODE(os.stat(os.path.join(directory, entry)).st_mode) == 0o600
+        job = celerynb.submit(total_and_first, np.ones(2_000_000))
+        assert job.result(timeout=60) == (2_000_000.0, 1.0, True)
+        assert celerynb.submit(element, scattered, 9).result(timeout=60) == 9.0
+        value, digest = celerynb.submit(big_bytes, (5 * MB)).result(timeout=60)
+        assert hashlib.sha256(value).hexdigest() == digest
+        scattered.release()
+        assert wait_for(lambda: not os.listdir(directory), timeout=10), os.listdir(directory)
+    finally:
+        session.close()

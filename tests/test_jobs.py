@@ -67,6 +67,16 @@ def test_submit_returns_before_the_task_finishes(session):
     assert job.result(timeout=30) == 20
 
 
+def test_workers_answer_inspect_while_shipped_calls_run_and_wait(session):
+    """A worker tells its active and reserved tasks with their arguments as JSON: a
+    shipped call's binary frame must not break that answer (nor the watcher's questions)."""
+    jobs = [celerynb.submit(slow_steps, 20, 0.1) for _ in range(3)]  # two run, one waits
+    assert wait_for(lambda: sum(job.state != "PENDING" for job in jobs) == 2, timeout=30)
+    busy = {task_id for worker in celerynb.workers() for task_id, _ in worker.active}
+    assert busy & {job.id for job in jobs}, "the worker did not answer with its active tasks"
+    assert [job.result(timeout=30) for job in jobs] == [20, 20, 20]
+
+
 def test_progress_snapshots_arrive_and_are_monotonic(session):
     job = celerynb.submit(slow_steps, 15, 0.1)
     seen = []

@@ -1,0 +1,127 @@
+"""A data store in a local directory (both sides): ``file:///path``.
+
+For a ``LocalCluster`` (kernel and workers on one machine) a private directory in
+memory-backed ``/dev/shm`` moves big frames several times faster than Redis (measured,
+0.5 GB on 2 cores: put 0.2-0.3 s vs 0.9-1.4 s, get 0.5-0.6 s vs 0.7-0.9 s), and a
+directory on a shared disk serves machines that mount it. Entries are 0600 files in
+the directory, written under a temporary name and renamed, so a reader never sees
+half a frame; their modification time is their age, and entries older than their
+time to live are swept when data is put.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from urllib.parse import unquote, urlsplit
+
+from ._datastore import CHUNK, Buffer, Progress, chunks_of, gone_line, store_errors
+from ._errors import DataUnavailableError
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+SWEEP_EVERY = 60.0  # seconds between sweeps of expired entries by one process
+
+
+def directory_of(url: str) -> str:
+    """The local path of a ``file://`` URL."""
+    return unquote(urlsplit(url).path)
+
+
+class LocalDirectoryStore:
+    """Entries as files of one local directory (``file:///path``)."""
+
+    def __init__(self, url: str) -> None:
+        self.spec = url
+        self._root = directory_of(url)
+        self._swept_at: float | None = None
+
+    def _path(self, key: str) -> str:
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"not a data store key: {key!r}")
+        return os.path.join(self._root, key)
+
+    def put(
+        self,
+        key: str,
+        parts: Sequence[Buffer],
+        size: int,
+        ttl: int,
+        progress: Progress | None = None,
+    ) -> None:
+        path = self._path(key)
+        partial = f"{path}.{os.getpid()}.partial"
+        done = 0
+        with store_errors(f"could not store {size} bytes in the data store at", self.spec):
+            self.sweep(ttl)
+            os.makedirs(self._root, mode=0o700, exist_ok=True)
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                with os.fdopen(descriptor, "wb") as out:
+                    for piece in chunks_of(parts, CHUNK):
+                        out.write(piece)
+                        done += memoryview(piece).nbytes
+                        if progress is not None:
+                            progress(done)
+                os.replace(partial, path)
+            except BaseException:
+                try:
+                    os.unlink(partial)
+                except OSError:
+                    pass
+                raise
+
+    def get(self, key: str, size: int, progress: Progress | None = None) -> bytearray:
+        with store_errors("could not read data from the data store at", self.spec):
+            try:
+                return self._read(key, size, progress)
+            except FileNotFoundError:
+                raise DataUnavailableError(gone_line(key)) from None
+
+    def _read(self, key: str, size: int, progress: Progress | None) -> bytearray:
+        out = bytearray(size)
+        view = memoryview(out)
+        offset = 0
+        with open(self._path(key), "rb", buffering=0) as handle:
+            while offset < size:
+                read = handle.readinto(view[offset : min(offset + CHUNK, size)])
+                if not read:
+                    break
+                offset += read
+                if progress is not None:
+                    progress(offset)
+        if offset != size:
+            raise DataUnavailableError(gone_line(key))
+        return out
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            try:
+                os.unlink(self._path(key))
+            except (OSError, ValueError):
+                pass
+
+    def refresh(self, key: str, ttl: int) -> bool:
+        try:
+            os.utime(self._path(key))
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def sweep(self, ttl: int, now: float | None = None) -> None:
+        """Remove entries older than ``ttl`` seconds (at most once a minute per process)."""
+        now = time.time() if now is None else now
+        if self._swept_at is not None and now - self._swept_at < SWEEP_EVERY:
+            return
+        self._swept_at = now
+        try:
+            entries = list(os.scandir(self._root))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                if now - entry.stat().st_mtime > ttl:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
