@@ -1,7 +1,7 @@
 """Throughput of ``celerynb.map`` against raw Celery, Celery chunks, dask and ipyparallel.
 
-Everything runs on this machine, one contender after the other (never concurrently),
-each with two worker processes:
+Everything runs on this machine, one run at a time (never concurrently), each
+contender with two worker processes:
 
 1. ``celerynb.map(square, range(N)).results()`` with a private ``celerynb.LocalCluster``
    (its own redis-server and a prefork Celery worker, concurrency 2). Also with the
@@ -16,7 +16,9 @@ each with two worker processes:
    ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``.
 5. ipyparallel ``view.map_async(square, range(N), chunksize=C).get()``,
    ``ipp.Cluster(n=2)``, load-balanced view, with C giving as many chunks as celerynb.map
-   made for the same N (equal chunking), at N=10,000 and at N=1,000,000.
+   made for the same N (equal chunking), at N=10,000 and at N=1,000,000. These runs take
+   turns with celerynb.map's (both clusters up, one run at a time), so that a change in
+   the machine's load during the benchmark weighs on both alike.
 
 Every contender gets a warm-up, then a few timed runs from submission to all results
 received and checked; rates are items/s, median and best. Goals: celerynb.map
@@ -53,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,18 +377,14 @@ def run_dask(items: int, runs: int, warmup: int, directory: Path) -> Result:
         )
 
 
-def run_ipyparallel(
-    sizes: dict[int, int], runs: int, warmup: int, directory: Path
-) -> dict[int, Result]:
-    """ipyparallel at each ``{items: chunks}``: as many chunks as celerynb.map made."""
-    names = {
-        items: f"ipyparallel map_async, {chunks} chunks (as celerynb)"
-        for items, chunks in sizes.items()
-    }
+@contextlib.contextmanager
+def ipyparallel_view(directory: Path) -> Iterator[Any]:
+    """A load-balanced view on ``ipp.Cluster(n=2)``, or None when ipyparallel is missing."""
     try:
         import ipyparallel
     except ImportError:
-        return {items: Result(name, note=NOT_INSTALLED) for items, name in names.items()}
+        yield None
+        return
     print("ipyparallel: starting Cluster(n=2) ...", flush=True)
     # A profile of its own: no connection files left in ~/.ipython.
     cluster = ipyparallel.Cluster(n=2, profile_dir=str(directory / "ipp"), log_level=logging.ERROR)
@@ -394,21 +392,36 @@ def run_ipyparallel(
         with contextlib.redirect_stderr(io.StringIO()):  # its start-up progress bar
             client = cluster.start_and_connect_sync()
         try:
-            view = client.load_balanced_view()
-            return {
-                items: measure(
-                    names[items],
-                    lambda n, chunks=sizes[items]: ipyparallel_run(view, n, chunks),
-                    items,
-                    runs if items < 1_000_000 else 3,
-                    warmup,
-                )
-                for items in sizes
-            }
+            yield client.load_balanced_view()
         finally:
             client.close()
     finally:
         cluster.stop_cluster_sync()
+
+
+def measure_in_turns(
+    plain: CelerynbMap, view: Any, items: int, runs: int, warmup: int
+) -> tuple[Result, Result]:
+    """celerynb.map and ipyparallel (as many chunks as celerynb.map made) at ``items``,
+    their timed runs taken in turns: ours, theirs, ours, theirs..."""
+    ours = Result("celerynb.map", items)
+    print(
+        f"celerynb.map / ipyparallel in turns: warm-up + {runs} x {items:,} items ...", flush=True
+    )
+    plain.run(warmup)
+    ours.seconds.append(plain.run(items))  # tells how many chunks celerynb.map makes
+    chunks = plain.chunks[items]
+    theirs = Result(f"ipyparallel map_async, {chunks} chunks (as celerynb)", items)
+    if view is None:
+        theirs.note = NOT_INSTALLED
+        ours.seconds += [plain.run(items) for _ in range(runs - 1)]
+        return ours, theirs
+    ipyparallel_run(view, warmup, chunks)
+    for turn in range(runs):
+        if turn:
+            ours.seconds.append(plain.run(items))
+        theirs.seconds.append(ipyparallel_run(view, items, chunks))
+    return ours, theirs
 
 
 # -- report -----------------------------------------------------------------------
@@ -471,7 +484,12 @@ def main() -> None:
             print("celerynb: starting LocalCluster(processes=2) ...", flush=True)
             cluster = stack.enter_context(celerynb.LocalCluster(processes=2))
             celerynb.connect(cluster)
-            results["ours"] = measure("celerynb.map", plain.run, N, fast_runs, 1_000)
+            with ipyparallel_view(directory) as view:
+                equal = {
+                    items: measure_in_turns(plain, view, items, fast_runs, 1_000)
+                    for items in (N, BIG)
+                }
+            results["ours"], ipp = equal[N]
             results["shown"] = measure(
                 "celerynb.map, shown as live text bar", live.run, N, fast_runs, 1_000
             )
@@ -479,7 +497,7 @@ def main() -> None:
                 results[f"shown {big}"] = measure(
                     "celerynb.map, shown as live text bar", live.run, big, 3, 1_000
                 )
-            results["ours 1M"] = measure("celerynb.map", plain.run, BIG, 3, 1_000)
+            results["ours 1M"], ipp_big = equal[BIG]
             # psutil reads thread CPU times and this process's sockets (dask requires it).
             has_psutil = importlib.util.find_spec("psutil") is not None
             watching = watch_many(cluster, directory) if has_psutil else None
@@ -508,12 +526,9 @@ def main() -> None:
                 fast_runs,
                 1_000,
             )
-        # The celerynb cluster is stopped: the others get the machine to themselves.
+        # The celerynb cluster is stopped: dask gets the machine to itself.
         results["dask"] = run_dask(slow_items, slow_runs, 200, directory)
-        equal = run_ipyparallel(
-            {N: plain.chunks[N], BIG: plain.chunks[BIG]}, fast_runs, 1_000, directory
-        )
-        results["ipp"], results["ipp 1M"] = equal[N], equal[BIG]
+        results["ipp"], results["ipp 1M"] = ipp, ipp_big
 
     ours = results["ours"].median
     contenders = ["raw", "chunks 10", "chunks same", "dask", "ipp"]
@@ -540,12 +555,9 @@ def main() -> None:
         f"{'yes' if ahead else 'NO'}"
         + ("" if len(measured) == len(contenders) else " (some not installed)")
     )
-    big_ipp = results["ipp 1M"]
-    if big_ipp.seconds:
-        print(
-            f"at N={BIG:,} with equal chunking ({plain.chunks[BIG]} chunks): celerynb.map / "
-            f"ipyparallel = {ours_big / big_ipp.median:.2f}x (issue 15's goal: >= 1.0x)"
-        )
+    print()
+    print_equal_chunking(plain, results)
+    print()
     if slow_items < N:
         print(f"raw Celery and dask: {slow_items:,} items per run, rate extrapolated")
     submits = plain.submit_seconds[N]
@@ -588,6 +600,33 @@ def print_watching(watching: Watching) -> None:
         f"({'as expected' if len(carrying) == 1 else 'expected 1'}; another listens to worker "
         f"heartbeats); after they finished: {len(watching.after)} "
         f"({', '.join(map(str, watching.after))} ch)"
+    )
+
+
+def print_equal_chunking(plain: CelerynbMap, results: dict[str, Result]) -> None:
+    """celerynb.map against ipyparallel with the same chunks and processes, both sizes."""
+    print(
+        "equal chunking: celerynb.map vs ipyparallel map_async, the same chunks, "
+        "2 worker processes each (medians; issue 15's goal: >= 1.0x at both sizes)"
+    )
+    rows = []
+    for items, ours, theirs in (
+        (N, results["ours"], results["ipp"]),
+        (BIG, results["ours 1M"], results["ipp 1M"]),
+    ):
+        ratio = f"{ours.median / theirs.median:.2f}x" if theirs.seconds else theirs.note
+        rows.append(
+            (
+                f"{items:,}",
+                str(plain.chunks[items]),
+                f"{ours.median:,.0f}",
+                f"{theirs.median:,.0f}" if theirs.seconds else "-",
+                ratio,
+            )
+        )
+    print_table(
+        ("items", "chunks", "celerynb.map items/s", "ipyparallel items/s", "celerynb/ipyparallel"),
+        rows,
     )
 
 

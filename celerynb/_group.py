@@ -131,6 +131,7 @@ class JobGroup(WatchedFuture):
         self._errors: dict[int, BaseException] = {}  # failed items, never cancelled ones
         self._stored = [False] * len(self.jobs)  # the task's outcome is recorded here
         self._task_cancelled = [False] * len(self.jobs)
+        self._task_has_failures = [False] * len(self.jobs)  # some of its items failed
         self._remaining = len(self.jobs)
         self._cancelling = False  # cancel() is cancelling the tasks: it ends the group
         self._ended = False  # the group's outcome is decided (set once, under the lock)
@@ -155,6 +156,9 @@ class JobGroup(WatchedFuture):
         (or cancelled) item raises its exception."""
         for position, (start, stop) in enumerate(self._spans):
             self._wait_stored(position)
+            if self._all_succeeded(position):
+                yield from self._values[start:stop]
+                continue
             for index in range(start, stop):
                 error = self._item_error(position, index)
                 if error is not None:
@@ -178,8 +182,11 @@ class JobGroup(WatchedFuture):
         self._wait_or_raise(timeout)
         for position in range(len(self.jobs)):
             self._wait_stored(position)
-        outcomes = []
+        outcomes: list[Any] = []
         for position, (start, stop) in enumerate(self._spans):
+            if self._all_succeeded(position):  # no per-item work: a map may have millions
+                outcomes += self._values[start:stop]
+                continue
             for index in range(start, stop):
                 error = self._item_error(position, index)
                 outcomes.append(self._values[index] if error is None else error)
@@ -348,6 +355,7 @@ class JobGroup(WatchedFuture):
         with self._settled:
             self._errors.update(errors)
             self._task_cancelled[position] = cancelled
+            self._task_has_failures[position] = bool(errors)
             self._stored[position] = True
             self._remaining -= 1
             quiet = self._cancelling  # cancel() notifies once, not once per task
@@ -426,6 +434,10 @@ class JobGroup(WatchedFuture):
             # done callbacks run right after a job is done: this wait is short
             if not self._settled.wait_for(lambda: self._stored[position], timeout=10):
                 raise TimeoutError(f"task {job.id} finished but its items were not stored")
+
+    def _all_succeeded(self, position: int) -> bool:
+        """Whether every item of the (stored) task at ``position`` has its value."""
+        return not (self._task_cancelled[position] or self._task_has_failures[position])
 
     def _item_error(self, position: int, index: int) -> BaseException | None:
         if self._task_cancelled[position]:

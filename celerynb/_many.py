@@ -59,7 +59,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     if not iterables:
         raise TypeError("map() needs at least one iterable")
     star = len(iterables) > 1
-    items = list(zip(*iterables)) if star else list(iterables[0])
+    items = list(zip(*iterables)) if star else _sliceable(iterables[0])
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
     check_queue(queue)  # as Session.submit does, also when there are no items to send
@@ -69,17 +69,18 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     name = display_name(fn)
     jobs: list[Job] = []
     try:
-        for number, (start, stop) in enumerate(spans):
-            jobs.append(
-                session.submit(
-                    run_chunk,
-                    (fn, items[start:stop], star, name),
-                    queue=queue,
-                    name=f"{name} [{start}:{stop}]",
-                    call_repr=f"{name} chunk {number + 1}/{len(spans)}",
-                    record=False,
+        with session.watcher.batch():  # one wake of the watcher for all the chunks
+            for number, (start, stop) in enumerate(spans):
+                jobs.append(
+                    session.submit(
+                        run_chunk,
+                        (fn, items[start:stop], star, name),
+                        queue=queue,
+                        name=f"{name} [{start}:{stop}]",
+                        call_repr=f"{name} chunk {number + 1}/{len(spans)}",
+                        record=False,
+                    )
                 )
-            )
     except BaseException:
         if jobs:
             session.revoke([job.id for job in jobs], shipped=True)
@@ -94,6 +95,15 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     )
     registry.add(group)
     return group
+
+
+def _sliceable(iterable: Iterable[Any]) -> range | list[Any] | tuple[Any, ...]:
+    """The items, in a form whose slices are the chunks: a range stays a range (its
+    chunks travel as ranges, a few bytes each, whatever their length); a list or
+    tuple is sliced as it is (each slice is a copy); anything else becomes a list."""
+    if isinstance(iterable, range | list | tuple):
+        return iterable
+    return list(iterable)
 
 
 def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:

@@ -7,11 +7,12 @@ arrive is the source's business.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from celery import states
@@ -89,6 +90,7 @@ class Watcher:
         self._incoming: queue.SimpleQueue[Watched | threading.Event] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake_pending = threading.Event()
+        self._held = threading.local()  # .depth: this thread batches its watch() calls
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.status = "idle"
@@ -102,7 +104,21 @@ class Watcher:
     def watch(self, job: Watched) -> None:
         """Follow ``job`` until it is done. Safe from any thread."""
         self._incoming.put(job)
-        self._wake()
+        if not getattr(self._held, "depth", 0):
+            self._wake()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within it, this thread's ``watch`` calls only queue their jobs; the watcher
+        is woken once at the end and subscribes to all of them at once (a map's chunks:
+        one wake instead of one per chunk; states written meanwhile are caught up)."""
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._held.depth -= 1
+            if not self._held.depth:
+                self._wake()
 
     def sync(self, timeout: float = 5.0) -> bool:
         """Wait until every job watched so far has received its current state

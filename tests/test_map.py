@@ -11,10 +11,12 @@ from celery import group
 from conftest import wait_for
 
 import celerynb
+from celerynb._chunks import MAX_BLOCK, run_chunk
 from celerynb._errors import RemoteTraceback
 from celerynb._group import ItemCounts, JobGroup, count_items
 from celerynb._job import Job
 from celerynb._many import auto_chunksize, chunk_spans
+from celerynb._remote_errors import exception_from_info
 
 
 def square(x):
@@ -71,6 +73,46 @@ def test_map_of_ten_thousand_tiny_items_returns_them_in_order(session):
     assert len(mapped) == 10_000 and mapped.state == "SUCCESS"
     assert mapped.progress.n == 10_000 and mapped.progress.percent == 100
     assert list(mapped)[:4] == [0, 1, 4, 9]
+
+
+def test_a_maps_chunks_of_a_range_travel_as_ranges_and_wake_the_watcher_once(session, monkeypatch):
+    sent, wakes = [], []
+    submit, wake = session.submit, session.watcher._wake
+    monkeypatch.setattr(
+        session, "submit", lambda fn, args, **kw: sent.append(args[1]) or submit(fn, args, **kw)
+    )
+    monkeypatch.setattr(session.watcher, "_wake", lambda: wakes.append(1) or wake())
+    mapped = celerynb.map(square, range(80_000), chunksize=10_000)
+    assert sent == [range(start, start + 10_000) for start in range(0, 80_000, 10_000)]
+    assert len(wakes) == 1, "one wake of the watcher for all 8 chunks"
+    assert mapped.results(timeout=60) == [x * x for x in range(80_000)]
+
+
+def odd_items_fail(x):
+    if x == 500:
+        raise StopIteration("an item that raises StopIteration does not end its chunk")
+    if x % 7 == 3:
+        raise ValueError(f"item {x}")
+    return -x
+
+
+def test_a_chunk_runs_every_item_once_and_keeps_each_failure_at_its_offset():
+    ran = []
+
+    def item(x):
+        ran.append(x)
+        return odd_items_fail(x)
+
+    size = 3 * MAX_BLOCK + 5  # several blocks of the loop, failures in each
+    outcome = run_chunk(item, range(size))
+    failed = [x for x in range(size) if x == 500 or x % 7 == 3]
+    assert ran == list(range(size))
+    assert sorted(outcome.errors) == failed
+    assert outcome.values == [None if x in failed else -x for x in range(size)]
+    assert str(exception_from_info(outcome.errors[10])) == "item 10"
+    assert isinstance(exception_from_info(outcome.errors[500]), StopIteration)
+    starred = run_chunk(add, [(1, 2), (3, "x"), (5, 6)], star=True)
+    assert starred.values == [3, None, 11] and list(starred.errors) == [1]
 
 
 def test_map_zips_several_iterables(session):
