@@ -39,24 +39,34 @@ atexit.register(shutil.rmtree, _STORE_DIR, ignore_errors=True)
 # with pytest >= 9.2 it is silently ignored (pytest-dev/pytest-xdist#1386), and tests that
 # met in parallel would fail only now and then. test_dev_tools checks each key names tests.
 TEST_GROUPS = {
-    # The tests that keep the CPU busy (1,000 jobs or chunks, notebooks, JupyterLab and
-    # chromium) and those timing a kernel's answers: one at a time, so that they do not
-    # slow each other down. Notebook 03 also consumes the fixed RabbitMQ queue
-    # "celerynb-tutorial": its two runs at once would take each other's tasks.
-    "tests/test_kernel.py::": "cpu",
+    # The tests that keep the CPU busy (1,000 jobs or chunks, long notebook loops,
+    # JupyterLab and chromium): one at a time, so that they do not slow each other down
+    # (some time a kernel's answers meanwhile).
+    "tests/test_kernel.py::test_widget_updates_keep_flowing_while_another_cell": "cpu",
+    "tests/test_kernel.py::test_notebook_runs_top_to_bottom[01-": "cpu",
+    "tests/test_kernel.py::test_notebook_runs_top_to_bottom[05-": "cpu",
     "tests/test_scale.py::": "cpu",
     "tests/test_map.py::test_cancelling_a_map_while_its_chunks_finish": "cpu",
     "tests/test_browser.py::": "cpu",
     "tests/test_attack_browser.py::": "cpu",
-    # A module fixture shared by the module's tests (a kernel; a cluster per broker/backend;
-    # a cluster per Redis binary), set up once when the module runs in one process.
+    # Tests that time polling rounds or must see a poll catch a job mid-run: a busy CPU
+    # delays the polling thread (they fail then, in one process too). test_brokers also
+    # shares a cluster per broker/backend (a module fixture) between its tests.
+    "tests/test_brokers.py::": "cpu",
+    "tests/test_jobs.py::test_polling_source_follows_jobs_at_a_bounded_rate": "cpu",
+    # Notebook 03 consumes the fixed RabbitMQ queue "celerynb-tutorial": its two runs at
+    # once would take each other's tasks (signed with the other cluster's secret).
+    "tests/test_kernel.py::test_notebook_runs_top_to_bottom[03-": "notebook-03",
+    "tests/test_kernel.py::test_the_backends_notebook_says_what_to_install_": "notebook-03",
+    # A module fixture shared by the module's tests (a kernel; a cluster per Redis
+    # binary), set up once when the module runs in one process.
     "tests/test_magics.py::": "magics",
-    "tests/test_brokers.py::": "brokers",
     "tests/test_attack_local_redis.py::": "attack-local-redis",
 }
-# Modules whose tests take 5-30 s each: started right after the groups (longest first), so
-# that no long test is left to run alone at the end. Order only: a stale entry costs time.
+# Modules whose tests take 5-30 s each: started right after the groups, so that no long
+# test is left to run alone at the end. Order only: a stale entry costs time, no test.
 START_FIRST = (
+    "tests/test_kernel.py::",
     "tests/test_faults.py::",
     "tests/test_liveness_faults.py::",
     "tests/test_secret_scan.py::",
