@@ -36,6 +36,95 @@ os.environ["CELERYNB_STORE"] = os.path.join(_STORE_DIR, "jobs.sqlite3")
 atexit.register(shutil.rmtree, _STORE_DIR, ignore_errors=True)
 
 
+# -- parallel test processes (pytest-xdist: `-n 4 --dist loadgroup` in pyproject's addopts) --
+# Most tests wait on workers, Redis or a kernel, not on the CPU: four processes share the
+# machine's cores. Each process has its own session fixtures (LocalCluster, project worker,
+# IPython shell, job store). Tests run one at a time per process, each with its own
+# free ports, private Redis servers, RabbitMQ queues and PostgreSQL databases.
+#
+# Tests that must run in one process, one after the other, form a group: TEST_GROUPS maps a
+# prefix of their node ids to the group's name. xdist's own `xdist_group` mark cannot be used:
+# with pytest >= 9.2 it is silently ignored (pytest-dev/pytest-xdist#1386), and tests that
+# met in parallel would fail only now and then. test_dev_tools checks each key names tests.
+TEST_GROUPS = {
+    # The tests that keep the CPU busy (1,000 jobs or chunks, long notebook loops,
+    # JupyterLab and chromium): one at a time, so that they do not slow each other down
+    # (some time a kernel's answers meanwhile).
+    "tests/test_kernel.py::test_widget_updates_keep_flowing_while_another_cell": "cpu",
+    "tests/test_kernel.py::test_notebook_runs_top_to_bottom[01-": "cpu",
+    "tests/test_kernel.py::test_notebook_runs_top_to_bottom[05-": "cpu",
+    "tests/test_scale.py::": "cpu",
+    "tests/test_map.py::test_cancelling_a_map_while_its_chunks_finish": "cpu",
+    "tests/test_browser.py::": "cpu",
+    "tests/test_attack_browser.py::": "cpu",
+    # Tests that time polling rounds or must see a poll catch a job mid-run: a busy CPU
+    # delays the polling thread (they fail then, in one process too). test_brokers also
+    # shares a cluster per broker/backend (a module fixture) between its tests.
+    "tests/test_brokers.py::": "cpu",
+    "tests/test_jobs.py::test_polling_source_follows_jobs_at_a_bounded_rate": "cpu",
+    # Notebook 03 consumes the fixed RabbitMQ queue "celerynb-tutorial": its two runs at
+    # once would take each other's tasks (signed with the other cluster's secret).
+    "tests/test_kernel.py::test_notebook_runs_top_to_bottom[03-": "notebook-03",
+    "tests/test_kernel.py::test_the_backends_notebook_says_what_to_install_": "notebook-03",
+    # A module fixture shared by the module's tests (a kernel; a cluster per Redis
+    # binary), set up once when the module runs in one process.
+    "tests/test_magics.py::": "magics",
+    "tests/test_attack_local_redis.py::": "attack-local-redis",
+    # Gigabytes through one LocalCluster of the module's own (memory and CPU): its tests
+    # one after the other, beside the CPU group rather than in it (they wait on I/O).
+    "tests/test_heavy_data.py::": "heavy-data",
+    "tests/test_datastore.py::": "datastore",
+}
+# Modules whose tests take 5-30 s each: started right after the groups, so that no long
+# test is left to run alone at the end. Order only: a stale entry costs time, no test.
+START_FIRST = (
+    "tests/test_kernel.py::",
+    "tests/test_faults.py::",
+    "tests/test_liveness_faults.py::",
+    "tests/test_secret_scan.py::",
+    "tests/test_restart.py::",
+    "tests/test_outages.py::",
+    "tests/test_cluster.py::",
+)
+
+
+def group_of(nodeid: str) -> str | None:
+    """The group (TEST_GROUPS) of the test ``nodeid``, or None."""
+    return next((name for key, name in TEST_GROUPS.items() if nodeid.startswith(key)), None)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadgroup`` with the groups of TEST_GROUPS; the groups first, in their
+    order there, then the tests of START_FIRST, then the others in collection order."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = list(dict.fromkeys(TEST_GROUPS.values()))
+
+    def start_rank(scope: str) -> int:
+        if scope in groups:
+            return groups.index(scope)
+        return len(groups) + (0 if scope.startswith(START_FIRST) else 1)
+
+    class GroupScheduling(LoadScopeScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid) or nodeid
+
+        def _assign_work_unit(self, node: object) -> None:
+            if not self.ordered:  # the work queue is complete at the first assignment
+                self.ordered = True
+                units = sorted(self.workqueue.items(), key=lambda unit: start_rank(unit[0]))
+                self.workqueue.clear()
+                self.workqueue.update(units)  # sorted() keeps collection order within a rank
+            super()._assign_work_unit(node)
+
+    return GroupScheduling(config, log)
+
+
 class FakeClock:
     """Time that moves only when the test says so (``now``, or ``sleep``): a swappable
     clock for timing logic (throttles, leases, backoff, liveness, rendering)."""

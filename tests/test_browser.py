@@ -8,6 +8,7 @@ shows its traceback in the widget, and the Cancel button cancels. Screenshots ar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -117,6 +118,10 @@ def test_the_quickstart_runs_live_in_jupyterlab(lab, page):
     done = wait_widget(page, JOB_CELL, "['SUCCESS', 'FAILURE', 'REVOKED'].includes(w.state)",
                        5 * MINUTE_MS)  # fmt: skip
     assert done["state"] == "SUCCESS" and done["width"] == 100, done
+    # The badge, the bar and the stats are widget models of their own, updated in that
+    # order: the page may show the final badge a moment before the final stats.
+    with contextlib.suppress(sync_api.TimeoutError):
+        done = wait_widget(page, JOB_CELL, "w.stats.includes('20.0M/20.0M')", 15_000)
     assert "20.0M/20.0M" in done["stats"], done
 
     timeline = page.evaluate("() => window.__celerynbTimeline")
