@@ -123,6 +123,16 @@ def progress_for(task: Any) -> TaskProgress:
         return progress
 
 
+def last_bars(task_id: str) -> list[dict[str, Any]]:
+    """The bars a running task has reported (none: an empty list)."""
+    with _registry_lock:
+        progress = _registry.get(task_id)
+    if progress is None:
+        return []
+    with progress._lock:
+        return list(progress.bars.values())
+
+
 @task_postrun.connect(weak=False)
 def _forget_finished_task(task_id: str | None = None, **_: Any) -> None:
     with _registry_lock:

@@ -28,9 +28,9 @@ from ._datastore import REDIS_SPEC, DataStore, Progress, data_store, no_store_li
 from ._errors import CelerynbError, SerializationError
 from ._payload import dumps, loads
 from ._remote_errors import sealed_error
-from ._reporting import progress_for
+from ._reporting import last_bars, progress_for
 from ._scatter import resolving
-from ._schema import RUN_KEY, bar_meta
+from ._schema import FINAL_BARS_KEY, RUN_KEY, bar_meta
 from ._signing import CLOCK_SKEW, Opened, as_json, check_age, check_versions, seal, verify_envelope
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,11 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
             )
     except CelerynbError as exc:
         raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
-    return as_json(sealed)
+    envelope = as_json(sealed)
+    bars = last_bars(task_id)
+    if bars:
+        envelope[FINAL_BARS_KEY] = bars
+    return envelope
 
 
 @contextmanager

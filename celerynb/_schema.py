@@ -30,6 +30,9 @@ from celery import states
 
 PROGRESS = "PROGRESS"
 RUN_KEY = "celerynb_run"  # in a shipped call's states: its signed (hostname, pid)
+# In a shipped call's final result: the bars it reported last, for a kernel that
+# subscribed after they were published (a quick job); display only, like all progress.
+FINAL_BARS_KEY = "celerynb_bars"
 # Published on a task's channel instead of a state too big to publish (Redis drops a
 # subscriber whose output buffer passes 32 MB): the kernel reads the key instead.
 STORED_MARKER = b"celerynb:stored"
@@ -213,9 +216,11 @@ def parse_meta(state: str, meta: Any, previous: ProgressSnapshot | None = None) 
     """
     previous = previous or ProgressSnapshot()
     if not isinstance(meta, Mapping) or state in states.READY_STATES:
-        return ProgressSnapshot(
-            state, previous.bars, previous.updated, previous.hostname, previous.pid
-        )
+        bars = previous.bars
+        final = meta.get(FINAL_BARS_KEY) if isinstance(meta, Mapping) else None
+        if not bars and isinstance(final, list):  # its progress was published unheard
+            bars = tuple(_bar_from(b) for b in final if isinstance(b, Mapping))
+        return ProgressSnapshot(state, bars, previous.updated, previous.hostname, previous.pid)
     hostname = meta.get("hostname")
     hostname = hostname if isinstance(hostname, str) and hostname else previous.hostname
     pid = meta.get("pid")

@@ -104,3 +104,16 @@ def test_report_writes_progress_for_non_loop_code(session, cluster):
     ]
     assert job.result(timeout=30) == 4
     assert job.progress.desc == "phase" and job.progress.n == 4 and job.progress.total == 4
+
+
+def test_a_kernel_that_heard_no_progress_shows_the_last_bars_with_the_result(session):
+    """A quick job can finish before the watcher subscribes: its final state brings the
+    bars it reported, so the finished bar is not empty."""
+    from celerynb._job import Job
+
+    job = celerynb.submit(reports, 4)
+    assert job.result(timeout=30) == 4
+    late = Job(job.id, "reports", session, shipped=True)  # heard nothing but the end
+    late._apply_meta(session.app.backend.get_task_meta(job.id, cache=False))
+    assert late.result(timeout=5) == 4
+    assert (late.progress.desc, late.progress.n, late.progress.total) == ("phase", 4, 4)

@@ -50,3 +50,16 @@ def test_unknown_total_has_no_percent_or_eta():
     snap = parse_meta("PROGRESS", task_meta([bar_meta(5, None, rate=2.0)]))
     assert snap.percent is None and snap.eta is None
     assert ProgressSnapshot().n == 0
+
+
+def test_a_final_state_brings_the_last_bars_when_none_were_heard():
+    from celery import states
+
+    from celerynb._schema import FINAL_BARS_KEY, ProgressSnapshot, bar_meta, parse_meta
+
+    final = {FINAL_BARS_KEY: [bar_meta(4, 4, "phase"), "junk", {"n": "lots"}]}
+    snapshot = parse_meta(states.SUCCESS, final, ProgressSnapshot())
+    assert (snapshot.state, snapshot.desc, snapshot.n, snapshot.total) == ("SUCCESS", "phase", 4, 4)
+    heard = parse_meta("PROGRESS", {"current": 2, "total": 9, "description": "live"})
+    assert parse_meta(states.SUCCESS, final, heard).desc == "live"  # what was heard stays
+    assert parse_meta(states.SUCCESS, {FINAL_BARS_KEY: "x"}, ProgressSnapshot()).bars == ()
