@@ -43,7 +43,7 @@ def connect(
     PENDING jobs then say why they may wait.
 
     Arguments and results bigger than ``inline_limit`` bytes (default
-    ``$CELERYNB_INLINE_LIMIT``, else 1 MiB) travel by reference through a data store:
+    ``$CELERYNB_INLINE_LIMIT``, else 64 KiB) travel by reference through a data store:
     ``store`` is an fsspec URL both the kernel and the workers reach
     (``file:///shared/dir``, ``s3://bucket/prefix``), default ``$CELERYNB_DATA_STORE``,
     else the session's Redis (its result backend's, else its broker's).
