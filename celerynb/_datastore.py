@@ -95,6 +95,34 @@ def chunks_of(parts: Sequence[Buffer], chunk: int) -> Iterator[Buffer]:
         yield b"".join(pending)
 
 
+def write_pieces(out: Any, parts: Sequence[Buffer], progress: Progress | None = None) -> None:
+    """Write ``parts`` to the file ``out`` in ``CHUNK``-byte pieces, telling ``progress``."""
+    done = 0
+    for piece in chunks_of(parts, CHUNK):
+        out.write(piece)
+        done += memoryview(piece).nbytes
+        if progress is not None:
+            progress(done)
+
+
+def read_exactly(handle: Any, size: int, key: str, progress: Progress | None = None) -> bytearray:
+    """``size`` bytes read from the file ``handle`` into a new buffer, in ``CHUNK``-byte
+    pieces; DataUnavailableError if the file holds fewer."""
+    out = bytearray(size)
+    view = memoryview(out)
+    offset = 0
+    while offset < size:
+        read = handle.readinto(view[offset : min(offset + CHUNK, size)])
+        if not read:
+            break
+        offset += read
+        if progress is not None:
+            progress(offset)
+    if offset != size:
+        raise DataUnavailableError(gone_line(key))
+    return out
+
+
 class RedisDataStore:
     """Entries as Redis hashes of ``CHUNK``-byte fields, with an expiry."""
 
@@ -194,37 +222,19 @@ class FsspecDataStore:
         progress: Progress | None = None,
     ) -> None:
         self.sweep(ttl)
-        done = 0
         with self._errors(f"store {size} bytes in"):
             self._fs.makedirs(self._root, exist_ok=True)
             with self._fs.open(self._path(key), "wb") as out:
-                for piece in chunks_of(parts, CHUNK):
-                    out.write(piece)
-                    done += memoryview(piece).nbytes
-                    if progress is not None:
-                        progress(done)
+                write_pieces(out, parts, progress)
 
     def get(self, key: str, size: int, progress: Progress | None = None) -> bytearray:
-        out = bytearray(size)
-        view = memoryview(out)
-        offset = 0
         with self._errors("read data from"):
             try:
                 handle = self._fs.open(self._path(key), "rb")
             except FileNotFoundError:
                 raise DataUnavailableError(gone_line(key)) from None
             with handle:
-                while offset < size:
-                    piece = handle.read(min(CHUNK, size - offset))
-                    if not piece:
-                        break
-                    view[offset : offset + len(piece)] = piece
-                    offset += len(piece)
-                    if progress is not None:
-                        progress(offset)
-        if offset != size:
-            raise DataUnavailableError(gone_line(key))
-        return out
+                return read_exactly(handle, size, key, progress)
 
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:

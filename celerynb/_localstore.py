@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from urllib.parse import unquote, urlsplit
 
-from ._datastore import CHUNK, Buffer, Progress, chunks_of, gone_line, store_errors
+from ._datastore import Buffer, Progress, gone_line, read_exactly, store_errors, write_pieces
 from ._errors import DataUnavailableError
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
@@ -52,18 +52,13 @@ class LocalDirectoryStore:
     ) -> None:
         path = self._path(key)
         partial = f"{path}.{os.getpid()}.partial"
-        done = 0
         with store_errors(f"could not store {size} bytes in the data store at", self.spec):
             self.sweep(ttl)
             os.makedirs(self._root, mode=0o700, exist_ok=True)
             descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with os.fdopen(descriptor, "wb") as out:
-                    for piece in chunks_of(parts, CHUNK):
-                        out.write(piece)
-                        done += memoryview(piece).nbytes
-                        if progress is not None:
-                            progress(done)
+                    write_pieces(out, parts, progress)
                 os.replace(partial, path)
             except BaseException:
                 try:
@@ -75,25 +70,11 @@ class LocalDirectoryStore:
     def get(self, key: str, size: int, progress: Progress | None = None) -> bytearray:
         with store_errors("could not read data from the data store at", self.spec):
             try:
-                return self._read(key, size, progress)
+                handle = open(self._path(key), "rb", buffering=0)  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 raise DataUnavailableError(gone_line(key)) from None
-
-    def _read(self, key: str, size: int, progress: Progress | None) -> bytearray:
-        out = bytearray(size)
-        view = memoryview(out)
-        offset = 0
-        with open(self._path(key), "rb", buffering=0) as handle:
-            while offset < size:
-                read = handle.readinto(view[offset : min(offset + CHUNK, size)])
-                if not read:
-                    break
-                offset += read
-                if progress is not None:
-                    progress(offset)
-        if offset != size:
-            raise DataUnavailableError(gone_line(key))
-        return out
+            with handle:
+                return read_exactly(handle, size, key, progress)
 
     def delete(self, keys: Iterable[str]) -> None:
         for key in keys:
