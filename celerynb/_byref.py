@@ -120,6 +120,22 @@ def unpack(
     ref = opened.ref
     if ref is None:
         return opened
+    return fetch_stored(
+        ref, secret=secret, purpose=purpose, task_id=task_id, store_for=store_for, progress=progress
+    )
+
+
+def fetch_stored(
+    ref: dict[str, Any],
+    *,
+    secret: bytes,
+    purpose: str,
+    task_id: str,
+    store_for: Callable[[str], DataStore | None],
+    progress: Progress | None = None,
+) -> Opened:
+    """The stored frame ``ref`` names (store, key, size, nonce), read and verified for
+    ``purpose`` and ``task_id`` (a task id, or a scattered object's digest)."""
     refusal = PayloadRefusedError if purpose == "call" else UntrustedResultError
     spec, key, size = ref.get("store"), ref.get("key"), ref.get("size")
     if not isinstance(spec, str) or not isinstance(key, str) or not isinstance(size, int):

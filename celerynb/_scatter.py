@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ._byref import fetch_stored
 from ._datastore import DataStore
 from ._errors import (
     DataStoreError,
@@ -30,7 +31,7 @@ from ._errors import (
     UntrustedResultError,
 )
 from ._payload import dumps, loads
-from ._signing import open_envelope, seal
+from ._signing import seal
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,13 @@ def cache_budget() -> int:
 
 def _materialize(info: dict[str, Any]) -> Any:
     digest = str(info.get("digest"))
-    ref = info.get("ref") or {}
+    ref = info.get("ref")
+    if not isinstance(ref, dict):
+        raise UntrustedResultError(f"refused scattered data {digest}: no reference")
     with _cache_lock:
-        cached = _cache.get(str(digest))
+        cached = _cache.get(digest)
         if cached is not None:
-            _cache.move_to_end(str(digest))
+            _cache.move_to_end(digest)
             return cached[0]
     context = getattr(_context, "value", None)
     if context is None:
@@ -232,17 +235,9 @@ def _materialize(info: dict[str, Any]) -> Any:
             "a celerynb.Scattered reference is read only where celerynb runs a call"
         )
     secret, store_for = context
-    store = store_for(ref.get("store"))
-    if store is None:
-        raise DataStoreError(f"scattered data {digest} is in a store this process cannot reach")
-    data = store.get(ref["key"], int(ref["size"]))
-    opened = open_envelope(data, secret=secret, purpose="data", task_id=digest)
-    if opened.header.get("nonce") != ref.get("nonce"):
-        raise UntrustedResultError(
-            f"refused scattered data {digest}: the stored frame is not the one referred to"
-        )
+    opened = fetch_stored(ref, secret=secret, purpose="data", task_id=digest, store_for=store_for)
     value = loads(opened.segments)
-    _remember(str(digest), value, int(ref["size"]))
+    _remember(digest, value, int(ref["size"]))
     return value
 
 
