@@ -26,7 +26,7 @@ from ._claims import (
 from ._config import max_call_age, secret_from_env
 from ._datastore import REDIS_SPEC, DataStore, Progress, data_store, no_store_line
 from ._errors import CelerynbError, SerializationError
-from ._payload import dumps, loads
+from ._payload import dumps, loads, size_of
 from ._remote_errors import sealed_error
 from ._reporting import last_bars, progress_for
 from ._scatter import resolving
@@ -116,7 +116,7 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         raise sealed_error(error, secret=key, task_id=task_id, summary=str(error)) from None
     store = stores(spec)
     limit = body.get("inline") if isinstance(body.get("inline"), int) else inline_limit()
-    size = sum(segment.nbytes for segment in segments)
+    size = size_of(segments)
     try:
         with _transfer(
             task, "sending the result", {"size": size} if size > limit else None

@@ -94,9 +94,6 @@ class Opened:
         ref = self.header.get("ref")
         return ref if isinstance(ref, dict) else None
 
-    def __getitem__(self, key: str) -> Any:  # header fields, as the v1 dict envelope had
-        return self.header[key]
-
     def get(self, key: str, default: Any = None) -> Any:
         return self.header.get(key, default)
 
