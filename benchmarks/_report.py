@@ -1,6 +1,38 @@
-"""What the benchmark scripts share: percentiles and a plain-text table."""
+"""What the benchmark scripts share: percentiles, a plain-text table, and dask's cluster
+started the same way for every comparison."""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def dask_client(directory: Path) -> Iterator[Any]:
+    """A client of ``distributed.LocalCluster`` with two single-thread worker processes
+    (celerynb's two pool processes' equal), its temporary files under ``directory``.
+    Raises ImportError without dask.distributed."""
+    import dask
+    import distributed
+
+    print("dask: starting LocalCluster(n_workers=2, threads_per_worker=1) ...", flush=True)
+    with (
+        dask.config.set({"temporary-directory": str(directory / "dask")}),  # not /tmp
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster, timeout=60) as client,
+    ):
+        client.wait_for_workers(2, timeout=60)
+        yield client
 
 
 def percentile(values: list[float], q: float) -> float:

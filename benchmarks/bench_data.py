@@ -55,6 +55,7 @@ import argparse
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import io
 import itertools
 import logging
@@ -74,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import print_table
+from _report import dask_client, print_table
 
 import celerynb
 
@@ -473,28 +474,11 @@ def run_celerynb(table: Table, sizes: dict[str, int], runs: dict[str, int]) -> N
 def run_dask(table: Table, sizes: dict[str, int], runs: dict[str, int], directory: Path) -> None:
     scattered = entry(table, "dask scatter + submit + gather")
     plain = entry(table, "dask submit(f, x) (array in the graph)")
-    try:
-        import dask
-        import distributed
-    except ImportError:
+    if importlib.util.find_spec("distributed") is None:
         scattered.note = plain.note = NOT_INSTALLED
         return
-    print("dask: starting LocalCluster(n_workers=2, threads_per_worker=1) ...", flush=True)
-    with (
-        dask.config.set({"temporary-directory": str(directory / "dask")}),  # not /tmp
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster, timeout=60) as client,
-        warnings.catch_warnings(),
-    ):
+    with dask_client(directory) as client, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Sending large graph": the plain row means to
-        client.wait_for_workers(2, timeout=60)
 
         def with_scatter(x: np.ndarray) -> Any:
             future = client.submit(f, client.scatter(x))

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _report import percentile, print_table
+from _report import dask_client, percentile, print_table
 from celery import Celery
 
 import celerynb
@@ -349,25 +349,9 @@ def watch_many(cluster: Any, directory: Path) -> Watching:
 
 # -- contenders with clusters of their own ------------------------------------------
 def run_dask(items: int, runs: int, warmup: int, directory: Path) -> Result:
-    try:
-        import dask
-        import distributed
-    except ImportError:
+    if importlib.util.find_spec("distributed") is None:
         return Result("dask.distributed client.map + gather", note=NOT_INSTALLED)
-    print("dask: starting LocalCluster(n_workers=2, threads_per_worker=1) ...", flush=True)
-    with (
-        dask.config.set({"temporary-directory": str(directory / "dask")}),  # not /tmp
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        distributed.Client(cluster, timeout=60) as client,
-    ):
-        client.wait_for_workers(2, timeout=60)
+    with dask_client(directory) as client:
         return measure(
             "dask.distributed client.map + gather",
             lambda n: dask_run(client, n),
