@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._config import REDIS_SCHEMES
+from ._config import shared_redis
 
 log = logging.getLogger(__name__)
 
@@ -321,17 +321,8 @@ def store_for(app: Any) -> ClaimStore:
 
 
 def _make_store(app: Any) -> ClaimStore:
-    from celery.backends.redis import RedisBackend
-
-    backend = app.backend
-    if isinstance(backend, RedisBackend):
-        return RedisClaimStore(backend.client)
-    broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
-    if broker.split("://", 1)[0] in REDIS_SCHEMES and not broker.startswith("sentinel"):
-        import redis
-
-        return RedisClaimStore(redis.Redis.from_url(broker, socket_timeout=10))
-    return LocalClaimStore()
+    found = shared_redis(app, socket_timeout=10)
+    return RedisClaimStore(found[0]) if found is not None else LocalClaimStore()
 
 
 def _ms(seconds: float) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from kombu.utils.url import maybe_sanitize_url, url_to_parts
 
@@ -28,6 +29,23 @@ def secret_from_env(explicit: str | bytes | None = None) -> bytes:
 
 # URL schemes of kombu's Redis transport.
 REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def shared_redis(app: Any, socket_timeout: float) -> tuple[Any, str] | None:
+    """The Redis that the kernel and the workers of ``app`` both reach, with its URL: the
+    result backend's client, else a new client of the broker's Redis (``socket_timeout``
+    seconds per call); None when neither is Redis (a Sentinel broker included)."""
+    from celery.backends.redis import RedisBackend
+
+    backend = app.backend
+    if isinstance(backend, RedisBackend):
+        return backend.client, str(app.conf.result_backend)
+    broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
+    if broker.split("://", 1)[0] in REDIS_SCHEMES and not broker.startswith("sentinel"):
+        import redis
+
+        return redis.Redis.from_url(broker, socket_timeout=socket_timeout), broker
+    return None
 
 
 def default_backend(broker: str) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
-from ._config import REDIS_SCHEMES, failure_line, mask_url
+from ._config import failure_line, mask_url, shared_redis
 from ._errors import DataStoreError, DataUnavailableError
 
 log = logging.getLogger(__name__)
@@ -335,17 +335,8 @@ def _make_store(app: Any, spec: str) -> DataStore | None:
         return LocalDirectoryStore(spec)
     if spec != REDIS_SPEC:
         return FsspecDataStore(spec)
-    from celery.backends.redis import RedisBackend
-
-    backend = app.backend
-    if isinstance(backend, RedisBackend):
-        return RedisDataStore(backend.client, str(app.conf.result_backend))
-    broker = str(app.conf.broker_write_url or app.conf.broker_url or "")
-    if broker.split("://", 1)[0] in REDIS_SCHEMES and not broker.startswith("sentinel"):
-        import redis
-
-        return RedisDataStore(redis.Redis.from_url(broker, socket_timeout=120), broker)
-    return None
+    found = shared_redis(app, socket_timeout=120)  # big transfers: no short timeout
+    return RedisDataStore(*found) if found is not None else None
 
 
 def no_store_line(app: Any) -> str:
