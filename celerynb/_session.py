@@ -239,7 +239,7 @@ class Session:
     def _seal_call(self, task_id: str, segments: list[memoryview], name: str) -> Sealed:
         extra = {"store": self.store_spec, "inline": self.inline_limit, "ttl": self.data_ttl}
         sealed = seal(segments, secret=self.secret, purpose="call", task_id=task_id, extra=extra)
-        if sealed.size > self._inline_frames() and self.data_store is None:
+        if self.data_store is None and sealed.size > MAX_MESSAGE_BYTES:
             raise DataStoreError(
                 f"the call {name}() takes {sealed.size / 2**20:.1f} MiB once pickled, over the "
                 f"{MAX_MESSAGE_BYTES // 2**20} MiB a message may carry, and there is "
