@@ -10,6 +10,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -434,7 +435,8 @@ def remove_orphan_data_directories(parent: Path) -> list[str]:
     for entry in parent.glob(f"{DATA_PREFIX}*-*"):
         pid = entry.name[len(DATA_PREFIX) :].split("-", 1)[0]
         try:
-            if not pid.isdigit() or entry.stat().st_uid != os.getuid():
+            found = entry.lstat()  # a symlink planted by another user is never followed
+            if not pid.isdigit() or not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
                 continue
             os.kill(int(pid), 0)
         except ProcessLookupError:  # its owner is dead

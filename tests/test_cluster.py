@@ -160,8 +160,11 @@ def test_the_data_directory_of_a_cluster_whose_owner_died_is_removed_by_the_next
     alive.mkdir()
     other = tmp_path / "unrelated"
     other.mkdir()
+    (other / "keep").touch()
+    planted = tmp_path / f"{DATA_PREFIX}{gone.stdout.strip()}-lnk"  # a dead pid's name...
+    planted.symlink_to(other, target_is_directory=True)  # ...pointing at someone's files
     assert remove_orphan_data_directories(tmp_path) == [orphan.name]
-    assert not orphan.exists() and alive.exists() and other.exists()
+    assert not orphan.exists() and alive.exists() and (other / "keep").exists()
     with celerynb.LocalCluster(processes=1) as cluster:
         directory = Path(cluster.store_url.removeprefix("file://"))
         assert directory.is_dir() and directory.name.startswith(f"{DATA_PREFIX}{os.getpid()}-")
