@@ -80,7 +80,9 @@ def count_items(
         size = stop - start
         if is_cancelled:
             revoked += size
-        elif is_settled:
+        elif is_settled or state == states.SUCCESS:
+            # SUCCESS: every item ran, even while the chunk's values still download (the
+            # job's bar then counts bytes, not items)
             done += size
         elif state in _COUNTING_PROGRESS:
             partial = int(min(max(partial, 0), size))

@@ -69,7 +69,8 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     name = display_name(fn)
     jobs: list[Job] = []
     try:
-        with session.watcher.batch():  # one wake of the watcher for all the chunks
+        # One wake of the watcher, and one trip to the broker, for all the chunks.
+        with session.watcher.batch(), session.sending_together():
             for number, (start, stop) in enumerate(spans):
                 jobs.append(
                     session.submit(

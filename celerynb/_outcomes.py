@@ -86,6 +86,31 @@ def publishing_small(backend: Any) -> Iterator[None]:
         del backend._set
 
 
+# The state Celery's guard is told the task is in while the run holding its claim writes
+# STARTED or PROGRESS. Every write of a key-value backend first reads the task's state,
+# to never overwrite a SUCCESS (a duplicate run's late write); a shipped call runs once
+# (its claim), and that run writes its final state after these, from the same thread.
+# A SUCCESS there before them is forged: overwriting it is right. One round trip saved
+# per write.
+RUNNING = {"status": states.STARTED, "result": None}
+
+
+@contextmanager
+def knowing_state(backend: Any, meta: dict[str, Any] | None) -> Iterator[None]:
+    """Within it, this thread's key-value backend takes the task's stored state to be
+    ``meta`` when it stores a state, instead of reading it again (None: it reads)."""
+    from celery.backends.base import BaseKeyValueStoreBackend
+
+    if meta is None or not isinstance(backend, BaseKeyValueStoreBackend):
+        yield
+        return
+    backend._get_task_meta_for = lambda _task_id: meta
+    try:
+        yield
+    finally:
+        del backend._get_task_meta_for  # this thread's backend (Celery's are per thread)
+
+
 class ShippedRequest(Request):
     """The worker's request for ``celerynb.run_shipped``: says which request the main
     process writes a final state for, so ``ShippedTaskBackend`` can sign it."""
@@ -120,22 +145,27 @@ class ShippedTaskBackend:
         return self._app.backend
 
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any):
-        if state == states.STARTED and signed_run(task_id) is None:
+        running = signed_run(task_id) is not None
+        if state == states.STARTED and not running:
             return result  # Celery's own STARTED comes before the claim; the run writes it
         if state in states.READY_STATES:
-            self._drop_forged_success(task_id)
+            with knowing_state(self.backend, self._drop_forged_success(task_id)):
+                return self.backend.store_result(task_id, result, state, *args, **kwargs)
+        if running:  # STARTED and PROGRESS of the run holding the claim: see RUNNING
+            with knowing_state(self.backend, RUNNING):
+                return self.backend.store_result(task_id, result, state, *args, **kwargs)
         return self.backend.store_result(task_id, result, state, *args, **kwargs)
 
     def mark_as_done(self, task_id: str, result: Any, *args: Any, **kwargs: Any) -> Any:
-        self._drop_forged_success(task_id)
-        with publishing_small(self.backend):
+        stored = self._drop_forged_success(task_id)
+        with publishing_small(self.backend), knowing_state(self.backend, stored):
             return self.backend.mark_as_done(task_id, result, *args, **kwargs)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any):
         if not (isinstance(exc, ShippedTaskError) and exc.envelope):
             exc = self._vouched(task_id, exc) or exc
-        self._drop_forged_success(task_id)
-        with publishing_small(self.backend):
+        stored = self._drop_forged_success(task_id)
+        with publishing_small(self.backend), knowing_state(self.backend, stored):
             return self.backend.mark_as_failure(task_id, exc, *args, **kwargs)
 
     def mark_as_revoked(
@@ -149,9 +179,10 @@ class ShippedTaskBackend:
         signed = self._vouched(task_id, TaskRevokedError(reason), revoked=True)
         if signed is None:
             return self.backend.mark_as_revoked(task_id, reason, request, store_result, state)
-        self._drop_forged_success(task_id)
+        stored = self._drop_forged_success(task_id)
         if store_result:
-            self.backend.store_result(task_id, signed, state, traceback=None, request=request)
+            with knowing_state(self.backend, stored):
+                self.backend.store_result(task_id, signed, state, traceback=None, request=request)
         return None
 
     # -- signing for the main process -----------------------------------------------
@@ -192,29 +223,35 @@ class ShippedTaskBackend:
             and holder.pid == pid
         )
 
-    def _drop_forged_success(self, task_id: str) -> None:
+    def _drop_forged_success(self, task_id: str) -> dict[str, Any] | None:
         """A SUCCESS already stored for a call being finished now is forged (or stale):
         Celery's Redis backend would keep it and drop the real outcome; an entry it
-        cannot decode would make storing fail. Forget either."""
+        cannot decode would make storing fail. Forget either.
+
+        Returns the task's stored state as Celery's guard reads it (PENDING once a
+        forged entry is gone), None when it could not be read: storing reads it again.
+        """
         from celery.backends.base import BaseKeyValueStoreBackend
 
         backend = self.backend
         if not isinstance(backend, BaseKeyValueStoreBackend):  # only these keep a SUCCESS
-            return
+            return None
         try:
             meta = backend.get_task_meta(task_id, cache=False)
             if meta.get("status") != states.SUCCESS:
-                return
+                return meta
             verify_envelope(
                 meta.get("result"), secret=self._secret(), purpose="result", task_id=task_id
             )
-            return
+            return meta
         except Exception as exc:  # forged, or garbage Celery cannot even read back
             log.warning("celerynb: removed a forged entry stored for task %s: %s", task_id, exc)
         try:
             backend.forget(task_id)
         except Exception as exc:
             log.debug("celerynb: could not forget %s: %s", task_id, exc)
+            return None
+        return {"status": states.PENDING, "result": None}
 
 
 class ShippedTask(Task):

@@ -99,6 +99,8 @@ class Session:
             else int(app.conf.result_expires or DEFAULT_TTL)
         )
         self.transfers = Transfers()
+        # .producer, .jobs, .declared: this thread's batch of sends (see sending_together)
+        self._together = threading.local()
 
     @property
     def broker_url(self) -> str:
@@ -274,6 +276,42 @@ class Session:
         except CelerynbError as exc:
             job._abandon(exc)
 
+    @contextlib.contextmanager
+    def sending_together(self) -> Iterator[None]:
+        """Within it, the calls this thread sends leave for the broker together at its
+        end: one round trip for all where kombu's transport batches publishes (Redis),
+        each at once elsewhere. If they cannot be sent, every one of them ends
+        cancelled and BrokerUnreachableError says why (some may have left: a batch's
+        failure leaves delivery uncertain, so the caller revokes them)."""
+        together = self._together
+        if getattr(together, "producer", None) is not None:
+            yield  # nested: the outer block sends
+            return
+        with contextlib.ExitStack() as stack:
+            with self.broker_errors("send calls"):
+                producer = stack.enter_context(self.app.producer_or_acquire())
+            batch = getattr(producer, "batch", None)  # kombu >= 5.7
+            together.producer, together.jobs, together.declared = producer, [], set()
+            sending = False
+            try:
+                with batch() if batch is not None else contextlib.nullcontext():
+                    yield  # an error of the block's own goes out as it is (nothing sent)
+                    sending = True  # from here, the batch leaves
+            except Exception as exc:
+                if not sending or isinstance(exc, CelerynbError):
+                    raise
+                for job in together.jobs:
+                    job._finish_cancelled()
+                raise BrokerUnreachableError(
+                    failure_line(
+                        f"could not send {len(together.jobs)} calls to the broker at",
+                        self.app.conf.broker_write_url,
+                        exc,
+                    )
+                ) from None
+            finally:
+                together.producer = together.jobs = together.declared = None
+
     def _send(
         self,
         job: Job,
@@ -288,11 +326,22 @@ class Session:
                 if not self._reply_queue_declared:
                     declare_reply_queue(self.app, self.reply_to)
                     self._reply_queue_declared = True
+            together = self._together
+            producer = getattr(together, "producer", None)
+            if producer is not None:
+                # Buffered: nothing to retry until the batch leaves. The queue is
+                # declared with the first call to it (kombu declares once per connection
+                # anyway, but copies the queue on every send to find that out).
+                if job.queue in together.declared:
+                    options["declare"] = []
+                together.declared.add(job.queue)
+                together.jobs.append(job)
+                options["producer"] = producer
             self.app.send_task(
                 task_name,
                 args=send_args,
                 kwargs=send_kwargs,
-                retry=True,
+                retry=producer is None,
                 retry_policy=SEND_RETRY_POLICY,
                 **options,
             )

@@ -5,10 +5,12 @@ import logging
 import time
 import uuid
 from concurrent.futures import CancelledError
+from urllib.parse import urlsplit
 
 import pytest
 from celery import group
 from conftest import wait_for
+from kombu.transport.redis import PublishBatch
 
 import celerynb
 from celerynb._chunks import MAX_BLOCK, run_chunk
@@ -82,10 +84,31 @@ def test_a_maps_chunks_of_a_range_travel_as_ranges_and_wake_the_watcher_once(ses
         session, "submit", lambda fn, args, **kw: sent.append(args[1]) or submit(fn, args, **kw)
     )
     monkeypatch.setattr(session.watcher, "_wake", lambda: wakes.append(1) or wake())
+    flushes = []
+    flush = PublishBatch.flush
+    monkeypatch.setattr(PublishBatch, "flush", lambda batch: flushes.append(1) or flush(batch))
     mapped = celerynb.map(square, range(80_000), chunksize=10_000)
     assert sent == [range(start, start + 10_000) for start in range(0, 80_000, 10_000)]
     assert len(wakes) == 1, "one wake of the watcher for all 8 chunks"
+    assert len(flushes) == 1, "the 8 chunks leave for the broker together"
     assert mapped.results(timeout=60) == [x * x for x in range(80_000)]
+
+
+def test_chunks_that_cannot_leave_together_end_cancelled_with_one_line(session, monkeypatch):
+    def broker_gone(batch):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(PublishBatch, "flush", broker_gone)
+    watched = []
+    watch = session.watcher.watch
+    monkeypatch.setattr(session.watcher, "watch", lambda job: watched.append(job) or watch(job))
+    with pytest.raises(celerynb.BrokerUnreachableError) as info:
+        celerynb.map(square, range(40), chunksize=10)
+    line = str(info.value)
+    assert "could not send 4 calls to the broker at redis://" in line and "refused" in line
+    password = urlsplit(session.app.conf.broker_url).password
+    assert password and password not in line and "\n" not in line
+    assert len(watched) == 4 and all(job.cancelled() for job in watched)
 
 
 def odd_items_fail(x):
@@ -260,12 +283,14 @@ def test_counts_tell_cancelled_items_apart_and_a_finished_task_is_never_pending(
         spans,
         ["SUCCESS", "REVOKED", "SUCCESS", "PENDING"],
         [10, 3, 6, 0],
-        settled=[True, True, False, False],  # the third: SUCCESS arrived, items not yet stored
+        # the third: SUCCESS arrived, its values not yet stored (downloading: its bar
+        # counts bytes, 6 of them so far): all its items ran
+        settled=[True, True, False, False],
         cancelled=[False, True, False, False],
         failed_items=2,
     )
-    assert counts == ItemCounts(pending=10, running=4, done=14, failed=2, cancelled=10)
-    assert counts.text() == "2 failed, 10 cancelled, 4 running, 10 pending"
+    assert counts == ItemCounts(pending=10, running=0, done=18, failed=2, cancelled=10)
+    assert counts.text() == "2 failed, 10 cancelled, 10 pending"
 
 
 def test_a_groups_clock_starts_with_its_first_task():
