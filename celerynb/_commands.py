@@ -9,6 +9,7 @@ from typing import Any
 
 import cloudpickle
 
+from ._call_options import CallOptions
 from ._cell import CellResult, cell_inputs, parse_output_names, run_cell
 from ._errors import SerializationError
 from ._job import Job
@@ -70,6 +71,7 @@ def submit_cell(
     queue: str | None = None,
     hidden: Mapping[str, Any] | None = None,
     label: str | None = None,
+    call_options: CallOptions | None = None,
 ) -> Job:
     """Run a cell's code on a worker; return its Job at once.
 
@@ -77,7 +79,8 @@ def submit_cell(
     shipped with it; ``outputs`` (``"a, b"`` or a list) are assigned back into
     ``namespace`` when the job succeeds. The job's result is a ``CellResult``
     (``values``, ``stdout``, ``stderr``). ``hidden`` names are the shell's own
-    (not shipped); ``label`` names the job in displays.
+    (not shipped); ``label`` names the job in displays; ``call_options``: Celery's
+    calling options (countdown, time limits...).
     """
     names = parse_output_names(outputs)
     label = label or f"cell {next(_cell_numbers)}"
@@ -90,6 +93,7 @@ def submit_cell(
         run_cell,
         (source, filename, blob, names),
         queue=queue,
+        call_options=call_options,
         name=label,
         call_repr=f"{label}: {first_line}"[:60],  # shown, never stored (see _store)
         holding=carried,

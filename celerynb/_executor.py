@@ -10,11 +10,11 @@ from typing import Any
 
 from celery import states
 
+from ._call_options import call_options
 from ._group import JobGroup
 from ._job import Job
 from ._many import map as map_items
 from ._session import Session, current_session
-from ._validation import check_queue
 
 
 class Executor(concurrent.futures.Executor):
@@ -24,11 +24,16 @@ class Executor(concurrent.futures.Executor):
     yields results in order, lazily, as their chunks finish; ``shutdown`` (also at
     the end of a ``with`` block) waits for the calls, and with
     ``cancel_futures=True`` first cancels (revokes) those that have not started.
-    ``queue`` routes every call; ``session`` defaults to the current connection.
+    ``queue`` routes every call, ``options`` are Celery's calling options as
+    ``apply_async`` takes them (``time_limit``, ``expires``...), for every call;
+    ``session`` defaults to the current connection.
     """
 
-    def __init__(self, queue: str | None = None, *, session: Session | None = None) -> None:
-        check_queue(queue)
+    def __init__(
+        self, queue: str | None = None, *, session: Session | None = None, **options: Any
+    ) -> None:
+        call_options("Executor", queue, **options)  # checked now; each call counts from its time
+        self._options = options
         self.queue = queue
         self._session = session
         self._lock = threading.Lock()
@@ -44,7 +49,8 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        job = self.session.submit(fn, args, kwargs, queue=self.queue)
+        sending = call_options("Executor", self.queue, **self._options)
+        job = self.session.submit(fn, args, kwargs, call_options=sending)
         self._track(job)
         return job
 
@@ -67,7 +73,13 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
         deadline = None if timeout is None else time.monotonic() + timeout
-        group = map_items(fn, *iterables, chunksize=chunksize, queue=self.queue)
+        group = map_items(
+            fn,
+            *iterables,
+            chunksize=chunksize,
+            queue=self.queue,
+            **self._options,
+        )
         self._track(group)
         return _in_order(group, deadline)
 

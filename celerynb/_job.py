@@ -9,12 +9,13 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import states
 
 from ._byref import unpack
+from ._call_options import CallOptions, waiting_note
 from ._config import SHIPPED_TASK_NAME
 from ._datastore import Progress
 from ._errors import (
@@ -131,6 +132,8 @@ class Job(WatchedFuture):
         self._receiving = False  # a big result is being read from the data store
         self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
         self.asked_for_name = False
+        self.call_options: CallOptions | None = None  # Celery's options it was sent with
+        self._sent_wall = datetime.now(timezone.utc)
 
     # -- public state ---------------------------------------------------------
     @property
@@ -248,8 +251,10 @@ class Job(WatchedFuture):
         outage = None if self.done() else self._session.watcher.outage_note
         if outage:
             notes.append(outage)
+        now = datetime.now(timezone.utc)
         if self.cancelled():
             notes.append(self._session.revoke_note(self.id))
+            notes.append(waiting_note(self.call_options, self._sent_wall, now, ended=True))
         state = self.state
         if state in (states.PENDING, UNKNOWN) and self._unfollowed_note:
             notes.append(self._unfollowed_note)
@@ -257,6 +262,7 @@ class Job(WatchedFuture):
             notes.append(UNKNOWN_NOTE)
         if state == states.PENDING:
             notes.append(self._session.backend_caveat)
+            notes.append(waiting_note(self.call_options, self._sent_wall, now))
         notes += self._notes.values()
         return "; ".join(note for note in notes if note) or None
 

@@ -20,18 +20,23 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from ._call_options import CallOptions
 from ._cell import parse_output_names
 from ._cluster import LocalCluster
 from ._commands import assign_on_success, cancel, jobs, submit_cell, workers
 from ._connect import connect
 from ._errors import CelerynbError, NotConnectedError
-from ._session import Session, apply_async, current_session
+from ._session import Session, current_session
 from ._validation import shown
 
 log = logging.getLogger(__name__)
 
 _OPTION = re.compile(r"(?P<flag>--?[A-Za-z][\w-]*)(?:=(?P<value>\S+))?(?:\s+|$)")
 _MAX_MESSAGE = 300
+_SUBMIT_FLAGS = {
+    "-o", "--output", "-q", "--queue", "--countdown", "--expires", "--priority",
+    "--time-limit", "--soft-time-limit",
+}  # fmt: skip
 
 
 def split_options(line: str, flags_with_values: set[str]) -> tuple[str, str]:
@@ -201,6 +206,11 @@ class CeleryMagics(Magics):
     @magic_arguments()
     @argument("-o", "--output", metavar="VAR", help="assign the result (cell: VAR[,VAR...])")
     @argument("-q", "--queue", help="send to this Celery queue")
+    @argument("--countdown", type=float, metavar="S", help="start no sooner than S seconds")
+    @argument("--expires", type=float, metavar="S", help="drop it unrun if not started in S s")
+    @argument("--priority", type=int, metavar="N", help="message priority (0-9 on Redis)")
+    @argument("--time-limit", type=float, metavar="S", help="stop it after S seconds")
+    @argument("--soft-time-limit", type=float, metavar="S", help="warn it after S seconds")
     @argument("call", nargs="*", help="the call to run, e.g. simulate(10_000)")
     def celery_submit(self, line: str, cell: str | None = None) -> Any:
         """Run a call (or, as %%celery_submit, the whole cell) on a worker; return its Job.
@@ -215,13 +225,22 @@ class CeleryMagics(Magics):
 
             %celery_submit -o answer simulate(10_000)
             job = %celery_submit -q gpu train(model, epochs=3)
+            %celery_submit --countdown 30 --time-limit 600 simulate(10_000)
 
             %%celery_submit -o total,mean
             total = sum(heavy(x) for x in data)
             mean = total / len(data)
         """
-        options, code = split_options(line, {"-o", "--output", "-q", "--queue"})
+        options, code = split_options(line, _SUBMIT_FLAGS)
         args = parse_argstring(self.celery_submit, options)
+        sending = CallOptions.of(
+            queue=_unquoted(args.queue),
+            countdown=args.countdown,
+            expires=args.expires,
+            priority=args.priority,
+            time_limit=args.time_limit,
+            soft_time_limit=args.soft_time_limit,
+        )
         _require_session()  # before evaluating anything
         shell = self.shell
         assert shell is not None  # magics run in a shell
@@ -233,7 +252,9 @@ class CeleryMagics(Magics):
             if len(outputs) > 1:
                 raise UsageError("-o takes one variable for a call (a cell takes several)")
             function, call_args, call_kwargs = evaluate_call(code, namespace, self._app_tasks())
-            job = apply_async(function, call_args, call_kwargs, queue=_unquoted(args.queue))
+            job = current_session().submit(
+                function, tuple(call_args), call_kwargs, call_options=sending
+            )
             if outputs:
                 assign_on_success(job, namespace, outputs[0])
         else:
@@ -243,7 +264,7 @@ class CeleryMagics(Magics):
                 cell,
                 namespace,
                 outputs=args.output,
-                queue=_unquoted(args.queue),
+                call_options=sending,
                 hidden=shell.user_ns_hidden,
                 label=f"cell [{shell.execution_count}]",
             )

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery.result import AsyncResult, ResultSet
 
+from ._call_options import call_options
 from ._calls import display_name
 from ._chunks import run_chunk
 from ._group import JobGroup
@@ -18,7 +19,6 @@ from ._job import Job
 from ._registry import registry
 from ._session import Session, current_session
 from ._store import JobRecord, store
-from ._validation import check_queue
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,18 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     *iterables: Iterable[Any],
     chunksize: int | None = None,
     queue: str | None = None,
+    **options: Any,
 ) -> JobGroup:
     """Run ``fn(item)`` for every item on the workers; return a JobGroup at once.
 
     Several iterables are zipped (``fn(a, b)``) as with the builtin ``map``. Items
     travel in chunks: one task runs ``chunksize`` plain calls, so throughput is not
     bounded by Celery's per-task cost. ``chunksize=None`` picks about four chunks
-    per worker process. One live bar shows the whole map.
+    per worker process. One live bar shows the whole map. ``options`` are Celery's
+    calling options as ``apply_async`` takes them (``countdown``, ``expires``,
+    ``time_limit``...), for every chunk.
     """
+    sending = call_options("map", queue, **options)
     if not callable(fn):
         raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
     if not iterables:
@@ -62,7 +66,6 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     items = list(zip(*iterables)) if star else _sliceable(iterables[0])
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
-    check_queue(queue)  # as Session.submit does, also when there are no items to send
     session = current_session()
     size = chunksize or auto_chunksize(len(items), session.processes_hint or DEFAULT_PROCESSES)
     spans = chunk_spans(len(items), size)
@@ -76,7 +79,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
                     session.submit(
                         run_chunk,
                         (fn, items[start:stop], star, name),
-                        queue=queue,
+                        call_options=sending,
                         name=f"{name} [{start}:{stop}]",
                         call_repr=f"{name} chunk {number + 1}/{len(spans)}",
                         record=False,

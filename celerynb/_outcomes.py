@@ -25,6 +25,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timezone
 from typing import Any
 
 from celery import Task, states
@@ -111,6 +112,13 @@ def knowing_state(backend: Any, meta: dict[str, Any] | None) -> Iterator[None]:
         del backend._get_task_meta_for  # this thread's backend (Celery's are per thread)
 
 
+def expiry_instant(text: str) -> Any:
+    """An ISO time as the worker's request holds its expiry (aware: UTC when naive)."""
+    from celery.utils.time import maybe_iso8601, maybe_make_aware
+
+    return maybe_make_aware(maybe_iso8601(text), timezone.utc)
+
+
 class ShippedRequest(Request):
     """The worker's request for ``celerynb.run_shipped``: says which request the main
     process writes a final state for, so ``ShippedTaskBackend`` can sign it."""
@@ -124,9 +132,23 @@ class ShippedRequest(Request):
             return super().on_timeout(soft, timeout)
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool):
-        # An expiry comes from the message's (unsigned) expires header: not vouched for.
-        with _acting_for(None if expired else self):
+        # An expiry comes from the message's (unsigned) expires header: vouched for only
+        # when the signed call asked for that very expiry.
+        vouched = not expired or self._expiry_was_signed()
+        with _acting_for(self if vouched else None):
             return super()._announce_revoked(reason, terminated, signum, expired)
+
+    def _expiry_was_signed(self) -> bool:
+        """Whether the message's expiry is the one signed in the call's envelope."""
+        try:
+            key = self.task.celerynb_key or secret_from_env()
+            body = verify_envelope((self.args or [None])[0], secret=key, purpose="call",
+                                   task_id=self.id)  # fmt: skip
+            signed = body.get("expires")
+            return isinstance(signed, str) and expiry_instant(signed) == self.expires
+        except Exception as exc:  # unsigned, forged, or no secret: not vouched for
+            log.debug("celerynb: not vouching for the expiry of %s: %s", self.id, exc)
+            return False
 
 
 class ShippedTaskBackend:

@@ -9,6 +9,7 @@ import reprlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, states
@@ -16,6 +17,7 @@ from celery.app.task import Task
 
 from ._byref import DEFAULT_TTL, by_reference
 from ._byref import inline_limit as configured_inline_limit
+from ._call_options import CallOptions
 from ._calls import MAX_MESSAGE_BYTES, check_json, display_name, pickle_call, shown_call
 from ._config import SHIPPED_TASK_NAME, failure_line, mask_url, secret_from_env
 from ._datastore import DataStore, data_store, no_store_line, store_spec
@@ -165,6 +167,7 @@ class Session:
         call_repr: str | None = None,
         record: bool = True,
         holding: Sequence[Scattered] = (),
+        call_options: CallOptions | None = None,
     ) -> Job:
         """Send one call; return its Job at once.
 
@@ -172,10 +175,14 @@ class Session:
         ``record=False`` keeps it out of ``jobs()`` (a part of a JobGroup).
         ``holding``: scattered references the call carries inside already pickled
         data (a cell's inputs); the job keeps them alive, as those in ``args``.
+        ``call_options``: Celery's (countdown, expires, time limits...; its queue
+        when ``queue`` is None).
 
         Raises:
             ValueError: ``queue`` is not a usable queue name (see ``check_queue``).
         """
+        if queue is None and call_options is not None:
+            queue = call_options.queue
         check_queue(queue)  # every path sends through here: apply_async, map, cells
         if self.closed:
             raise NotConnectedError(f"this connection to {self.broker_url} was closed")
@@ -184,6 +191,9 @@ class Session:
         options: dict[str, Any] = {"task_id": task_id}
         if queue is not None:
             options["queue"] = queue
+        if call_options is not None:
+            options.update(call_options.send_options())
+        expires = call_options.expires if call_options is not None else None
         if isinstance(fn, str | Task):
             task_name = fn if isinstance(fn, str) else fn.name
             if isinstance(fn, str):
@@ -197,7 +207,7 @@ class Session:
             with collecting() as carried:
                 segments = pickle_call(fn, args, kwargs)
             holding = [*holding, *carried]
-            sealed = self._seal_call(task_id, segments, display_name(fn))
+            sealed = self._seal_call(task_id, segments, display_name(fn), expires)
             send_args, send_kwargs, shipped = [sealed], {}, True
             options["serializer"] = SERIALIZER
         else:
@@ -205,14 +215,17 @@ class Session:
                 f"submit() needs a callable or a registered Celery task, got "
                 f"{type(fn).__name__} {reprlib.repr(fn)}"
             )
+        shown = call_repr or shown_call(fn, args, kwargs)
+        described = call_options.described() if call_options is not None else ""
         job = Job(
             task_id,
             name or display_name(fn),
             self,
             shipped=shipped,
-            call_repr=call_repr or shown_call(fn, args, kwargs),
+            call_repr=f"{shown} [{described}]" if described else shown,
             code=fn if shipped else None,
         )
+        job.call_options = call_options
         for scattered in holding:
             scattered.held_by(job)
         job.requeued_if_worker_lost = not shipped and self._requeues_on_worker_loss(task_name)
@@ -238,8 +251,16 @@ class Session:
         """Bytes of a shipped call's frame sent in its message at most."""
         return self.inline_limit if self.data_store is not None else MAX_MESSAGE_BYTES
 
-    def _seal_call(self, task_id: str, segments: list[memoryview], name: str) -> Sealed:
-        extra = {"store": self.store_spec, "inline": self.inline_limit, "ttl": self.data_ttl}
+    def _seal_call(
+        self, task_id: str, segments: list[memoryview], name: str, expires: datetime | None = None
+    ) -> Sealed:
+        extra: dict[str, Any] = {
+            "store": self.store_spec,
+            "inline": self.inline_limit,
+            "ttl": self.data_ttl,
+        }
+        if expires is not None:  # signed: the worker vouches for an expiry it was asked for
+            extra["expires"] = expires.isoformat()
         sealed = seal(segments, secret=self.secret, purpose="call", task_id=task_id, extra=extra)
         if self.data_store is None and sealed.size > MAX_MESSAGE_BYTES:
             raise DataStoreError(
@@ -557,9 +578,37 @@ def apply_async(
     kwargs: dict[str, Any] | None = None,
     *,
     queue: str | None = None,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    expires: float | datetime | None = None,
+    priority: int | None = None,
+    time_limit: float | None = None,
+    soft_time_limit: float | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> Job:
-    """Like ``submit``, with Celery's calling convention and options (``queue``)."""
-    return current_session().submit(fn, tuple(args), kwargs, queue=queue)
+    """Like ``submit``, with Celery's calling convention and options.
+
+    ``countdown`` (seconds) or ``eta`` (a datetime) delay the start; after
+    ``expires`` (seconds from now, or a datetime) the workers drop the call unrun
+    and the job ends cancelled; ``time_limit`` / ``soft_time_limit`` (seconds) stop
+    it (``TimeLimitExceeded``) or warn it (``SoftTimeLimitExceeded`` raised inside);
+    ``priority`` and ``headers`` go on the message. The widget tells a delayed job's
+    start ("starts in 30 s") and an expired one.
+
+    Raises:
+        ValueError / TypeError: an option that Celery could not use (one line).
+    """
+    options = CallOptions.of(
+        queue=queue,
+        countdown=countdown,
+        eta=eta,
+        expires=expires,
+        priority=priority,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        headers=headers,
+    )
+    return current_session().submit(fn, tuple(args), kwargs, call_options=options)
 
 
 def _forget_stored(store: DataStore, key: str) -> None:

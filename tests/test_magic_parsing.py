@@ -14,7 +14,7 @@ from celerynb._magics import CeleryMagics, evaluate_call, split_options
 from celerynb._tables import JobTable, WorkerTable, text_table
 from celerynb._workers import WorkerInfo
 
-VALUE_FLAGS = {"-o", "--output", "-q", "--queue"}
+VALUE_FLAGS = {"-o", "--output", "-q", "--queue", "--countdown", "--time-limit"}
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,7 @@ VALUE_FLAGS = {"-o", "--output", "-q", "--queue"}
         ("-o x -q fast  tasks.crunch(x, scale=-2)", "-o x -q fast", "tasks.crunch(x, scale=-2)"),
         ("--queue=fast --output y g()", "--queue=fast --output y", "g()"),
         ("--bogus f()", "--bogus", "f()"),
+        ("--countdown 3 --time-limit=2 f(-1)", "--countdown 3 --time-limit=2", "f(-1)"),
         ("-q", "-q", ""),
         ("  ", "", ""),
     ],

@@ -103,6 +103,21 @@ def test_queue_option_routes_the_job(kernel, project_worker):
     assert cell.stdout.strip().startswith("celerynb-")
 
 
+def test_celerys_call_options_go_with_the_magics_call(kernel):
+    kernel.ok(
+        "import time\n"
+        "sent = time.time()\n"
+        "later = %celery_submit --countdown 2 --time-limit 30 --priority 3 where()"
+    )
+    cell = kernel.ok(
+        "later.result(timeout=30)\n"
+        "print(time.time() - sent >= 2, 'countdown=2' in later.call_repr, later.state)"
+    )
+    assert cell.stdout.split() == ["True", "True", "SUCCESS"]
+    cell = kernel.run("%celery_submit --priority 300 where()")
+    assert_one_usage_line(cell, r"priority must be an int from 0 to 255, got 300")
+
+
 @pytest.fixture
 def app_connection(kernel):
     yield kernel.ok("%celery_connect -A myproject.celery:app")
@@ -302,7 +317,8 @@ def test_bad_calls_print_one_short_line(kernel, line, pattern):
 def test_help_shows_usage(kernel):
     cell = kernel.ok("%celery_submit?")
     pages = [p["data"]["text/plain"] for p in cell.reply.get("payload", []) if "data" in p]
-    assert pages and "%celery_submit [-o VAR] [-q QUEUE] [call ...]" in pages[0]
+    assert pages and "%celery_submit [-o VAR] [-q QUEUE] [--countdown S]" in pages[0]
+    assert "[--time-limit S]" in pages[0] and "[call ...]" in pages[0]
     assert "With -o VAR, VAR is set when the job succeeds" in pages[0]
 
 

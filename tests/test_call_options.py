@@ -1,0 +1,127 @@
+"""Celery's calling options: checking them (pure), and what they do on real workers."""
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import wait_for
+
+import celerynb
+from celerynb._call_options import CallOptions, waiting_note
+
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def test_options_become_send_task_options_and_expires_an_instant():
+    options = CallOptions.of(
+        countdown=30, expires=60, priority=5, time_limit=2, soft_time_limit=1,
+        headers={"team": "ml"}, queue="gpu", now=NOW,
+    )  # fmt: skip
+    assert options.queue == "gpu"
+    assert options.send_options() == {
+        "countdown": 30.0,
+        "expires": NOW + timedelta(seconds=60),
+        "priority": 5,
+        "time_limit": 2.0,
+        "soft_time_limit": 1.0,
+        "headers": {"team": "ml"},
+    }
+    assert CallOptions.of().send_options() == {}
+    naive = datetime(2026, 12, 1, 8, 0)
+    assert CallOptions.of(eta=naive).eta == naive.replace(tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"countdown": 3, "eta": NOW}, ValueError, "countdown or eta, not both"),
+        ({"countdown": -1}, ValueError, "countdown must be a positive number"),
+        ({"countdown": "3"}, TypeError, "countdown takes seconds"),
+        ({"expires": 0}, ValueError, "expires must be a positive number"),
+        ({"expires": float("nan")}, TypeError, "expires takes seconds"),
+        ({"eta": "tomorrow"}, TypeError, "eta takes a datetime"),
+        ({"priority": 256}, ValueError, "priority must be an int from 0 to 255"),
+        ({"priority": True}, ValueError, "priority must be an int"),
+        ({"time_limit": 2, "soft_time_limit": 2}, ValueError, "must be less than time_limit"),
+        ({"headers": {"task": "evil"}}, ValueError, "may not set Celery's own task"),
+        ({"headers": ["x"]}, TypeError, "headers takes a dict"),
+        ({"queue": " padded"}, ValueError, "queue"),
+    ],
+)
+def test_a_bad_option_is_one_clear_line(options, error, message):
+    with pytest.raises(error, match=message) as info:
+        CallOptions.of(**options)
+    assert "\n" not in str(info.value)
+
+
+def test_a_waiting_job_says_when_it_starts_and_when_it_expired():
+    sent = NOW
+    delayed = CallOptions.of(countdown=30, now=NOW)
+    assert waiting_note(delayed, sent, NOW + timedelta(seconds=10)).startswith("starts in 20 s")
+    assert waiting_note(delayed, sent, NOW + timedelta(seconds=31)) is None
+    expiring = CallOptions.of(expires=5, now=NOW)
+    assert waiting_note(expiring, sent, NOW + timedelta(seconds=4)) is None
+    assert waiting_note(expiring, sent, NOW + timedelta(seconds=6)).startswith("expired at")
+    assert waiting_note(None, sent, NOW) is None
+
+
+# -- on real workers -------------------------------------------------------------------
+def wall_clock():
+    import time
+
+    return time.time()
+
+
+def sleepy(seconds):
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def gated(gate, value):
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def test_countdown_starts_no_sooner_and_the_job_says_when(session):
+    sent = time.time()
+    job = celerynb.apply_async(wall_clock, countdown=3)
+    assert wait_for(lambda: "starts in" in (job.note or ""), timeout=2), job.note
+    assert "countdown=3" in job.call_repr
+    assert job.result(timeout=30) >= sent + 3 - 0.05
+    chunks = celerynb.map(wall_clock_of, range(4), chunksize=2, countdown=2)
+    assert min(chunks.results(timeout=30)) >= sent + 2 - 0.05
+
+
+def wall_clock_of(_item):
+    import time
+
+    return time.time()
+
+
+def test_a_time_limit_stops_a_long_call_with_celerys_error_in_the_widget(session):
+    started = time.monotonic()
+    job = celerynb.apply_async(sleepy, (60,), time_limit=2)
+    with pytest.raises(Exception, match="TimeLimitExceeded") as info:
+        job.result(timeout=30)
+    assert time.monotonic() - started < 20
+    assert "TimeLimitExceeded" in type(info.value).__name__ + str(info.value)
+    assert job.state == "FAILURE" and "TimeLimitExceeded" in job.short_result_repr()
+
+
+def test_an_expired_call_is_dropped_unrun_and_the_job_says_so(session, cluster, tmp_path):
+    gate = tmp_path / "gate"
+    busy = [celerynb.submit(gated, str(gate), i) for i in range(cluster.processes)]
+    assert wait_for(lambda: all(b.state in ("STARTED", "PROGRESS") for b in busy), timeout=30)
+    late = celerynb.apply_async(wall_clock, expires=1)
+    assert wait_for(lambda: "expired at" in (late.note or ""), timeout=5), late.note
+    gate.touch()
+    assert wait_for(late.done, timeout=30) and late.cancelled(), late.state
+    assert "expired at" in late.note and "do not run it" in late.note
+    assert [b.result(timeout=30) for b in busy] == list(range(cluster.processes))
