@@ -2,6 +2,7 @@
 
 Worker side: ``tqdm`` and ``report`` report a task's progress.
 Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job``;
+``Executor`` (a ``concurrent.futures.Executor``); joblib's backend ``"celerynb"``;
 ``map``, ``attach``, ``wait``, ``as_completed`` and ``JobGroup``; ``jobs``, ``workers``
 and ``cancel``; ``LocalCluster`` for a local Redis and workers; ``%load_ext celerynb``
 for the magics. Exceptions: see ``celerynb._errors`` for the hierarchy.
@@ -35,6 +36,7 @@ from ._errors import (
     VersionMismatchError,
     WorkerLostError,
 )
+from ._executor import Executor
 from ._group import ItemCounts, JobGroup
 from ._job import Job
 from ._many import as_completed, attach, map, wait
@@ -46,6 +48,13 @@ from ._tables import JobTable, WorkerTable
 from ._workers import WorkerInfo
 
 __version__ = "0.1.0"
+
+try:  # joblib's Parallel on Celery workers: parallel_config(backend="celerynb")
+    from ._joblib import register as _register_joblib
+except ImportError:  # joblib is not installed: no backend to register
+    pass
+else:
+    _register_joblib()
 
 
 def load_ipython_extension(ipython: object) -> None:
@@ -69,6 +78,7 @@ __all__ = [
     "ConnectionSettingsError",
     "DataStoreError",
     "DataUnavailableError",
+    "Executor",
     "ItemCounts",
     "Job",
     "JobGroup",

@@ -116,6 +116,8 @@ class JobGroup(WatchedFuture):
         session: Any = None,
         code: Any = None,
         group_id: str | None = None,
+        open_ended: bool = False,
+        keep_values: bool = True,
     ) -> None:
         super().__init__()
         self.id = group_id or str(uuid.uuid4())
@@ -124,12 +126,15 @@ class JobGroup(WatchedFuture):
         self.jobs = list(jobs)
         if self.jobs:  # its clock starts with its first task, not once the last one is sent
             self._submitted_at = min(job._submitted_at for job in self.jobs)
-        self._chunked = spans is not None
+        self._chunked = spans is not None and not open_ended
         self._spans = list(spans) if spans is not None else [(i, i + 1) for i in range(len(jobs))]
         self._session = session
         self._code = code
+        # Open ended: tasks come later (``_grow``) and the group ends after ``_close``.
+        self._open = open_ended
+        self._keep_values = keep_values
         self._total = self._spans[-1][1] if self._spans else 0
-        self._values: list[Any] = [None] * self._total
+        self._values: list[Any] = [None] * self._total if keep_values else []
         self._errors: dict[int, BaseException] = {}  # failed items, never cancelled ones
         self._stored = [False] * len(self.jobs)  # the task's outcome is recorded here
         self._task_cancelled = [False] * len(self.jobs)
@@ -146,7 +151,7 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(self.jobs):
             job.add_listener(self._on_job_change)
             job.add_done_callback(functools.partial(self._on_job_done, position))
-        if not self.jobs:
+        if not self.jobs and not self._open:
             self._finish()
 
     # -- public ---------------------------------------------------------------
@@ -156,7 +161,17 @@ class JobGroup(WatchedFuture):
     def __iter__(self) -> Iterator[Any]:
         """Item results in input order, each as soon as its task is done; a failed
         (or cancelled) item raises its exception."""
+        return self._in_order()
+
+    def _in_order(self, deadline: float | None = None) -> Iterator[Any]:
+        """``__iter__``, raising TimeoutError when a result is not ready by ``deadline``
+        (``time.monotonic()``)."""
         for position, (start, stop) in enumerate(self._spans):
+            if deadline is not None:
+                job = self.jobs[position]
+                remaining = max(deadline - time.monotonic(), 0)
+                if not concurrent.futures.wait([job], timeout=remaining).done:
+                    raise TimeoutError(f"{self.call_repr}: items {start} to {stop - 1} not ready")
             self._wait_stored(position)
             if self._all_succeeded(position):
                 yield from self._values[start:stop]
@@ -311,7 +326,7 @@ class JobGroup(WatchedFuture):
                     self._session.revoke(ids, shipped=shipped, on_change=redraw)
         with self._lock:
             self._cancelling = False
-            last = self._remaining == 0
+            last = self._remaining == 0 and not self._open
         if cancelled:
             # A task finishing in another thread right now may store its items
             # after this: they are its true outcome, and the group stays cancelled.
@@ -340,6 +355,48 @@ class JobGroup(WatchedFuture):
             tuple(self._spans) if self._chunked else None,
         )
 
+    # -- an open-ended group (e.g. a joblib call) --------------------------------
+    def _grow(self, jobs: Sequence[Job], sizes: Sequence[int]) -> None:
+        """Add tasks of ``sizes`` items each; their items follow those the group has.
+
+        Raises:
+            CancelledError: the group was cancelled (or ended): the tasks are cancelled.
+        """
+        with self._lock:
+            ended = self._ended or self._cancelling
+            if not ended:
+                first = len(self.jobs)
+                if not self.jobs:
+                    self._submitted_at = min(job._submitted_at for job in jobs)
+                for job, size in zip(jobs, sizes, strict=True):
+                    self._spans.append((self._total, self._total + size))
+                    self._total += size
+                    self.jobs.append(job)
+                    self._positions.setdefault(job.id, []).append(len(self.jobs) - 1)
+                if self._keep_values:
+                    self._values += [None] * (self._total - len(self._values))
+                self._stored += [False] * len(jobs)
+                self._task_cancelled += [False] * len(jobs)
+                self._task_has_failures += [False] * len(jobs)
+                self._remaining += len(jobs)
+        if ended:
+            for job in jobs:
+                job.cancel()
+            raise CancelledError(f"{self.call_repr} was cancelled")
+        for position, job in enumerate(jobs, first):
+            job.add_listener(self._on_job_change)
+            job.add_done_callback(functools.partial(self._on_job_done, position))
+        self._notify()
+
+    def _close(self) -> None:
+        """No more tasks will come: the group ends once those it has are done."""
+        with self._lock:
+            self._open = False
+            last = self._remaining == 0 and not self._cancelling
+        if last:
+            self._finish()
+        self._notify()
+
     # -- fed by the jobs (watcher thread) --------------------------------------
     def _on_job_change(self, _job: Job) -> None:
         if not self._cancelling:  # cancel() notifies once, not once per task
@@ -361,7 +418,7 @@ class JobGroup(WatchedFuture):
             self._stored[position] = True
             self._remaining -= 1
             quiet = self._cancelling  # cancel() notifies once, not once per task
-            last = self._remaining == 0 and not quiet
+            last = self._remaining == 0 and not quiet and not self._open
             self._settled.notify_all()
         if last:
             self._finish()
@@ -374,6 +431,8 @@ class JobGroup(WatchedFuture):
         if error is not None:  # the whole task failed: none of its items has a result
             return dict.fromkeys(range(start, stop), error)
         value = job.result(timeout=0)
+        if not self._keep_values:
+            return {}
         if not self._chunked:
             self._values[start] = value
             return {}
@@ -418,7 +477,7 @@ class JobGroup(WatchedFuture):
             add_note(error, f"celerynb: item {index} of {self.call_repr}")
             self.set_exception(error)
         else:
-            self.set_result(self._values)
+            self.set_result(self._values if self._keep_values else None)
 
     def _end_cancelled(self) -> None:
         concurrent.futures.Future.cancel(self)

@@ -1,0 +1,117 @@
+"""Kernel side: ``celerynb.Executor``, a ``concurrent.futures.Executor`` on Celery workers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from celery import states
+
+from ._group import JobGroup
+from ._job import Job
+from ._many import map as map_items
+from ._session import Session, current_session
+from ._validation import check_queue
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` whose calls run on Celery workers.
+
+    ``submit`` returns a live ``Job`` (a ``concurrent.futures.Future``); ``map``
+    yields results in order, lazily, as their chunks finish; ``shutdown`` (also at
+    the end of a ``with`` block) waits for the calls, and with
+    ``cancel_futures=True`` first cancels (revokes) those that have not started.
+    ``queue`` routes every call; ``session`` defaults to the current connection.
+    """
+
+    def __init__(self, queue: str | None = None, *, session: Session | None = None) -> None:
+        check_queue(queue)
+        self.queue = queue
+        self._session = session
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._pending: set[Job | JobGroup] = set()  # futures not done yet
+
+    @property
+    def session(self) -> Session:
+        return self._session or current_session()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+        """Run ``fn(*args, **kwargs)`` on a worker; return its Job at once."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        job = self.session.submit(fn, args, kwargs, queue=self.queue)
+        self._track(job)
+        return job
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """``fn`` over the items, results in input order as they are ready.
+
+        The items are sent at once, in chunks (``chunksize`` items per task; None:
+        about four chunks per worker process, as ``celerynb.map``). The iterator
+        raises an item's exception at its place, and ``TimeoutError`` when a
+        result is not ready ``timeout`` seconds after ``map`` was called. Closing
+        it early cancels what has not run.
+        """
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        group = map_items(fn, *iterables, chunksize=chunksize, queue=self.queue)
+        self._track(group)
+        return _in_order(group, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new calls from now on; ``cancel_futures`` revokes the calls not started,
+        ``wait`` waits for the others."""
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for job in _not_started(pending):
+                job.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
+
+    def _track(self, future: Job | JobGroup) -> None:
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Any) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else f"{len(self._pending)} pending"
+        where = f" queue={self.queue!r}" if self.queue else ""
+        return f"<celerynb.Executor{where} {state}>"
+
+
+def _not_started(futures: Iterable[Job | JobGroup]) -> list[Job]:
+    """The jobs still queued: calls, and the chunks of maps (a map's chunks that ran
+    keep their results; the map ends cancelled)."""
+    jobs = [job for f in futures for job in (f.jobs if isinstance(f, JobGroup) else [f])]
+    return [job for job in jobs if not job.done() and job.state == states.PENDING]
+
+
+def _in_order(group: JobGroup, deadline: float | None) -> Iterator[Any]:
+    """The group's item results in order; closing the iterator before its end cancels
+    the group (as the stdlib's map cancels its futures)."""
+    finished = False
+    try:
+        yield from group._in_order(deadline)
+        finished = True
+    finally:
+        if not finished:
+            group.cancel()

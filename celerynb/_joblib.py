@@ -1,0 +1,250 @@
+"""Kernel side: joblib's ``Parallel`` on Celery workers, backend ``"celerynb"``.
+
+::
+
+    with joblib.parallel_config(backend="celerynb"):
+        GridSearchCV(SVC(), grid, n_jobs=-1).fit(X, y)
+
+Each batch of calls joblib makes is one shipped Celery task; every batch of one
+``Parallel`` call joins one open-ended JobGroup, shown as one live bar (calls done,
+failed, rate, ETA) in the cell that called it. ``n_jobs=-1`` means the worker
+processes online for the queue. Arguments of 64 KiB or more (``X``, ``y``) are
+scattered once per ``Parallel`` call and read once per worker process. An error
+aborts the call the way joblib does, and the batches still queued are revoked. A
+``Parallel`` inside a batch runs on threads (joblib's nested backend), never on
+processes: a Celery pool process cannot start its own.
+
+joblib's callbacks run on one ``celerynb-joblib`` thread per backend, never on the
+watcher thread: dispatching the next batch talks to the broker, and every other
+bar would wait for it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
+
+from ._byref import inline_limit
+from ._calls import display_name
+from ._display import display_job
+from ._errors import CelerynbError
+from ._group import JobGroup
+from ._job import Job
+from ._registry import registry
+from ._session import Session, current_session
+from ._workers import INSPECT_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAME = "celerynb"
+
+
+class NoWorkersError(CelerynbError):
+    """No online worker consumes the queue a joblib call would use."""
+
+
+def run_batch(batch: Callable[[], list[Any]]) -> list[Any]:
+    """Worker side: run one of joblib's batches (its nested backend applies inside)."""
+    return batch()
+
+
+class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib backend: batches of calls run as Celery tasks, one live bar per call.
+
+    ``queue`` routes the batches (default: the app's default queue); ``show=False``
+    displays no bar (the group is still in ``celerynb.jobs()``).
+    """
+
+    supports_retrieve_callback = True
+    supports_inner_max_num_threads = False
+    uses_threads = False
+    supports_sharedmem = False
+    default_n_jobs = -1
+    # A Celery round trip costs milliseconds: batches of at least 0.2 s hide it (as dask's).
+    MIN_IDEAL_BATCH_DURATION = 0.2
+    MAX_IDEAL_BATCH_DURATION = 1.0
+
+    def __init__(self, queue: str | None = None, show: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.queue = queue
+        self.show = show
+        self._session: Session | None = None
+        self._group: JobGroup | None = None
+        self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
+        self._scattered: dict[int, tuple[Any, Any]] = {}  # id(arg) -> (arg, its reference)
+        self._processes: int | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a batch may carry it: never the session
+        return (CelerynbBackend, (self.queue, self.show))
+
+    # -- sizing ------------------------------------------------------------------
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None or n_jobs < 0:
+            processes = self._online_processes()
+            return max(processes + 1 + (n_jobs if n_jobs is not None else -1), 1)
+        return n_jobs
+
+    def _online_processes(self) -> int:
+        """Worker processes consuming the queue (asked once per backend)."""
+        if self._processes is None:
+            session = current_session()
+            queue = self.queue or session.app.conf.task_default_queue
+            cluster_processes = getattr(session.owner, "processes", None)
+            if cluster_processes and self.queue is None:
+                self._processes = int(cluster_processes)
+            else:
+                online = session.workers(timeout=INSPECT_TIMEOUT)
+                self._processes = sum(
+                    w.concurrency or 0 for w in online if not w.queues or queue in w.queues
+                )
+            if not self._processes:
+                raise NoWorkersError(
+                    f"no online worker consumes queue {queue!r}: start one "
+                    f"(celery -A celerynb.worker worker -Q {queue}) or use another queue"
+                )
+        return self._processes
+
+    # -- one Parallel call -------------------------------------------------------
+    def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_args: Any) -> int:
+        self.parallel = parallel
+        return self.effective_n_jobs(n_jobs)
+
+    def start_call(self) -> None:
+        self._session = current_session()
+        self._scattered = {}
+        self._callbacks = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="celerynb-joblib"
+        )
+        self._group = JobGroup(
+            [],
+            [],
+            name="joblib",
+            call_repr="joblib.Parallel",
+            session=self._session,
+            open_ended=True,
+            keep_values=False,
+        )
+        if self.show:
+            _show(self._group)
+
+    def stop_call(self) -> None:
+        group, self._group = self._group, None
+        if group is not None:
+            group._close()
+            registry.add(group)
+        for _arg, scattered in self._scattered.values():
+            scattered.release()  # removed once the batches carrying it are done
+        self._scattered = {}
+        if self._callbacks is not None:
+            self._callbacks.shutdown(wait=False)
+            self._callbacks = None
+
+    def submit(self, func: Any, callback: Callable[[Any], None] | None = None) -> Job:
+        session, group = self._session or current_session(), self._group
+        self._scatter_big_arguments(session, func)
+        size = len(func) if hasattr(func, "__len__") else 1
+        if group is not None and not group.jobs:
+            _name_after_first_call(group, func)
+        job = session.submit(
+            run_batch,
+            (func,),
+            queue=self.queue,
+            name=group.name if group is not None else "joblib",
+            call_repr=f"joblib batch of {size}",
+            record=False,
+        )
+        if group is not None:
+            group._grow([job], [size])  # cancelled group: CancelledError, the job cancelled
+        if callback is not None:
+            pool = self._callbacks
+            if pool is None:
+                job.add_done_callback(callback)
+            else:
+                job.add_done_callback(lambda done: pool.submit(_logged, callback, done))
+        return job
+
+    def retrieve_result_callback(self, out: Job) -> Any:
+        return out.result(timeout=0)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """An error ends the call (joblib's rule): revoke every batch not finished."""
+        if self._group is not None:
+            self._group.cancel()
+
+    # -- big arguments -----------------------------------------------------------
+    def _scatter_big_arguments(self, session: Session, batch: Any) -> None:
+        """Replace each argument of ``inline_limit()`` bytes or more in the batch's calls
+        by a scattered reference, the same for every batch of this call."""
+        items = getattr(batch, "items", None)
+        if not isinstance(items, list) or session.data_store is None:
+            return
+        limit = inline_limit()
+        for position, item in enumerate(items):
+            try:
+                fn, args, kwargs = item
+            except (TypeError, ValueError):
+                return  # not joblib's (func, args, kwargs): leave the batch as it is
+            args = [self._reference(session, a, limit) for a in args]
+            kwargs = {k: self._reference(session, v, limit) for k, v in kwargs.items()}
+            items[position] = (fn, tuple(args), kwargs)
+
+    def _reference(self, session: Session, arg: Any, limit: int) -> Any:
+        known = self._scattered.get(id(arg))
+        if known is not None and known[0] is arg:
+            return known[1]
+        if _size_of(arg) < limit:
+            return arg
+        scattered = session.scatter(arg)
+        self._scattered[id(arg)] = (arg, scattered)  # the argument kept: its id stays its own
+        return scattered
+
+
+def _size_of(arg: Any) -> int:
+    """Bytes of an array-like or bytes argument (0 for anything else: sent as it is)."""
+    if isinstance(arg, bytes | bytearray | memoryview):
+        return len(arg)
+    nbytes = getattr(arg, "nbytes", None)  # numpy arrays, pandas frames' values
+    if isinstance(nbytes, int):
+        return nbytes
+    memory_usage = getattr(arg, "memory_usage", None)  # pandas DataFrame / Series
+    if callable(memory_usage) and "pandas" in type(arg).__module__:
+        try:
+            usage = memory_usage(deep=False)
+            return int(usage.sum() if hasattr(usage, "sum") else usage)
+        except Exception:
+            return 0
+    return 0
+
+
+def _show(group: JobGroup) -> None:
+    """The call's bar in the running cell (a text bar outside Jupyter)."""
+    try:
+        display_job(group)
+    except Exception as exc:  # a display problem never stops the computation
+        log.debug("celerynb: cannot show the joblib bar: %s", exc)
+
+
+def _name_after_first_call(group: JobGroup, batch: Any) -> None:
+    """The bar takes the name of the function the batches call (e.g. _fit_and_score)."""
+    items = getattr(batch, "items", None)
+    if isinstance(items, list) and items and isinstance(items[0], tuple) and items[0]:
+        group.name = display_name(items[0][0])
+        group.call_repr = f"joblib.Parallel({group.name})"
+
+
+def _logged(callback: Callable[[Any], None], job: Any) -> None:
+    try:
+        callback(job)
+    except Exception:
+        log.exception("celerynb: a joblib callback failed")
+
+
+def register() -> None:
+    """Register the ``"celerynb"`` joblib backend (done when celerynb is imported)."""
+    register_parallel_backend(BACKEND_NAME, CelerynbBackend)

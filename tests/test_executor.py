@@ -1,0 +1,92 @@
+"""celerynb.Executor: a concurrent.futures.Executor on real Celery workers."""
+
+import concurrent.futures
+import time
+
+import pytest
+from conftest import wait_for
+
+import celerynb
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def bad_at(x, bad):
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+def gated(gate, value):
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+def test_it_is_a_standard_executor_whose_futures_are_jobs(session):
+    with celerynb.Executor() as pool:
+        assert isinstance(pool, concurrent.futures.Executor)
+        futures = [pool.submit(square, i) for i in range(5)]
+        assert all(isinstance(f, celerynb.Job) for f in futures)
+        done, not_done = concurrent.futures.wait(futures, timeout=60)
+        assert not not_done
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == [
+            i * i for i in range(5)
+        ]
+        assert pool.submit(add, 2, b=3).result(timeout=60) == 5
+
+
+def test_map_keeps_the_order_zips_iterables_and_raises_at_the_failed_item(session):
+    pool = celerynb.Executor()
+    assert list(pool.map(square, range(1000), chunksize=100)) == [i * i for i in range(1000)]
+    assert list(pool.map(add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+    results = pool.map(bad_at, range(10), [4] * 10, chunksize=3)
+    assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="item 4 is bad"):
+        next(results)
+    pool.shutdown()
+
+
+def test_map_times_out_from_the_call_and_closing_it_cancels_what_is_left(session, tmp_path):
+    pool = celerynb.Executor()
+    gate = str(tmp_path / "never")
+    results = pool.map(gated, [gate] * 4, range(4), timeout=0.5, chunksize=1)
+    (group,) = pool._pending  # the map's JobGroup, not done: the gate never opens
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        next(results)
+    assert time.monotonic() - started < 5
+    results.close()
+    assert group.cancelled() and all(job.cancelled() for job in group.jobs)
+    pool.shutdown()
+
+
+def test_shutdown_with_cancel_futures_revokes_the_queued_calls_quickly(session, tmp_path):
+    gate = tmp_path / "gate"
+    pool = celerynb.Executor()
+    # More calls than the cluster's processes: some run (held at the gate), the rest queue.
+    futures = [pool.submit(gated, str(gate), i) for i in range(8)]
+    assert wait_for(lambda: sum(f.state in ("STARTED", "PROGRESS") for f in futures) >= 1)
+    started = time.monotonic()
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert time.monotonic() - started < 5
+    gate.touch()
+    assert wait_for(lambda: all(f.done() for f in futures), timeout=60)
+    cancelled = [f for f in futures if f.cancelled()]
+    ran = [f for f in futures if not f.cancelled()]
+    assert cancelled, "queued calls were cancelled"
+    assert ran and all(f.result() in range(8) for f in ran), "running calls finish"
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(square, 2)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.map(square, [1])

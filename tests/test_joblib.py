@@ -1,0 +1,155 @@
+"""joblib's Parallel (and scikit-learn through it) on real Celery workers: backend "celerynb"."""
+
+import os
+import time
+
+import joblib
+import numpy as np
+import psutil
+import pytest
+from conftest import wait_for
+from joblib import Parallel, delayed
+
+import celerynb
+import celerynb._joblib
+from celerynb._joblib import CelerynbBackend, NoWorkersError
+
+
+def square(x):
+    return x * x
+
+
+def pid_and_value(x):
+    import os
+
+    return os.getpid(), x
+
+
+def nap_then(x, seconds):
+    import time
+
+    time.sleep(seconds)
+    return x
+
+
+def fails_at_zero(x):
+    import time
+
+    if x == 0:
+        raise ValueError("item zero is bad")
+    time.sleep(1.0)
+    return x
+
+
+def nested_backend_and_sum(n):
+    from joblib import Parallel, delayed
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    return type(backend).__name__, sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(n)))
+
+
+def total_of(array, offset):
+    return float(array.sum()) + offset
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """The JobGroups the backend displays, one per Parallel call."""
+    groups = []
+    monkeypatch.setattr(celerynb._joblib, "_show", groups.append)
+    return groups
+
+
+def test_parallel_runs_every_call_on_the_workers_in_order(session, cluster, shown):
+    with joblib.parallel_config(backend="celerynb"):
+        out = Parallel(n_jobs=-1)(delayed(pid_and_value)(i) for i in range(500))
+    assert [value for _, value in out] == list(range(500))
+    pids = {pid for pid, _ in out}
+    assert os.getpid() not in pids, "no call ran in the kernel"
+    assert pids <= {p.pid for p in psutil.Process().children(recursive=True)}, "the workers'"
+    (group,) = shown
+    assert group.done() and group.state == "SUCCESS"
+    assert group.progress.n == 500 and group.progress.total == 500
+    assert group.name == "pid_and_value" and group in celerynb.jobs()
+
+
+def test_n_jobs_minus_one_means_the_online_worker_processes(session, cluster):
+    assert CelerynbBackend().effective_n_jobs(-1) == cluster.processes
+    assert CelerynbBackend().effective_n_jobs(-2) == max(cluster.processes - 1, 1)
+    assert CelerynbBackend().effective_n_jobs(3) == 3
+    with pytest.raises(NoWorkersError, match="no online worker consumes queue 'nobody-here'"):
+        CelerynbBackend(queue="nobody-here").effective_n_jobs(-1)
+
+
+def test_one_live_bar_per_call_moves_while_the_kernel_is_free(session, shown):
+    seen = []
+    with joblib.parallel_config(backend="celerynb"):
+        parallel = Parallel(n_jobs=-1, batch_size=1, return_as="generator")
+        out = parallel(delayed(nap_then)(i, 0.05) for i in range(40))
+        first = next(out)  # the call runs; this thread is free between results
+        (group,) = shown
+        group.add_listener(lambda g: seen.append(g.progress.n))
+        rest = list(out)
+    assert [first, *rest] == list(range(40))
+    assert wait_for(lambda: group.done())
+    assert seen == sorted(seen) and seen[-1] == 40
+    assert len({n for n in seen if 0 < n < 40}) >= 3, f"the bar did not move: {seen}"
+
+
+def test_generators_ordered_and_unordered(session, shown):
+    with joblib.parallel_config(backend="celerynb"):
+        ordered = Parallel(n_jobs=-1, return_as="generator")(delayed(square)(i) for i in range(50))
+        assert list(ordered) == [i * i for i in range(50)]
+        unordered = Parallel(n_jobs=-1, return_as="generator_unordered")(
+            delayed(square)(i) for i in range(50)
+        )
+        assert sorted(unordered) == [i * i for i in range(50)]
+
+
+def test_an_error_aborts_the_call_and_revokes_the_queued_batches(session, shown):
+    started = time.monotonic()
+    with (
+        joblib.parallel_config(backend="celerynb"),
+        pytest.raises(ValueError, match="item zero is bad"),
+    ):
+        Parallel(n_jobs=-1, batch_size=1)(delayed(fails_at_zero)(i) for i in range(30))
+    assert time.monotonic() - started < 15, "the call waited for every batch"
+    (group,) = shown
+    assert wait_for(lambda: group.done())
+    counts = group.counts
+    assert counts.failed >= 1 and counts.cancelled >= 1, counts
+
+
+def test_a_parallel_inside_a_batch_runs_on_threads(session, shown):
+    with joblib.parallel_config(backend="celerynb"):
+        out = Parallel(n_jobs=-1)(delayed(nested_backend_and_sum)(n) for n in (10, 20))
+    assert out == [("ThreadingBackend", 45), ("ThreadingBackend", 190)]
+
+
+def test_a_big_argument_is_scattered_once_per_call(session, shown, monkeypatch):
+    scattered = []
+    scatter = session.scatter
+    monkeypatch.setattr(session, "scatter", lambda obj: scattered.append(obj) or scatter(obj))
+    array = np.arange(200_000, dtype=np.float64)  # 1.6 MB
+    with joblib.parallel_config(backend="celerynb"):
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(total_of)(array, i) for i in range(20))
+    assert out == [float(array.sum()) + i for i in range(20)]
+    assert len(scattered) == 1 and scattered[0] is array
+
+
+def test_grid_search_on_the_workers_finds_what_a_local_run_finds(session, shown):
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    X, y = load_digits(return_X_y=True)
+    grid = {"C": [0.1, 1, 10, 100], "gamma": [1e-4, 1e-3, 1e-2]}  # 12 points
+    local = GridSearchCV(SVC(), grid, cv=3, n_jobs=1).fit(X, y)
+    with joblib.parallel_config(backend="celerynb"):
+        remote = GridSearchCV(SVC(), grid, cv=3, n_jobs=-1).fit(X, y)
+    assert remote.best_params_ == local.best_params_
+    assert remote.best_score_ == pytest.approx(local.best_score_)
+    (group,) = shown
+    assert group.state == "SUCCESS" and group.progress.n == 36  # 12 points x 3 folds
