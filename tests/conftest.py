@@ -16,6 +16,7 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
+import shipped
 from celery import Celery
 
 # The `needs_server` marker, `--without-servers` and its guard (see that module).
@@ -156,6 +157,7 @@ def ship_test_functions_by_value(request: pytest.FixtureRequest) -> None:
     """Workers cannot import test modules: ship their functions by value, as a
     user does for a local module with ``cloudpickle.register_pickle_by_value``."""
     cloudpickle.register_pickle_by_value(request.module)
+    cloudpickle.register_pickle_by_value(shipped)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from conftest import wait_for
+from shipped import gated
 
 import celerynb
 from celerynb._display import WidgetRenderer
@@ -28,17 +29,6 @@ XSS = '<img src=x onerror="window.__pwned=1">'
 FORGED_FRAME = as_json(seal(b"\x80\x04K\x01.", secret=b"forger", purpose="result", task_id="x"))[
     "frame"
 ]
-
-
-def gated(gate, value):
-    """Returns ``value`` once the file ``gate`` exists (or after a minute)."""
-    import os
-    import time
-
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 def forge(session, task_id, meta):

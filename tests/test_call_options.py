@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import wait_for
+from shipped import gated
 
 import celerynb
 from celerynb._call_options import CallOptions, waiting_note
@@ -77,16 +78,6 @@ def sleepy(seconds):
 
     time.sleep(seconds)
     return seconds
-
-
-def gated(gate, value):
-    import os
-    import time
-
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 def test_countdown_starts_no_sooner_and_the_job_says_when(session):

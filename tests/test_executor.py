@@ -5,6 +5,7 @@ import time
 
 import pytest
 from conftest import wait_for
+from shipped import gated
 
 import celerynb
 
@@ -21,16 +22,6 @@ def bad_at(x, bad):
     if x == bad:
         raise ValueError(f"item {x} is bad")
     return x
-
-
-def gated(gate, value):
-    import os
-    import time
-
-    deadline = time.monotonic() + 60
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return value
 
 
 def test_it_is_a_standard_executor_whose_futures_are_jobs(session):
