@@ -20,6 +20,10 @@ RESERVED_HEADERS = frozenset(
     }
 )  # fmt: skip
 MAX_PRIORITY = 255  # AMQP's range; Redis maps 0-9 (Celery's priority_steps)
+SHOWN = (
+    "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "retries",
+    "retry_delay",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class CallOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0  # a failed call runs again up to this many times (celerynb's, not Celery's)
+    retry_delay: float = 0.0  # seconds before each new run
 
     @classmethod
     def of(
@@ -47,6 +53,8 @@ class CallOptions:
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         headers: dict[str, Any] | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
         now: datetime | None = None,
     ) -> CallOptions:
         """Checked options; ``expires`` in seconds becomes an instant (from ``now``).
@@ -79,8 +87,20 @@ class CallOptions:
                 f"({time_limit:g} s): the soft one warns the call before the hard one stops it"
             )
         headers = _headers(headers)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise ValueError(f"retries must be an int from 0 to 100, got {retries!r}")
+        delay = _seconds("retry_delay", retry_delay, zero_ok=True) or 0.0
         return cls(
-            queue, countdown, eta, expires_at, priority, time_limit, soft_time_limit, headers
+            queue,
+            countdown,
+            eta,
+            expires_at,
+            priority,
+            time_limit,
+            soft_time_limit,
+            headers,
+            retries,
+            delay,
         )
 
     def send_options(self) -> dict[str, Any]:
@@ -105,9 +125,9 @@ class CallOptions:
     def described(self) -> str:
         """The options as a call shows them, e.g. ``countdown=30, time_limit=2``."""
         shown = []
-        for name in ("countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit"):
+        for name in SHOWN:
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and (value or name not in ("retries", "retry_delay")):
                 text = value.isoformat(timespec="seconds") if isinstance(value, datetime) else value
                 shown.append(f"{name}={text:g}" if isinstance(text, float) else f"{name}={text}")
         return ", ".join(shown)
@@ -115,6 +135,7 @@ class CallOptions:
 
 OPTION_NAMES = (
     "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "headers",
+    "retries", "retry_delay",
 )  # fmt: skip
 
 

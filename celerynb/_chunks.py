@@ -36,9 +36,17 @@ class ChunkResult:
 
 
 def run_chunk(
-    fn: Callable[..., Any], items: Sequence[Any], star: bool = False, desc: str = ""
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    star: bool = False,
+    desc: str = "",
+    retries: int = 0,
+    retry_delay: float = 0.0,
 ) -> ChunkResult:
-    """Call ``fn(item)`` (``fn(*item)`` when ``star``) for every item."""
+    """Call ``fn(item)`` (``fn(*item)`` when ``star``) for every item; an item that
+    raises is called again, up to ``retries`` times, ``retry_delay`` seconds later."""
+    if retries:
+        fn = _retrying(fn, retries, retry_delay)
     task = running_task()
     progress = progress_for(task) if task is not None else None
     if progress is not None:  # first: the bars items open later come after it
@@ -79,6 +87,24 @@ def _run_block(
         except Exception as exc:
             errors[len(values)] = pickle_exception(exc)
             append(None)
+
+
+def _retrying(fn: Callable[..., Any], retries: int, delay: float) -> Callable[..., Any]:
+    """``fn``, called again when it raises, up to ``retries`` times (the last error
+    stands)."""
+
+    def call(*args: Any) -> Any:
+        for attempt in range(retries + 1):
+            try:
+                return fn(*args)
+            except Exception:
+                if attempt == retries:
+                    raise
+                if delay:
+                    time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    return call
 
 
 def _next_block(block: int, seconds: float) -> int:

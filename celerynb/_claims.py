@@ -57,8 +57,17 @@ return 0
 """
 
 
-def claim_key(task_id: str, nonce: str) -> str:
-    return f"{KEY_PREFIX}{task_id}-{nonce}"
+def claim_key(task_id: str, nonce: str, attempt: int = 0) -> str:
+    """The claim of one run of a call: its first (``attempt`` 0), or a retry of it."""
+    return f"{KEY_PREFIX}{task_id}-{nonce}" + (f"-{attempt}" if attempt else "")
+
+
+def run_attempt(request: Any) -> int:
+    """Which run of its call a task request is: 0 the first, n its n-th retry."""
+    retries = getattr(request, "retries", None)
+    if retries is None:  # the worker's Request (main process) keeps it in its dict
+        retries = (getattr(request, "request_dict", None) or {}).get("retries")
+    return retries if isinstance(retries, int) and retries > 0 else 0
 
 
 @dataclass(frozen=True)

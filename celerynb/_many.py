@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Iterator
@@ -68,6 +69,9 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
         raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
     session = current_session()
     size = chunksize or auto_chunksize(len(items), session.processes_hint or DEFAULT_PROCESSES)
+    # retries= re-runs a failed item inside its chunk, not the whole chunk
+    item_retries = (sending.retries, sending.retry_delay) if sending.retries else ()
+    per_chunk = dataclasses.replace(sending, retries=0)
     spans = chunk_spans(len(items), size)
     name = display_name(fn)
     jobs: list[Job] = []
@@ -78,8 +82,8 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
                 jobs.append(
                     session.submit(
                         run_chunk,
-                        (fn, items[start:stop], star, name),
-                        call_options=sending,
+                        (fn, items[start:stop], star, name, *item_retries),
+                        call_options=per_chunk,
                         name=f"{name} [{start}:{stop}]",
                         call_repr=f"{name} chunk {number + 1}/{len(spans)}",
                         record=False,

@@ -32,7 +32,7 @@ from celery import Task, states
 from celery.exceptions import TaskRevokedError
 from celery.worker.request import Request
 
-from ._claims import DONE, Holder, claim_key, signed_run, store_for
+from ._claims import DONE, Holder, claim_key, run_attempt, signed_run, store_for
 from ._config import max_call_age, secret_from_env
 from ._errors import ShippedTaskError
 from ._remote_errors import sealed_error
@@ -220,7 +220,7 @@ class ShippedTaskBackend:
             args = request.args or [None]
             body = verify_envelope(args[0], secret=key, purpose="call", task_id=task_id)
             claims = store_for(self._app)
-            claim = claim_key(task_id, str(body.get("nonce")))
+            claim = claim_key(task_id, str(body.get("nonce")), run_attempt(request))
             if not revoked and not self._ran_here(claims, claim, request, key):
                 return None
             claims.finish(claim, keep=self.max_call_age + CLOCK_SKEW)

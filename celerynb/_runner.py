@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
 from ._claims import (
@@ -21,6 +21,7 @@ from ._claims import (
     claim_key,
     claim_run,
     holding_claim,
+    run_attempt,
     store_for,
 )
 from ._config import max_call_age, secret_from_env
@@ -32,6 +33,7 @@ from ._reporting import last_bars, progress_for
 from ._scatter import resolving
 from ._schema import FINAL_BARS_KEY, RUN_KEY, bar_meta
 from ._signing import CLOCK_SKEW, Opened, as_json, check_age, check_versions, seal, verify_envelope
+from ._wire import SERIALIZER
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +57,40 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     body = verify_envelope(envelope, secret=key, purpose="call", task_id=task_id)
     age_limit = max_call_age()
     check_age(body, age_limit)
+    attempt, allowed = run_attempt(task.request), signed_retries(body)
+    if attempt > allowed:  # the retries header is not signed; the count allowed is
+        log.warning(
+            "celerynb: refused to run task %s: retry %s of a call that allows %s",
+            task_id,
+            attempt,
+            allowed,
+        )
+        raise Ignore()
     claims = store_for(task.app)
-    claim = claim_key(task_id, str(body.get("nonce")))
+    nonce = str(body.get("nonce"))
+    claim = claim_key(task_id, nonce, attempt)
     me = Holder.this_process()
     try:
         claim_run(claims, claim, me, secret=key)
     except Refused as why:
         log.warning("celerynb: refused to run task %s: %s", task_id, why)
         raise Ignore() from None  # no state written: the real run's states stand
+    retried = False
     try:
         run = _signed_run(task, key)
         with LeaseKeeper(claims, claim, me, key), holding_claim(task_id, run):
             _announce_started(task, run)
             return _call(task, body, key)
+    except Retry:
+        retried = True
+        raise
     finally:
+        # The call is over unless it runs again: its later runs are closed too, so that
+        # a replay under a forged retries header finds them done.
+        ended = [] if retried else range(attempt + 1, allowed + 1)
         try:
-            claims.finish(claim, keep=age_limit + CLOCK_SKEW)
+            for closed in [claim, *(claim_key(task_id, nonce, later) for later in ended)]:
+                claims.finish(closed, keep=age_limit + CLOCK_SKEW)
         except Exception as exc:
             log.warning("celerynb: could not close the claim of task %s: %s", task_id, exc)
 
@@ -104,7 +124,10 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         with resolving(key, stores):  # a cell unpickles its inputs itself
             value = fn(*args, **kwargs)
     except Exception as exc:
-        raise sealed_error(exc, secret=key, task_id=task_id) from exc
+        failure = sealed_error(exc, secret=key, task_id=task_id)
+        if run_attempt(task.request) < signed_retries(body):
+            _retry(task, failure, body)  # raises Celery's Retry: the same job runs again
+        raise failure from exc
     del args, kwargs
     try:
         segments = dumps(value)
@@ -139,6 +162,24 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     if bars:
         envelope[FINAL_BARS_KEY] = bars
     return envelope
+
+
+def signed_retries(body: Opened) -> int:
+    """How many times the (verified) call may run again after it fails."""
+    retries = body.get("retries")
+    return retries if isinstance(retries, int) and retries > 0 else 0
+
+
+def _retry(task: Any, error: BaseException, body: Opened) -> None:
+    """Send the call again under the same task id (Celery's ``retry``: state RETRY,
+    then the next run), in its own content type, after the signed delay."""
+    delay = body.get("retry_delay")
+    task.retry(
+        exc=error,
+        countdown=delay if isinstance(delay, int | float) and delay > 0 else 0,  # not 180 s
+        max_retries=signed_retries(body),
+        serializer=SERIALIZER,
+    )
 
 
 @contextmanager

@@ -193,12 +193,16 @@ class Session:
             options["queue"] = queue
         if call_options is not None:
             options.update(call_options.send_options())
-        expires = call_options.expires if call_options is not None else None
         if isinstance(fn, str | Task):
             task_name = fn if isinstance(fn, str) else fn.name
             if isinstance(fn, str):
                 self._check_task_name(task_name)
             check_json(task_name, args, kwargs)
+            if call_options is not None and call_options.retries:
+                raise ValueError(
+                    f"retries= re-runs the calls celerynb ships; the registered task "
+                    f"{task_name!r} retries as its app says (autoretry_for, max_retries)"
+                )
             send_args, send_kwargs, shipped = list(args), kwargs, False
             if isinstance(fn, Task) and not queue and getattr(fn, "queue", None):
                 options["queue"] = fn.queue
@@ -207,7 +211,7 @@ class Session:
             with collecting() as carried:
                 segments = pickle_call(fn, args, kwargs)
             holding = [*holding, *carried]
-            sealed = self._seal_call(task_id, segments, display_name(fn), expires)
+            sealed = self._seal_call(task_id, segments, display_name(fn), call_options)
             send_args, send_kwargs, shipped = [sealed], {}, True
             options["serializer"] = SERIALIZER
         else:
@@ -252,15 +256,21 @@ class Session:
         return self.inline_limit if self.data_store is not None else MAX_MESSAGE_BYTES
 
     def _seal_call(
-        self, task_id: str, segments: list[memoryview], name: str, expires: datetime | None = None
+        self,
+        task_id: str,
+        segments: list[memoryview],
+        name: str,
+        options: CallOptions | None = None,
     ) -> Sealed:
         extra: dict[str, Any] = {
             "store": self.store_spec,
             "inline": self.inline_limit,
             "ttl": self.data_ttl,
         }
-        if expires is not None:  # signed: the worker vouches for an expiry it was asked for
-            extra["expires"] = expires.isoformat()
+        if options is not None and options.expires is not None:
+            extra["expires"] = options.expires.isoformat()  # the worker vouches for it
+        if options is not None and options.retries:  # signed: no message runs it more often
+            extra["retries"], extra["retry_delay"] = options.retries, options.retry_delay
         sealed = seal(segments, secret=self.secret, purpose="call", task_id=task_id, extra=extra)
         if self.data_store is None and sealed.size > MAX_MESSAGE_BYTES:
             raise DataStoreError(
@@ -585,6 +595,8 @@ def apply_async(
     time_limit: float | None = None,
     soft_time_limit: float | None = None,
     headers: dict[str, Any] | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.0,
 ) -> Job:
     """Like ``submit``, with Celery's calling convention and options.
 
@@ -593,7 +605,9 @@ def apply_async(
     and the job ends cancelled; ``time_limit`` / ``soft_time_limit`` (seconds) stop
     it (``TimeLimitExceeded``) or warn it (``SoftTimeLimitExceeded`` raised inside);
     ``priority`` and ``headers`` go on the message. The widget tells a delayed job's
-    start ("starts in 30 s") and an expired one.
+    start ("starts in 30 s") and an expired one. A shipped call that raises runs
+    again, up to ``retries`` times, ``retry_delay`` seconds later, as the same job
+    (state RETRY in between).
 
     Raises:
         ValueError / TypeError: an option that Celery could not use (one line).
@@ -607,6 +621,8 @@ def apply_async(
         time_limit=time_limit,
         soft_time_limit=soft_time_limit,
         headers=headers,
+        retries=retries,
+        retry_delay=retry_delay,
     )
     return current_session().submit(fn, tuple(args), kwargs, call_options=options)
 

@@ -68,6 +68,28 @@ def test_a_replay_of_a_call_that_ran_runs_nothing_and_writes_nothing(session, cl
     assert session.app.backend.get_task_meta(task_id, cache=False) == stored  # untouched
 
 
+def test_a_replay_under_a_forged_retry_count_runs_nothing(session, cluster, tmp_path):
+    runs = tmp_path / "runs"
+    task_id, envelope = signed_call(session, record_run, (str(runs), "once"))  # no retries
+    publish(session, task_id, envelope, retries=3)  # the header says: third retry
+    assert wait_for(lambda: refusals(cluster, task_id) == 1, timeout=30)
+    assert runs_of(runs) == []
+    text = cluster.log_path.read_text(errors="replace")
+    assert f"refused to run task {task_id}: retry 3 of a call that allows 0" in text
+
+
+def test_a_replay_of_a_call_that_may_retry_runs_nothing_once_it_is_over(session, cluster, tmp_path):
+    runs = tmp_path / "runs"
+    task_id = str(uuid.uuid4())
+    sealed = seal(pickle_call(record_run, (str(runs), "once"), {}), secret=session.secret,
+                  purpose="call", task_id=task_id, extra={"retries": 2})  # fmt: skip
+    publish(session, task_id, sealed.tobytes())
+    assert celerynb.attach(task_id).result(timeout=30) == "once"
+    publish(session, task_id, sealed.tobytes(), retries=1)  # a retry it never needed
+    assert wait_for(lambda: refusals(cluster, task_id) == 1, timeout=30)
+    assert runs_of(runs) == ["once"]
+
+
 def test_a_replay_while_the_call_runs_is_refused_and_the_run_goes_on(session, cluster, tmp_path):
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     task_id, envelope = signed_call(session, record_run, (str(runs), "original", str(gate)))

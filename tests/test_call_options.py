@@ -116,3 +116,51 @@ def test_an_expired_call_is_dropped_unrun_and_the_job_says_so(session, cluster, 
     assert wait_for(late.done, timeout=30) and late.cancelled(), late.state
     assert "expired at" in late.note and "do not run it" in late.note
     assert [b.result(timeout=30) for b in busy] == list(range(cluster.processes))
+
+
+def fails_first_times(path, failures):
+    """Fails its first ``failures`` runs (counted in the file ``path``), then returns the run."""
+    from pathlib import Path
+
+    counter = Path(path)
+    run = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(run + 1))
+    if run < failures:
+        raise ValueError(f"run {run} fails")
+    return run
+
+
+def fails_once_per_item(x, _seen=set()):  # noqa: B006 - the set lives as long as the chunk
+    if x not in _seen:
+        _seen.add(x)
+        raise ValueError(f"item {x} fails once")
+    return x * 10
+
+
+def test_retries_run_a_failed_call_again_as_the_same_job(session, tmp_path):
+    counter = tmp_path / "runs"
+    job = celerynb.apply_async(fails_first_times, (str(counter), 2), retries=2, retry_delay=0.2)
+    seen = []
+    job.add_listener(lambda j: seen.append(j.state))
+    assert job.result(timeout=30) == 2
+    assert "RETRY" in seen and job.state == "SUCCESS"
+    counter.unlink()
+    job = celerynb.apply_async(fails_first_times, (str(counter), 5), retries=1)
+    with pytest.raises(ValueError, match="run 1 fails"):  # the last run's error stands
+        job.result(timeout=30)
+    assert counter.read_text() == "2"
+
+
+def test_map_retries_an_item_that_fails_in_its_chunk(session):
+    mapped = celerynb.map(fails_once_per_item, range(40), chunksize=10, retries=1)
+    assert mapped.results(timeout=30) == [x * 10 for x in range(40)]
+    assert mapped.exceptions == {}
+    without = celerynb.map(fails_once_per_item, range(4), chunksize=2)
+    assert without.results(timeout=30, return_exceptions=True)[0].args == ("item 0 fails once",)
+
+
+def test_retries_are_for_shipped_calls(session):
+    with pytest.raises(ValueError, match="retries= re-runs the calls celerynb ships"):
+        celerynb.apply_async("celery.accumulate", (1,), retries=1)
+    with pytest.raises(ValueError, match="retries must be an int from 0 to 100"):
+        celerynb.apply_async(wall_clock, retries=-1)
