@@ -41,6 +41,8 @@ from ._workers import INSPECT_TIMEOUT
 log = logging.getLogger(__name__)
 
 BACKEND_NAME = "celerynb"
+_SMALL = frozenset({int, float, bool, str, type(None), complex})  # never scattered
+FAST_RAMP = 8  # batches this many times under joblib's ideal duration grow this many times
 
 
 class NoWorkersError(CelerynbError):
@@ -109,6 +111,17 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
                     f"(celery -A celerynb.worker worker -Q {queue}) or use another queue"
                 )
         return self._processes
+
+    def compute_batch_size(self) -> int:
+        """joblib's auto batch size, growing faster while batches are far too short:
+        a Celery round trip costs milliseconds, and doubling from 1 to the thousands a
+        run of tiny calls needs took most of such a run."""
+        duration: float = getattr(self, "_smoothed_batch_duration", 0.0)
+        if 0 < duration < self.MIN_IDEAL_BATCH_DURATION / FAST_RAMP:
+            self._effective_batch_size *= FAST_RAMP
+            self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+            return self._effective_batch_size
+        return super().compute_batch_size()
 
     # -- one Parallel call -------------------------------------------------------
     def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_args: Any) -> int:
@@ -195,6 +208,8 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             items[position] = (fn, tuple(args), kwargs)
 
     def _reference(self, session: Session, arg: Any, limit: int) -> Any:
+        if type(arg) in _SMALL:  # most arguments of most calls: no lookup
+            return arg
         known = self._scattered.get(id(arg))
         if known is not None and known[0] is arg:
             return known[1]

@@ -14,6 +14,7 @@ from celery.result import AsyncResult, ResultSet
 
 from ._call_options import call_options
 from ._calls import display_name
+from ._canvas import CanvasGroup, Step, canvas_names, canvas_steps
 from ._chunks import run_chunk
 from ._group import JobGroup
 from ._job import Job
@@ -119,10 +120,16 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
     (or any ``ResultSet``, e.g. a chord's header), or a list of those.
 
     Returns a live Job (one task) or JobGroup (several), displayed like any other.
+    The result of a chain or a chord (what its ``apply_async`` returned) is watched
+    whole: every step's tasks, the bar naming the step that runs ("step 2 of 3"),
+    the value the last step's.
     """
     session = current_session()
     if isinstance(target, str):
         return session.attach(target, name)
+    steps = canvas_steps(target) if isinstance(target, AsyncResult | ResultSet) else None
+    if steps is not None:  # a chain or a chord, by its final result
+        return _attach_canvas(session, steps, canvas_names(target), name)
     if isinstance(target, ResultSet):
         return _attach_group(session, [r.id for r in target.results], name or _group_name(target))
     if isinstance(target, AsyncResult):
@@ -194,6 +201,18 @@ def _group_call_repr(record: JobRecord) -> str:
 def _attach_group(session: Session, ids: list[str], name: str) -> JobGroup:
     jobs = session.attach_many(ids)
     group = JobGroup(jobs, name=name, call_repr=name, session=session)
+    registry.add(group)
+    return group
+
+
+def _attach_canvas(
+    session: Session,
+    steps: builtins.list[Step],
+    names: builtins.list[str | None],
+    name: str | None,
+) -> JobGroup:
+    jobs = session.attach_many([task_id for step in steps for task_id in step], names)
+    group = CanvasGroup(jobs, steps, name=name or "", session=session)
     registry.add(group)
     return group
 
