@@ -22,7 +22,7 @@ RESERVED_HEADERS = frozenset(
 MAX_PRIORITY = 255  # AMQP's range; Redis maps 0-9 (Celery's priority_steps)
 SHOWN = (
     "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "retries",
-    "retry_delay",
+    "retry_delay", "retry_lost",
 )  # fmt: skip
 
 
@@ -40,6 +40,7 @@ class CallOptions:
     headers: dict[str, Any] = field(default_factory=dict)
     retries: int = 0  # a failed call runs again up to this many times (celerynb's, not Celery's)
     retry_delay: float = 0.0  # seconds before each new run
+    retry_lost: int = 0  # a job lost with its worker (or message) is sent again this often
 
     @classmethod
     def of(
@@ -55,6 +56,7 @@ class CallOptions:
         headers: dict[str, Any] | None = None,
         retries: int = 0,
         retry_delay: float = 0.0,
+        retry_lost: int = 0,
         now: datetime | None = None,
     ) -> CallOptions:
         """Checked options; ``expires`` in seconds becomes an instant (from ``now``).
@@ -90,6 +92,12 @@ class CallOptions:
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
             raise ValueError(f"retries must be an int from 0 to 100, got {retries!r}")
         delay = _seconds("retry_delay", retry_delay, zero_ok=True) or 0.0
+        if (
+            isinstance(retry_lost, bool)
+            or not isinstance(retry_lost, int)
+            or not 0 <= retry_lost <= 100
+        ):
+            raise ValueError(f"retry_lost must be an int from 0 to 100, got {retry_lost!r}")
         return cls(
             queue,
             countdown,
@@ -101,6 +109,7 @@ class CallOptions:
             headers,
             retries,
             delay,
+            retry_lost,
         )
 
     def send_options(self) -> dict[str, Any]:
@@ -127,7 +136,7 @@ class CallOptions:
         shown = []
         for name in SHOWN:
             value = getattr(self, name)
-            if value is not None and (value or name not in ("retries", "retry_delay")):
+            if value is not None and (value or not name.startswith("retr")):
                 text = value.isoformat(timespec="seconds") if isinstance(value, datetime) else value
                 shown.append(f"{name}={text:g}" if isinstance(text, float) else f"{name}={text}")
         return ", ".join(shown)
@@ -135,7 +144,7 @@ class CallOptions:
 
 OPTION_NAMES = (
     "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "headers",
-    "retries", "retry_delay",
+    "retries", "retry_delay", "retry_lost",
 )  # fmt: skip
 
 

@@ -83,6 +83,15 @@ class WatchedFuture(Future):
         for event in list(self._displays_pending):
             event.wait(max(deadline - time.monotonic(), 0.0))
 
+    def _reopen(self) -> None:
+        """Back to not done (a retry): ``concurrent.futures.Future``'s own state reset;
+        the done callbacks stay and run again when it finishes again."""
+        with self._condition:
+            self._state = "PENDING"
+            self._result = None
+            self._exception = None
+        self._submitted_at, self._finished_at = time.monotonic(), None
+
     @property
     def elapsed(self) -> float:
         """Seconds since submission, frozen once done."""

@@ -132,6 +132,9 @@ class JobGroup(WatchedFuture):
         self._code = code
         # Open ended: tasks come later (``_grow``) and the group ends after ``_close``.
         self._open = open_ended
+        # A map's call, to re-run failed items (set by map): (fn, items, star, make_call).
+        self._items_call: tuple[Any, Any, bool, Any] | None = None
+        self._rerun_offsets: dict[int, list[int]] = {}  # position -> offsets run again
         self._keep_values = keep_values
         self._total = self._spans[-1][1] if self._spans else 0
         self._values: list[Any] = [None] * self._total if keep_values else []
@@ -355,6 +358,57 @@ class JobGroup(WatchedFuture):
             tuple(self._spans) if self._chunked else None,
         )
 
+    def retry_failed(self) -> JobGroup:
+        """Run again what failed, in this group and under its bar: a task that failed
+        whole runs again, and a map's chunk runs again with only its failed items.
+        Items that succeeded keep their results. Returns the group, running again.
+
+        Raises:
+            RuntimeError: the group is not finished, nothing failed, or a failed task
+                was not sent by this kernel (its call is not known here).
+        """
+        with self._lock:
+            if not self.done() or self._cancelling:
+                raise RuntimeError(f"{self.call_repr} is still running: nothing to retry")
+            failed = sorted({p for p, has in enumerate(self._task_has_failures) if has})
+            if not failed:
+                raise RuntimeError(f"nothing of {self.call_repr} failed")
+            plans = [self._retry_plan(position) for position in failed]
+            for position, (_job, offsets) in zip(failed, plans, strict=True):
+                for index in [self._spans[position][0] + o for o in offsets]:
+                    self._errors.pop(index, None)
+                self._rerun_offsets[position] = offsets
+                self._stored[position] = False
+                self._task_has_failures[position] = False
+            self._remaining += len(failed)
+            self._ended = False
+            self._reopen()
+        for job, _offsets in plans:
+            job._rerun()
+        self._notify()
+        return self
+
+    def _retry_plan(self, position: int) -> tuple[Job, list[int]]:
+        """The job at ``position`` with its call set to run its failed items again, and
+        their offsets in its span (under ``_lock``)."""
+        job = self.jobs[position]
+        start, stop = self._spans[position]
+        failed = [i - start for i in range(start, stop) if i in self._errors]
+        whole = job.cancelled() or job._exception is not None
+        if self._chunked and not whole and self._items_call is not None:
+            fn, items, star, make_call = self._items_call
+            job._call = make_call(fn, [items[start + o] for o in failed], star)
+            return job, failed
+        if job._call is None:
+            carried = any(j._carries_scattered for j in self.jobs)
+            why = (
+                "its calls carried scattered data, let go of when they ended"
+                if carried
+                else (job._no_retry)
+            )
+            raise RuntimeError(f"task {job.id} of {self.call_repr} cannot run again: {why}")
+        return job, self._rerun_offsets.get(position) or list(range(stop - start))
+
     # -- an open-ended group (e.g. a joblib call) --------------------------------
     def _grow(self, jobs: Sequence[Job], sizes: Sequence[int]) -> None:
         """Add tasks of ``sizes`` items each; their items follow those the group has.
@@ -429,14 +483,18 @@ class JobGroup(WatchedFuture):
         """Store a finished task's values; return its failed items."""
         error = job.exception(timeout=0)
         if error is not None:  # the whole task failed: none of its items has a result
-            return dict.fromkeys(range(start, stop), error)
+            offsets = self._rerun_offsets.get(self._positions[job.id][0])
+            return dict.fromkeys([start + o for o in offsets] if offsets else range(start, stop),
+                                 error)  # fmt: skip
         value = job.result(timeout=0)
         if not self._keep_values:
             return {}
         if not self._chunked:
             self._values[start] = value
             return {}
-        size = stop - start
+        offsets = self._rerun_offsets.get(self._positions[job.id][0])
+        indexes = [start + o for o in offsets] if offsets else range(start, stop)
+        size = len(indexes)
         if (
             not isinstance(value, ChunkResult)
             or len(value.values) != size
@@ -446,10 +504,11 @@ class JobGroup(WatchedFuture):
                 f"task {job.id} of {self.call_repr} returned {type(value).__name__}, "
                 f"not the results of its items {start} to {stop - 1}"
             )
-            return dict.fromkeys(range(start, stop), mismatch)
-        self._values[start:stop] = value.values
+            return dict.fromkeys(indexes, mismatch)
+        for index, item_value in zip(indexes, value.values, strict=True):
+            self._values[index] = item_value
         return {
-            start + offset: exception_from_info(info, self._code)
+            indexes[offset]: exception_from_info(info, self._code)
             for offset, info in value.errors.items()
         }
 
@@ -469,6 +528,8 @@ class JobGroup(WatchedFuture):
         cancelled when a task was cancelled (its items have no values)."""
         if not self._claim_end():
             return
+        if not self._errors or any(job._carries_scattered for job in self.jobs):
+            self._items_call = None  # nothing to run again, or it would hold scattered data
         if any(self._task_cancelled):
             self._end_cancelled()
         elif self._errors:

@@ -85,6 +85,17 @@ def _run_of(state: str, meta: dict[str, Any]) -> tuple[str, int] | None:
 _ORDER = {states.PENDING: 0, states.RECEIVED: 1, states.STARTED: 2, PROGRESS: 3}
 
 
+def _let_go_of_the_call(job: Any) -> None:
+    """A job that succeeded will not be retried: let go of its call (its arguments).
+    Nor will one whose call carried scattered references: holding them would keep
+    their data in the store for as long as the job is kept."""
+    if job._carries_scattered:
+        job._call = None
+        job._no_retry = "its call carried scattered data, let go of when it ended"
+    elif not job.cancelled() and job.exception(timeout=0) is None:
+        job._call = None
+
+
 class _Unverified(Exception):
     """A final state that does not carry a valid signature for a shipped job."""
 
@@ -133,6 +144,12 @@ class Job(WatchedFuture):
         self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
         self.asked_for_name = False
         self.call_options: CallOptions | None = None  # Celery's options it was sent with
+        # What retry() sends again (set by the session that sent it; dropped on success).
+        self._call: tuple[Any, ...] | None = None
+        self._lost_runs = 0  # times it was sent again after being lost (retry_lost)
+        self._carries_scattered = False
+        self._no_retry = "it was not sent by this kernel: its call is not known here"
+        self.add_done_callback(_let_go_of_the_call)
         self._sent_wall = datetime.now(timezone.utc)
 
     # -- public state ---------------------------------------------------------
@@ -157,6 +174,48 @@ class Job(WatchedFuture):
             return False
         self._session.revoke(self.id, shipped=self._shipped is True, on_change=self._notify)
         return self._finish_cancelled()
+
+    def retry(self) -> Job:
+        """Run a failed (or lost) job's call again, as this same job: same id, same
+        widget, back to PENDING; its result is the new run's. Returns the job.
+
+        Raises:
+            RuntimeError: it is not finished, it succeeded, or this kernel did not send
+                it (an attached job: its call is not known here).
+        """
+        with self._lock:
+            if not self.done():
+                raise RuntimeError(f"job {self.id} is still running: nothing to retry")
+            if not self.cancelled() and self._exception is None:  # cancelled: may run again
+                raise RuntimeError(f"job {self.id} succeeded: nothing to retry")
+            if self._call is None:
+                raise RuntimeError(f"job {self.id} cannot run again: {self._no_retry}")
+        return self._rerun()
+
+    def _rerun(self, keep_note: str | None = None) -> Job:
+        """Send ``_call`` again as this job (checked by the caller: call known);
+        ``keep_note`` says why on the job from then on."""
+        with self._lock:
+            self._reset()
+            if keep_note:
+                self._notes["sent again"] = keep_note
+        try:
+            self._session.app.backend.forget(self.id)  # its old outcome must not end it again
+        except Exception as exc:
+            log.debug("celerynb: could not forget the old outcome of %s: %s", self.id, exc)
+        self._notify()
+        self._session.resend(self)
+        return self
+
+    def _reset(self) -> None:
+        """Back to a job just sent (called with ``_lock`` held, the job done)."""
+        self._reopen()
+        self._snapshot = ProgressSnapshot()
+        self._sent_wall = datetime.now(timezone.utc)
+        self._runs, self._notes, self._news_at = [], {}, None
+        self._late_outcome = self._receiving = False
+        self._vouched_run = self._vouched_run_mac = None
+        self._progress_updates = 0
 
     # -- fed by the watcher ---------------------------------------------------
     def _learn_name(self, name: Any) -> None:
@@ -495,6 +554,8 @@ class Job(WatchedFuture):
             self._notify()
             return
         silence = f"{silent_for:.0f}s ago" if silent_for else "(never heard here)"
+        if self._send_again_when_lost(f"lost with worker {hostname}"):
+            return
         self._abandon(
             WorkerLostError(
                 f"worker {hostname} stopped sending heartbeats {silence} and answers no ping "
@@ -511,6 +572,8 @@ class Job(WatchedFuture):
             if self.done() or self._snapshot.state != states.PENDING:
                 return
             self._snapshot = self._snapshot.with_state(LOST)
+        if self._send_again_when_lost("its message was lost with the broker's data"):
+            return
         self._abandon(
             MessageLostError(
                 f"task {self.id} was waiting in a queue when the broker restarted without "
@@ -518,6 +581,18 @@ class Job(WatchedFuture):
                 "submit it again"
             )
         )
+
+    def _send_again_when_lost(self, why: str) -> bool:
+        """For a job sent with ``retry_lost``: send it again (on a transfer thread, not
+        the watcher's) instead of finishing it LOST; True when it is sent again."""
+        options = self.call_options
+        with self._lock:
+            if options is None or self._call is None or self._lost_runs >= options.retry_lost:
+                return False
+            self._lost_runs += 1
+            note = f"{why}: sent again ({self._lost_runs} of {options.retry_lost})"
+        self._session.transfers.run(lambda: self._rerun(keep_note=note))
+        return True
 
     def _abandon(self, error: BaseException) -> None:
         """Finish with ``error``: nothing will report on this job any more."""

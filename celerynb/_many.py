@@ -102,6 +102,12 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
         session=session,
         code=fn,
     )
+
+    def chunk_call(fn: Any, subset: builtins.list[Any], star: bool) -> tuple[Any, ...]:
+        """A chunk's call for ``subset`` of its items (retry_failed), as submit keeps it."""
+        return (run_chunk, (fn, subset, star, name, *item_retries), {}, None, per_chunk, ())
+
+    group._items_call = (fn, items, star, chunk_call)  # the items: a reference, not a copy
     registry.add(group)
     return group
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import logging
 import reprlib
@@ -60,6 +61,19 @@ RPC_ATTACH_NOTE = (
     "(its own .get()); celerynb did not send this one, so it cannot follow it: send it "
     "with celerynb.submit, or use a Redis or database result backend"
 )
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """A call ready to send: task name, message args and kwargs, options, and the
+    scattered references it carries."""
+
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    shipped: bool
+    options: dict[str, Any]
+    carried: list[Scattered]
 
 
 class Session:
@@ -184,10 +198,64 @@ class Session:
         if queue is None and call_options is not None:
             queue = call_options.queue
         check_queue(queue)  # every path sends through here: apply_async, map, cells
-        if self.closed:
-            raise NotConnectedError(f"this connection to {self.broker_url} was closed")
         kwargs = dict(kwargs or {})
         task_id = str(uuid.uuid4())
+        call = self._prepare(fn, args, kwargs, task_id, queue, call_options)
+        shown = call_repr or shown_call(fn, args, kwargs)
+        described = call_options.described() if call_options is not None else ""
+        job = Job(
+            task_id,
+            name or display_name(fn),
+            self,
+            shipped=call.shipped,
+            call_repr=f"{shown} [{described}]" if described else shown,
+            code=fn if call.shipped else None,
+        )
+        job.call_options = call_options
+        job._call = (fn, args, kwargs, queue, call_options, tuple(holding))  # for retry()
+        job._carries_scattered = bool(holding or call.carried)
+        for scattered in [*holding, *call.carried]:
+            scattered.held_by(job)
+        job.requeued_if_worker_lost = not call.shipped and self._requeues_on_worker_loss(
+            call.task_name
+        )
+        job.queue = routed_queue(self.app, call.task_name, call.options)
+        self.watcher.watch(job)
+        self._dispatch(job, call)
+        if record:
+            registry.add(job)
+        return job
+
+    def resend(self, job: Job) -> None:
+        """Send ``job``'s call again under its task id (see ``Job.retry``): signed anew
+        (a new nonce: a new run), now, without the first send's countdown or expiry."""
+        if self.closed:
+            raise NotConnectedError(f"this connection to {self.broker_url} was closed")
+        assert job._call is not None, "a job sent by this session"
+        fn, args, kwargs, queue, call_options, holding = job._call
+        if queue is None and call_options is not None:
+            queue = call_options.queue
+        if call_options is not None:
+            call_options = dataclasses.replace(call_options, countdown=None, eta=None,
+                                               expires=None)  # fmt: skip
+        call = self._prepare(fn, args, kwargs, job.id, queue, call_options)
+        for scattered in [*holding, *call.carried]:
+            scattered.held_by(job)
+        self.watcher.watch(job)
+        self._dispatch(job, call)
+
+    def _prepare(
+        self,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_id: str,
+        queue: str | None,
+        call_options: CallOptions | None,
+    ) -> _Prepared:
+        """The message for a call: by name (a registered task, JSON) or shipped (signed)."""
+        if self.closed:
+            raise NotConnectedError(f"this connection to {self.broker_url} was closed")
         options: dict[str, Any] = {"task_id": task_id}
         if queue is not None:
             options["queue"] = queue
@@ -203,53 +271,32 @@ class Session:
                     f"retries= re-runs the calls celerynb ships; the registered task "
                     f"{task_name!r} retries as its app says (autoretry_for, max_retries)"
                 )
-            send_args, send_kwargs, shipped = list(args), kwargs, False
             if isinstance(fn, Task) and not queue and getattr(fn, "queue", None):
                 options["queue"] = fn.queue
-        elif callable(fn):
-            task_name = SHIPPED_TASK_NAME
+            return _Prepared(task_name, list(args), kwargs, False, options, [])
+        if callable(fn):
             with collecting() as carried:
                 segments = pickle_call(fn, args, kwargs)
-            holding = [*holding, *carried]
             sealed = self._seal_call(task_id, segments, display_name(fn), call_options)
-            send_args, send_kwargs, shipped = [sealed], {}, True
             options["serializer"] = SERIALIZER
-        else:
-            raise TypeError(
-                f"submit() needs a callable or a registered Celery task, got "
-                f"{type(fn).__name__} {reprlib.repr(fn)}"
-            )
-        shown = call_repr or shown_call(fn, args, kwargs)
-        described = call_options.described() if call_options is not None else ""
-        job = Job(
-            task_id,
-            name or display_name(fn),
-            self,
-            shipped=shipped,
-            call_repr=f"{shown} [{described}]" if described else shown,
-            code=fn if shipped else None,
+            return _Prepared(SHIPPED_TASK_NAME, [sealed], {}, True, options, list(carried))
+        raise TypeError(
+            f"submit() needs a callable or a registered Celery task, got "
+            f"{type(fn).__name__} {reprlib.repr(fn)}"
         )
-        job.call_options = call_options
-        for scattered in holding:
-            scattered.held_by(job)
-        job.requeued_if_worker_lost = not shipped and self._requeues_on_worker_loss(task_name)
-        job.queue = routed_queue(self.app, task_name, options)
-        self.watcher.watch(job)
-        if shipped and send_args[0].size > self._inline_frames():
-            # Too big for a message: stored first (on a transfer thread, its progress on
-            # the job's bar), then a signed reference is sent. Nothing is sent if the
-            # store fails: the job fails with the reason.
-            if record:
-                registry.add(job)
-            sealed = send_args[0]
-            self.transfers.run(lambda: self._send_by_reference(job, task_name, sealed, options))
-            return job
-        if shipped:
-            send_args = [send_args[0].tobytes()]
-        self._send(job, task_name, send_args, send_kwargs, options)
-        if record:
-            registry.add(job)
-        return job
+
+    def _dispatch(self, job: Job, call: _Prepared) -> None:
+        """Send a prepared call for ``job``: in the message, or (too big for one) stored
+        first on a transfer thread, its progress on the job's bar, then a signed
+        reference is sent. Nothing is sent if the store fails: the job fails with why."""
+        if call.shipped and call.args[0].size > self._inline_frames():
+            sealed = call.args[0]
+            self.transfers.run(
+                lambda: self._send_by_reference(job, call.task_name, sealed, call.options)
+            )
+            return
+        send_args = [call.args[0].tobytes()] if call.shipped else call.args
+        self._send(job, call.task_name, send_args, call.kwargs, call.options)
 
     def _inline_frames(self) -> int:
         """Bytes of a shipped call's frame sent in its message at most."""
@@ -597,6 +644,7 @@ def apply_async(
     headers: dict[str, Any] | None = None,
     retries: int = 0,
     retry_delay: float = 0.0,
+    retry_lost: int = 0,
 ) -> Job:
     """Like ``submit``, with Celery's calling convention and options.
 
@@ -607,7 +655,8 @@ def apply_async(
     ``priority`` and ``headers`` go on the message. The widget tells a delayed job's
     start ("starts in 30 s") and an expired one. A shipped call that raises runs
     again, up to ``retries`` times, ``retry_delay`` seconds later, as the same job
-    (state RETRY in between).
+    (state RETRY in between); one lost with its worker (LOST) is sent again, as the
+    same job, up to ``retry_lost`` times.
 
     Raises:
         ValueError / TypeError: an option that Celery could not use (one line).
@@ -623,6 +672,7 @@ def apply_async(
         headers=headers,
         retries=retries,
         retry_delay=retry_delay,
+        retry_lost=retry_lost,
     )
     return current_session().submit(fn, tuple(args), kwargs, call_options=options)
 

@@ -1,0 +1,110 @@
+"""Job.retry() and JobGroup.retry_failed(): what failed runs again, in place, on real workers."""
+
+import pytest
+from conftest import wait_for
+from shipped import gated
+
+import celerynb
+from celerynb._registry import registry
+
+
+def fails_first_times(path, failures):
+    """Fails its first ``failures`` runs (counted in the file ``path``), then returns the run."""
+    from pathlib import Path
+
+    counter = Path(path)
+    run = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(run + 1))
+    if run < failures:
+        raise ValueError(f"run {run} fails")
+    return run
+
+
+def test_a_failed_job_runs_again_as_itself(session, tmp_path):
+    counter = tmp_path / "runs"
+    job = celerynb.submit(fails_first_times, str(counter), 1)
+    with pytest.raises(ValueError, match="run 0 fails"):
+        job.result(timeout=30)
+    task_id = job.id
+    assert job.retry() is job and job.id == task_id
+    assert not job.done() or job.state == "SUCCESS"
+    assert job.result(timeout=30) == 1 and job.state == "SUCCESS"
+    assert job.exception() is None and counter.read_text() == "2"
+    with pytest.raises(RuntimeError, match="succeeded: nothing to retry"):
+        job.retry()
+
+
+def test_only_a_finished_job_sent_here_can_run_again(session, tmp_path, tmp_path_factory):
+    gate = tmp_path / "gate"
+    running = celerynb.submit(gated, str(gate), 1)
+    with pytest.raises(RuntimeError, match="still running"):
+        running.retry()
+    gate.touch()
+    assert running.result(timeout=30) == 1
+    failing = celerynb.submit(fails_first_times, str(tmp_path / "fails"), 5)
+    with pytest.raises(ValueError):
+        failing.result(timeout=30)
+    registry._jobs.pop(failing.id)  # this kernel forgets it, as another kernel never knew it
+    other = celerynb.attach(failing.id)
+    assert other is not failing and wait_for(other.done)
+    with pytest.raises(RuntimeError, match="cannot run again: it was not sent by this kernel"):
+        other.retry()
+
+
+def test_retry_failed_reruns_only_the_failed_items_of_a_map(session, tmp_path):
+    marks = str(tmp_path)
+
+    def fails_once_if_multiple_of_3(x, marks=marks):
+        import os
+
+        mark = os.path.join(marks, str(x))
+        if x % 3 == 0 and not os.path.exists(mark):
+            open(mark, "w").close()
+            raise ValueError(f"item {x} fails once")
+        return x * 10
+
+    mapped = celerynb.map(fails_once_if_multiple_of_3, range(30), chunksize=7)
+    with pytest.raises(ValueError):
+        mapped.results(timeout=30)
+    assert sorted(mapped.exceptions) == list(range(0, 30, 3))
+    ids = [job.id for job in mapped.jobs]
+    assert mapped.retry_failed() is mapped
+    assert mapped.results(timeout=30) == [x * 10 for x in range(30)]
+    assert mapped.exceptions == {} and mapped.state == "SUCCESS"
+    assert mapped.counts.done == 30 and mapped.progress.n == 30
+    assert [job.id for job in mapped.jobs] == ids, "the same tasks, in place"
+    with pytest.raises(RuntimeError, match="nothing of .* failed"):
+        mapped.retry_failed()
+
+
+def test_a_job_lost_with_its_worker_is_sent_again_when_asked(session, tmp_path):
+    gate = tmp_path / "gate"
+    job = celerynb.apply_async(gated, (str(gate), 7), retry_lost=1)
+    assert wait_for(lambda: job.state in ("STARTED", "PROGRESS"), timeout=30)
+    job._lose("gone@host", 5.0)  # what the watcher does when its worker stops heartbeating
+    assert wait_for(lambda: "sent again (1 of 1)" in (job.note or ""), timeout=10), job.note
+    assert not job.done()
+    gate.touch()
+    assert job.result(timeout=30) == 7
+    second_gate = tmp_path / "second"
+    once = celerynb.apply_async(gated, (str(second_gate), 1), retry_lost=1)
+    assert wait_for(lambda: once.state in ("STARTED", "PROGRESS"), timeout=30)
+    once._lose("gone@host", 5.0)
+    assert wait_for(lambda: "sent again" in (once.note or ""), timeout=10)
+    once._lose("gone@host", 5.0)  # lost again: no retry left
+    with pytest.raises(celerynb.WorkerLostError, match="stopped sending heartbeats"):
+        once.result(timeout=10)
+    second_gate.touch()  # its two runs (it was not really lost) end on the workers
+
+
+def test_a_call_that_carried_scattered_data_does_not_keep_it_to_run_again(session):
+    array = celerynb.scatter(list(range(10)))
+    job = celerynb.submit(fails_on_scattered, array)
+    with pytest.raises(ValueError, match="no"):
+        job.result(timeout=30)
+    with pytest.raises(RuntimeError, match="carried scattered data"):
+        job.retry()
+
+
+def fails_on_scattered(values):
+    raise ValueError(f"no: {len(values)} values")
