@@ -178,6 +178,14 @@ def waiting_note(
     return None
 
 
+def time_limit_note(options: CallOptions | None, error: BaseException | None) -> str | None:
+    """"time limit 2 s exceeded" for a call Celery stopped at its hard limit."""
+    if error is None or "TimeLimitExceeded" not in f"{type(error).__name__} {error}":
+        return None
+    limit = options.time_limit if options is not None else None
+    return f"time limit {limit:g} s exceeded" if limit else "its time limit was exceeded"
+
+
 def _clock(moment: datetime) -> str:
     return moment.astimezone().strftime("%H:%M:%S")
 

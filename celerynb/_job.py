@@ -15,7 +15,7 @@ from typing import Any
 from celery import states
 
 from ._byref import unpack
-from ._call_options import CallOptions, waiting_note
+from ._call_options import CallOptions, time_limit_note, waiting_note
 from ._config import SHIPPED_TASK_NAME
 from ._datastore import Progress
 from ._errors import (
@@ -322,6 +322,8 @@ class Job(WatchedFuture):
         if state == states.PENDING:
             notes.append(self._session.backend_caveat)
             notes.append(waiting_note(self.call_options, self._sent_wall, now))
+        if state == states.FAILURE:
+            notes.append(time_limit_note(self.call_options, self._exception))
         notes += self._notes.values()
         return "; ".join(note for note in notes if note) or None
 

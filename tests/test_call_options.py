@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import wait_for
-from shipped import gated
+from shipped import fails_first_times, gated
 
 import celerynb
 from celerynb._call_options import CallOptions, waiting_note
@@ -104,6 +104,7 @@ def test_a_time_limit_stops_a_long_call_with_celerys_error_in_the_widget(session
     assert time.monotonic() - started < 20
     assert "TimeLimitExceeded" in type(info.value).__name__ + str(info.value)
     assert job.state == "FAILURE" and "TimeLimitExceeded" in job.short_result_repr()
+    assert "time limit 2 s exceeded" in job.note
 
 
 def test_an_expired_call_is_dropped_unrun_and_the_job_says_so(session, cluster, tmp_path):
@@ -116,18 +117,6 @@ def test_an_expired_call_is_dropped_unrun_and_the_job_says_so(session, cluster, 
     assert wait_for(late.done, timeout=30) and late.cancelled(), late.state
     assert "expired at" in late.note and "do not run it" in late.note
     assert [b.result(timeout=30) for b in busy] == list(range(cluster.processes))
-
-
-def fails_first_times(path, failures):
-    """Fails its first ``failures`` runs (counted in the file ``path``), then returns the run."""
-    from pathlib import Path
-
-    counter = Path(path)
-    run = int(counter.read_text()) if counter.exists() else 0
-    counter.write_text(str(run + 1))
-    if run < failures:
-        raise ValueError(f"run {run} fails")
-    return run
 
 
 def fails_once_per_item(x, _seen=set()):  # noqa: B006 - the set lives as long as the chunk

@@ -2,22 +2,10 @@
 
 import pytest
 from conftest import wait_for
-from shipped import gated
+from shipped import fails_first_times, gated
 
 import celerynb
 from celerynb._registry import registry
-
-
-def fails_first_times(path, failures):
-    """Fails its first ``failures`` runs (counted in the file ``path``), then returns the run."""
-    from pathlib import Path
-
-    counter = Path(path)
-    run = int(counter.read_text()) if counter.exists() else 0
-    counter.write_text(str(run + 1))
-    if run < failures:
-        raise ValueError(f"run {run} fails")
-    return run
 
 
 def test_a_failed_job_runs_again_as_itself(session, tmp_path):
