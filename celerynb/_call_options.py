@@ -179,7 +179,7 @@ def waiting_note(
 
 
 def time_limit_note(options: CallOptions | None, error: BaseException | None) -> str | None:
-    """"time limit 2 s exceeded" for a call Celery stopped at its hard limit."""
+    """The note of a call Celery stopped at its hard limit: "time limit 2 s exceeded"."""
     if error is None or "TimeLimitExceeded" not in f"{type(error).__name__} {error}":
         return None
     limit = options.time_limit if options is not None else None
