@@ -44,6 +44,12 @@ _BADGE_COLOURS = {
     UNKNOWN: "#fd7e14",
     REQUEUED: "#fd7e14",
 }
+_BAR_COLOURS = {  # the static bar of a finished job, as ipywidgets' bar styles colour it
+    states.SUCCESS: "#198754",
+    states.FAILURE: "#dc3545",
+    states.REVOKED: "#fd7e14",
+    LOST: "#dc3545",
+}
 _BAR_STYLES = {
     states.SUCCESS: "success",
     states.FAILURE: "danger",
@@ -240,10 +246,29 @@ class WidgetRenderer:
         self.draw()
 
     def mimebundle(self) -> dict[str, Any]:
-        """The widget view plus a text line for frontends that cannot render widgets."""
+        """While the job runs: the widget view plus a text line for frontends that cannot
+        render widgets. Once it is done: the same look as static HTML plus that line, so
+        that a saved notebook shows it without widget state (GitHub, nbviewer, nbconvert)."""
+        if self.job.done():
+            return {"text/html": self.final_html(), "text/plain": final_text(self.job)}
         bundle = self.widget._repr_mimebundle_()
         bundle["text/plain"] = final_text(self.job)
         return bundle
+
+    def final_html(self) -> str:
+        """The widget as it is now, in static HTML (its parts are escaped by ``draw``)."""
+        colour = _BAR_COLOURS.get(self.job.state, "#0d6efd")
+        width = f"{self.bar.value * 100:.1f}%"
+        return (
+            "<div class='celerynb-job celerynb-final' style='font-family:var(--jp-ui-font-family,"
+            "sans-serif);font-size:var(--jp-ui-font-size1,13px)'>"
+            "<div style='display:flex;align-items:center;gap:6px'>"
+            f"{self.badge.value}<span>{self.label.value}</span>"
+            "<div style='flex:1 1 auto;min-width:6em;height:1em;background:#e9ecef;"
+            "border-radius:3px;overflow:hidden'>"
+            f"<div class='progress-bar' style='width:{width};height:100%;background:{colour}'>"
+            f"</div></div>{self.stats.value}</div>{self.details.value}</div>"
+        )
 
     def draw(self) -> bool:
         job = self.job
@@ -275,10 +300,14 @@ class WidgetRenderer:
             self.cancel_button.layout.display = "none"
         self.details.value = self._details_html()
         self.draws += 1
-        if job.done() and self.handle is not None:
-            final = final_text(job)  # again when a note changes later (a revoke delivered)
-            if final != self._final_published:
-                self._final_published = final
+        if self.handle is not None:
+            if job.done():  # again when it changes later (a revoke's note delivered)
+                final = self.final_html()
+                if final != self._final_published:
+                    self._final_published = final
+                    self.handle.update(self.mimebundle(), raw=True)
+            elif self._final_published is not None:  # done, then running again (a retry)
+                self._final_published = None
                 self.handle.update(self.mimebundle(), raw=True)
         return job.done()
 

@@ -105,6 +105,8 @@ def test_every_string_from_the_backend_is_escaped_in_widgets_and_tables(session)
     assert wait_for(job.done, timeout=10)  # an attached plain task: its FAILURE is its own
     shown = widget_html(job)
     assert "<img" not in shown and shown.count("&lt;img") >= 3, shown
+    saved = WidgetRenderer(job).mimebundle()  # what a saved notebook keeps of the finished job
+    assert "<img" not in saved["text/html"] and saved["text/html"].count("&lt;img") >= 3
     tables = JobTable([job])._repr_html_() + WorkerTable([WorkerInfo(XSS, XSS)])._repr_html_()
     assert "<img" not in tables and "&lt;img" in tables
 

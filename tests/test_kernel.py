@@ -108,12 +108,18 @@ def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
 
     # The display is updated once at the end, so frontends that cannot render widgets
     # (nbconvert, GitHub) keep a true final line. It may come after the cell's idle.
-    final_lines = [
-        m["content"]["data"]["text/plain"]
+    updates = [
+        m["content"]["data"]
         for m in [*seen, *messages, *drain_iopub(kernel, seconds=1.0)]
         if m["msg_type"] == "update_display_data"
     ]
+    final_lines = [data["text/plain"] for data in updates]
     assert any(line.startswith("steady: SUCCESS 100% 100/100") for line in final_lines), final_lines
+    # ... and static HTML in place of the widget: a saved notebook shows the finished job
+    # without widget state (GitHub, nbviewer, nbconvert --to html).
+    assert "application/vnd.jupyter.widget-view+json" not in updates[-1]
+    html = updates[-1]["text/html"]
+    assert "celerynb-job" in html and ">SUCCESS<" in html and "width:100.0%" in html, html
     execute(kernel, "cluster.close()")
 
 
@@ -136,12 +142,14 @@ def run_notebook(name, tmp_path, env=None):
 def test_notebook_runs_top_to_bottom(name, tmp_path):
     outputs, errors = run_notebook(name, tmp_path)
     assert not errors, errors
-    widgets = [
+    # A running job shows a widget; a finished one is replaced by the same look in HTML.
+    jobs = [
         output
         for output in outputs
         if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        or "celerynb-job" in output.get("data", {}).get("text/html", "")
     ]
-    assert widgets, "no job widget was displayed"
+    assert jobs, "no job was displayed"
 
 
 def test_the_backends_notebook_says_what_to_install_where_sqlalchemy_is_missing(tmp_path):
