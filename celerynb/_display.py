@@ -50,12 +50,24 @@ _BAR_COLOURS = {  # the static bar of a finished job, as ipywidgets' bar styles 
     states.REVOKED: "#fd7e14",
     LOST: "#dc3545",
 }
-_BAR_STYLES = {
-    states.SUCCESS: "success",
-    states.FAILURE: "danger",
-    states.REVOKED: "warning",
-    LOST: "danger",
-}
+_looks: dict[str, Any] = {}
+
+
+def _shared_looks() -> dict[str, Any]:
+    """Layouts and styles every job widget shares (made once, in the first displaying
+    cell): a job opens no comm models of its own for them."""
+    if not _looks:
+        import ipywidgets as w
+        from ipywidgets.widgets.widget_string import HTMLStyle  # not exported by ipywidgets
+
+        _looks.update(
+            view=w.Layout(flex="1 1 auto", min_width="20em"),
+            html=HTMLStyle(),
+            button=w.Layout(width="auto", flex="0 0 auto", align_self="flex-start"),
+            button_style=w.ButtonStyle(),
+            box=w.Layout(width="100%", align_items="flex-start"),
+        )
+    return _looks
 
 
 def pick_batch(dirty: set[Any], last_drawn: dict[Any, float], budget: int) -> list[Any]:
@@ -213,36 +225,32 @@ def _flush_at_exit() -> None:
 
 class WidgetRenderer:
     """An ipywidgets view of a job: state, description, bar, n/total, rate, ETA,
-    elapsed, cancel button; the traceback on failure, the result on success."""
+    elapsed, cancel button; the traceback on failure, the result on success.
+
+    Light on the frontend: one HTML widget holds all of it but the button, so a job
+    opens three comm models (the HTML, the button, their box; their layouts and styles
+    are shared by every job), and a draw is one message."""
 
     def __init__(self, job: Any) -> None:
         import ipywidgets as w
 
+        shared = _shared_looks()
         self.job = job
         self.draws = 0
-        self.badge = w.HTML()
-        self.label = w.HTML(layout=w.Layout(min_width="6em", flex="0 1 auto"))
-        self.bar = w.FloatProgress(
-            min=0.0, max=1.0, value=0.0, layout=w.Layout(flex="1 1 auto", min_width="6em")
-        )
-        self.stats = w.HTML(layout=w.Layout(flex="0 0 auto"))
+        self.view = w.HTML(layout=shared["view"], style=shared["html"])
         self.cancel_button = w.Button(
             description="Cancel",
             icon="stop",
             tooltip=f"revoke task {job.id}",
-            layout=w.Layout(width="auto", flex="0 0 auto"),
+            layout=shared["button"],
+            style=shared["button_style"],
         )
         self.cancel_button.on_click(lambda _button: self.job.cancel())
-        self.details = w.HTML()
-        self.widget = w.VBox(
-            [
-                w.HBox([self.badge, self.label, self.bar, self.stats, self.cancel_button]),
-                self.details,
-            ]
-        )
+        self.widget = w.HBox([self.view, self.cancel_button], layout=shared["box"])
         self.widget.add_class("celerynb-job")
         self.handle: Any = None  # the display, to leave a true final line for nbconvert
-        self._final_published: str | None = None  # the final text published, once done
+        self._final_published: str | None = None  # the final HTML published, once done
+        self._html = ""
         self.draw()
 
     def mimebundle(self) -> dict[str, Any]:
@@ -257,18 +265,7 @@ class WidgetRenderer:
 
     def final_html(self) -> str:
         """The widget as it is now, in static HTML (its parts are escaped by ``draw``)."""
-        colour = _BAR_COLOURS.get(self.job.state, "#0d6efd")
-        width = f"{self.bar.value * 100:.1f}%"
-        return (
-            "<div class='celerynb-job celerynb-final' style='font-family:var(--jp-ui-font-family,"
-            "sans-serif);font-size:var(--jp-ui-font-size1,13px)'>"
-            "<div style='display:flex;align-items:center;gap:6px'>"
-            f"{self.badge.value}<span>{self.label.value}</span>"
-            "<div style='flex:1 1 auto;min-width:6em;height:1em;background:#e9ecef;"
-            "border-radius:3px;overflow:hidden'>"
-            f"<div class='progress-bar' style='width:{width};height:100%;background:{colour}'>"
-            f"</div></div>{self.stats.value}</div>{self.details.value}</div>"
-        )
+        return f"<div class='celerynb-job celerynb-final'>{self._html}</div>"
 
     def draw(self) -> bool:
         job = self.job
@@ -281,24 +278,30 @@ class WidgetRenderer:
         )
         label = html.escape(progress.desc or job.name)
         if progress.total:
-            value, bar_style = min(progress.n / progress.total, 1.0), ""
+            value = min(progress.n / progress.total, 1.0)
         else:
-            value, bar_style = (1.0 if job.done() else 0.0), "info"
+            value = 1.0 if job.done() else 0.0
         if state == states.SUCCESS:
             value = 1.0 if progress.total is None else value
         if progress.bars:
             meter = meter_text(progress, job.elapsed, finished=job.done())
         else:
             meter = f"{job.elapsed:.1f}s"
-        stats = html.escape(meter)
-        self.badge.value = badge
-        self.label.value = f"<b>{label}</b>"
-        self.bar.value = value
-        self.bar.bar_style = _BAR_STYLES.get(state, bar_style)
-        self.stats.value = f"<code style='white-space:nowrap'>{stats}</code>"
-        if job.done():
-            self.cancel_button.layout.display = "none"
-        self.details.value = self._details_html()
+        bar_colour = _BAR_COLOURS.get(state, "#0d6efd" if progress.total else "#6ea8fe")
+        self._html = (
+            "<div style='font-family:var(--jp-ui-font-family,sans-serif);"
+            "font-size:var(--jp-ui-font-size1,13px)'>"
+            "<div style='display:flex;align-items:center;gap:6px'>"
+            f"{badge}<span style='min-width:6em'><b>{label}</b></span>"
+            "<div style='flex:1 1 auto;min-width:6em;height:1em;background:#e9ecef;"
+            "border-radius:3px;overflow:hidden'>"
+            f"<div class='progress-bar' style='width:{value * 100:.1f}%;height:100%;"
+            f"background:{bar_colour}'></div></div>"
+            f"<code style='white-space:nowrap'>{html.escape(meter)}</code></div>"
+            f"{self._details_html()}</div>"
+        )
+        if self.view.value != self._html:  # one message for the whole view
+            self.view.value = self._html
         self.draws += 1
         if self.handle is not None:
             if job.done():  # again when it changes later (a revoke's note delivered)

@@ -43,10 +43,7 @@ def forge(session, task_id, meta):
 def widget_html(job):
     renderer = WidgetRenderer(job)
     renderer.draw()
-    return " ".join(
-        str(part.value)
-        for part in (renderer.badge, renderer.label, renderer.stats, renderer.details)
-    )
+    return renderer.view.value
 
 
 @pytest.mark.parametrize("status", [XSS, "PROGRESS\n<script>", 5, None, "LOST"])

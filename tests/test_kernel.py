@@ -1,6 +1,7 @@
 """In a real Jupyter kernel: live widget updates, a responsive kernel, the notebooks run."""
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -90,11 +91,14 @@ def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
     assert elapsed >= 3
     # Throttled to <= 10 draws/s per bar, but they must keep arriving while the cell blocks.
     assert len(updates) >= 10, f"{len(updates)} widget updates during a 3 s blocking cell"
+    # One HTML view per job: each update is one message carrying its bar's width.
     values = [
-        m["content"]["data"]["state"]["value"]
+        float(width)
         for m in updates
-        if "value" in m["content"]["data"].get("state", {})
-        and isinstance(m["content"]["data"]["state"]["value"], float)
+        for width in re.findall(
+            r"class='progress-bar' style='width:([\d.]+)%",
+            str(m["content"]["data"].get("state", {}).get("value", "")),
+        )
     ]
     assert values == sorted(values) and len(values) >= 5, values
 
@@ -120,6 +124,12 @@ def test_widget_updates_keep_flowing_while_another_cell_blocks(kernel):
     assert "application/vnd.jupyter.widget-view+json" not in updates[-1]
     html = updates[-1]["text/html"]
     assert "celerynb-job" in html and ">SUCCESS<" in html and "width:100.0%" in html, html
+    # A light widget: a second job opens at most 4 comm models (the first also opens the
+    # layouts and styles every job shares).
+    _, messages, _ = execute(kernel, "other = celerynb.submit(steady, 20, 0.05); other")
+    opened = [m for m in messages if m["msg_type"] == "comm_open"]
+    assert 1 <= len(opened) <= 4, [m["content"]["data"]["state"].get("_model_name") for m in opened]
+    execute(kernel, "other.result(timeout=60)")
     execute(kernel, "cluster.close()")
 
 
