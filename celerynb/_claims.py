@@ -41,6 +41,7 @@ LEASE_SECONDS = 10.0  # a run's claim lives this long unless renewed
 RENEW_EVERY = LEASE_SECONDS / 3
 WAIT_STEP = 0.25  # seconds between looks at a claim held by another run
 DONE = "done"
+GRANTED = "granted"
 KEY_PREFIX = "celerynb-claim-"
 
 _CAS_SET = """
@@ -67,7 +68,7 @@ def run_attempt(request: Any) -> int:
     retries = getattr(request, "retries", None)
     if retries is None:  # the worker's Request (main process) keeps it in its dict
         retries = (getattr(request, "request_dict", None) or {}).get("retries")
-    return retries if isinstance(retries, int) and retries > 0 else 0
+    return retries if type(retries) is int and retries > 0 else 0  # never a bool: JSON true
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,17 @@ class Refused(Exception):
     """This delivery of a call must not run; ``str()`` says why."""
 
 
+def granted(key: str, secret: bytes) -> str:
+    """The value that opens the claim ``key`` of a retry: written, signed, by the run
+    that failed and asked for it (a retry header alone opens nothing)."""
+    return f"{GRANTED}|{_claim_mac(secret, key, GRANTED)}"
+
+
+def grant_retry(store: ClaimStore, key: str, secret: bytes, keep: float) -> None:
+    """Open the claim ``key`` for the retry the failing run is about to send."""
+    store.try_claim(key, granted(key, secret), keep)
+
+
 def claim_run(
     store: ClaimStore,
     key: str,
@@ -242,16 +254,25 @@ def claim_run(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     alive: Callable[[int], bool] = process_alive,
+    retry: bool = False,
 ) -> None:
-    """Take the claim ``key`` for ``me``, or raise Refused (see the module's rules)."""
+    """Take the claim ``key`` for ``me``, or raise Refused (see the module's rules).
+
+    ``retry``: the claim of a retry, which only a grant opens (``grant_retry``) where
+    claims are shared; a retry nobody granted is a replay under a forged header."""
     mine = me.encode(key, secret)
     deadline = clock() + lease + 2 * WAIT_STEP
     while True:
-        if store.try_claim(key, mine, lease):
+        if retry and store.shared:
+            if store.replace(key, granted(key, secret), mine, lease):
+                return
+        elif store.try_claim(key, mine, lease):
             return
         value = store.current(key)
         if value == DONE:
             raise Refused("it already ran: a replayed or duplicate message")
+        if retry and store.shared and value is None:
+            raise Refused("a retry no failed run asked for: a replayed or forged message")
         holder = Holder.parse(value, key, secret)  # None too for a forged value
         if holder is not None and holder.host == me.host and not alive(holder.pid):
             if store.replace(key, value, mine, lease):  # type: ignore[arg-type]

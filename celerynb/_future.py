@@ -55,6 +55,7 @@ class WatchedFuture(Future):
 
     def __init__(self) -> None:
         super().__init__()
+        self._every_callback: list[Callable[[Any], Any]] = []
         self._submitted_at = time.monotonic()
         self._finished_at: float | None = None
         self._counted_from_store = False  # submitted by an earlier kernel (see _count_from)
@@ -83,13 +84,21 @@ class WatchedFuture(Future):
         for event in list(self._displays_pending):
             event.wait(max(deadline - time.monotonic(), 0.0))
 
+    def add_done_callback(self, fn: Callable[[Any], Any]) -> None:
+        """As ``concurrent.futures.Future``'s; every callback is also kept, to run again
+        if the future is reopened (a retry) and finishes again."""
+        self._every_callback.append(fn)
+        super().add_done_callback(fn)
+
     def _reopen(self) -> None:
-        """Back to not done (a retry): ``concurrent.futures.Future``'s own state reset;
-        the done callbacks stay and run again when it finishes again."""
+        """Back to not done (a retry): ``concurrent.futures.Future``'s own state reset,
+        and every done callback ever added armed again (one added after it was done ran
+        at once and was not kept by the Future)."""
         with self._condition:
             self._state = "PENDING"
             self._result = None
             self._exception = None
+            self._done_callbacks = list(self._every_callback)
         self._submitted_at, self._finished_at = time.monotonic(), None
 
     @property

@@ -152,6 +152,7 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(self.jobs):
             self._positions.setdefault(job.id, []).append(position)
         for position, job in enumerate(self.jobs):
+            job._group = self if job._group is None else job._group
             job.add_listener(self._on_job_change)
             job.add_done_callback(functools.partial(self._on_job_done, position))
         if not self.jobs and not self._open:
@@ -383,9 +384,15 @@ class JobGroup(WatchedFuture):
             self._remaining += len(failed)
             self._ended = False
             self._reopen()
-        for job, _offsets in plans:
-            job._rerun()
+        first_error = None
+        for job, _offsets in plans:  # each sent, or ended with why: the count balances
+            try:
+                job._rerun()
+            except Exception as exc:
+                first_error = first_error or exc
         self._notify()
+        if first_error is not None:
+            raise first_error
         return self
 
     def _retry_plan(self, position: int) -> tuple[Job, list[int]]:
@@ -438,6 +445,7 @@ class JobGroup(WatchedFuture):
                 job.cancel()
             raise CancelledError(f"{self.call_repr} was cancelled")
         for position, job in enumerate(jobs, first):
+            job._group = self if job._group is None else job._group
             job.add_listener(self._on_job_change)
             job.add_done_callback(functools.partial(self._on_job_done, position))
         self._notify()
@@ -457,6 +465,9 @@ class JobGroup(WatchedFuture):
             self._notify()
 
     def _on_job_done(self, position: int, job: Job) -> None:
+        with self._lock:
+            if self._stored[position]:  # already counted (a task done twice is one outcome)
+                return
         start, stop = self._spans[position]
         cancelled = job.cancelled()
         errors: dict[int, BaseException] = {}

@@ -147,6 +147,7 @@ class Job(WatchedFuture):
         # What retry() sends again (set by the session that sent it; dropped on success).
         self._call: tuple[Any, ...] | None = None
         self._lost_runs = 0  # times it was sent again after being lost (retry_lost)
+        self._group: Any = None  # the JobGroup it is a task of: its retries go through it
         self._carries_scattered = False
         self._no_retry = "it was not sent by this kernel: its call is not known here"
         self.add_done_callback(_let_go_of_the_call)
@@ -184,9 +185,15 @@ class Job(WatchedFuture):
                 it (an attached job: its call is not known here).
         """
         with self._lock:
+            if self._group is not None:
+                raise RuntimeError(
+                    f"job {self.id} is a task of {self._group.call_repr}: use its retry_failed()"
+                )
             if not self.done():
                 raise RuntimeError(f"job {self.id} is still running: nothing to retry")
-            if not self.cancelled() and self._exception is None:  # cancelled: may run again
+            if self.cancelled():  # workers keep revoked ids for hours: it would not run
+                raise RuntimeError(f"job {self.id} was cancelled: submit it again")
+            if self._exception is None:
                 raise RuntimeError(f"job {self.id} succeeded: nothing to retry")
             if self._call is None:
                 raise RuntimeError(f"job {self.id} cannot run again: {self._no_retry}")
@@ -204,7 +211,11 @@ class Job(WatchedFuture):
         except Exception as exc:
             log.debug("celerynb: could not forget the old outcome of %s: %s", self.id, exc)
         self._notify()
-        self._session.resend(self)
+        try:
+            self._session.resend(self)
+        except Exception as exc:  # not sent: it ends with why, never waits forever
+            self._abandon(exc)
+            raise
         return self
 
     def _reset(self) -> None:

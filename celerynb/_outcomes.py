@@ -54,21 +54,45 @@ def _acting_for(request: Any) -> Iterator[None]:
         _acting.request = previous
 
 
+_this_thread = threading.local()  # .small: publish small; .known: {task id: stored state}
+
+
 @contextmanager
 def publishing_small(backend: Any) -> Iterator[None]:
     """Within it, a Redis backend stores a big state but publishes ``STORED_MARKER``
-    instead of it: Redis drops a subscriber whose pub/sub output buffer passes 32 MB
-    (a 100 MB result knocked every bar of the kernel out), and the kernel reads the
-    key when it sees the marker."""
+    instead of it (from this thread): Redis drops a subscriber whose pub/sub output
+    buffer passes 32 MB (a 100 MB result knocked every bar of the kernel out), and the
+    kernel reads the key when it sees the marker."""
     from celery.backends.redis import RedisBackend
 
     if not isinstance(backend, RedisBackend):
         yield
         return
-    store_and_publish = backend._set
+    _install_hooks(backend)
+    previous = getattr(_this_thread, "small", False)
+    _this_thread.small = True
+    try:
+        yield
+    finally:
+        _this_thread.small = previous
+
+
+def _install_hooks(backend: Any) -> None:
+    """Wrap the backend's read-before-write and its store-and-publish once, so that what
+    ``publishing_small`` and ``knowing_state`` set for this thread applies, and only to
+    this thread (a backend may be shared by threads: ``result_backend_thread_safe``)."""
+    if getattr(backend, "_celerynb_hooks", False):
+        return
+    read, store_and_publish = backend._get_task_meta_for, getattr(backend, "_set", None)
+
+    def read_unless_known(task_id: Any) -> Any:
+        known = getattr(_this_thread, "known", None)
+        meta = known.get(task_id) if known else None
+        return meta if meta is not None else read(task_id)
 
     def store_and_publish_small(key: Any, value: Any, expires: Any = None) -> None:
-        if len(value) <= PUBLISH_LIMIT:
+        assert store_and_publish is not None  # installed only over a Redis backend's
+        if not getattr(_this_thread, "small", False) or len(value) <= PUBLISH_LIMIT:
             return store_and_publish(key, value, expires)
         expires = backend.expires if expires is None else expires
         with backend.client.pipeline() as pipe:
@@ -80,11 +104,10 @@ def publishing_small(backend: Any) -> Iterator[None]:
             pipe.execute()
         return None
 
-    backend._set = store_and_publish_small  # this thread's backend (Celery's are per thread)
-    try:
-        yield
-    finally:
-        del backend._set
+    backend._get_task_meta_for = read_unless_known
+    if store_and_publish is not None:
+        backend._set = store_and_publish_small
+    backend._celerynb_hooks = True
 
 
 # The state Celery's guard is told the task is in while the run holding its claim writes
@@ -97,19 +120,27 @@ RUNNING = {"status": states.STARTED, "result": None}
 
 
 @contextmanager
-def knowing_state(backend: Any, meta: dict[str, Any] | None) -> Iterator[None]:
-    """Within it, this thread's key-value backend takes the task's stored state to be
-    ``meta`` when it stores a state, instead of reading it again (None: it reads)."""
+def knowing_state(backend: Any, task_id: str, meta: dict[str, Any] | None) -> Iterator[None]:
+    """Within it, a key-value backend takes ``task_id``'s stored state to be ``meta``
+    when this thread stores a state for it, instead of reading it again (None: it reads)."""
     from celery.backends.base import BaseKeyValueStoreBackend
 
     if meta is None or not isinstance(backend, BaseKeyValueStoreBackend):
         yield
         return
-    backend._get_task_meta_for = lambda _task_id: meta
+    _install_hooks(backend)
+    known = getattr(_this_thread, "known", None)
+    if known is None:
+        known = _this_thread.known = {}
+    previous = known.get(task_id)
+    known[task_id] = meta
     try:
         yield
     finally:
-        del backend._get_task_meta_for  # this thread's backend (Celery's are per thread)
+        if previous is None:
+            known.pop(task_id, None)
+        else:
+            known[task_id] = previous
 
 
 def expiry_instant(text: str) -> Any:
@@ -171,23 +202,23 @@ class ShippedTaskBackend:
         if state == states.STARTED and not running:
             return result  # Celery's own STARTED comes before the claim; the run writes it
         if state in states.READY_STATES:
-            with knowing_state(self.backend, self._drop_forged_success(task_id)):
+            with knowing_state(self.backend, task_id, self._drop_forged_success(task_id)):
                 return self.backend.store_result(task_id, result, state, *args, **kwargs)
         if running:  # STARTED and PROGRESS of the run holding the claim: see RUNNING
-            with knowing_state(self.backend, RUNNING):
+            with knowing_state(self.backend, task_id, RUNNING):
                 return self.backend.store_result(task_id, result, state, *args, **kwargs)
         return self.backend.store_result(task_id, result, state, *args, **kwargs)
 
     def mark_as_done(self, task_id: str, result: Any, *args: Any, **kwargs: Any) -> Any:
         stored = self._drop_forged_success(task_id)
-        with publishing_small(self.backend), knowing_state(self.backend, stored):
+        with publishing_small(self.backend), knowing_state(self.backend, task_id, stored):
             return self.backend.mark_as_done(task_id, result, *args, **kwargs)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any):
         if not (isinstance(exc, ShippedTaskError) and exc.envelope):
             exc = self._vouched(task_id, exc) or exc
         stored = self._drop_forged_success(task_id)
-        with publishing_small(self.backend), knowing_state(self.backend, stored):
+        with publishing_small(self.backend), knowing_state(self.backend, task_id, stored):
             return self.backend.mark_as_failure(task_id, exc, *args, **kwargs)
 
     def mark_as_revoked(
@@ -203,7 +234,7 @@ class ShippedTaskBackend:
             return self.backend.mark_as_revoked(task_id, reason, request, store_result, state)
         stored = self._drop_forged_success(task_id)
         if store_result:
-            with knowing_state(self.backend, stored):
+            with knowing_state(self.backend, task_id, stored):
                 self.backend.store_result(task_id, signed, state, traceback=None, request=request)
         return None
 

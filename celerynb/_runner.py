@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import states
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore
 
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
 from ._claims import (
@@ -20,6 +20,7 @@ from ._claims import (
     Refused,
     claim_key,
     claim_run,
+    grant_retry,
     holding_claim,
     run_attempt,
     store_for,
@@ -71,26 +72,18 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     claim = claim_key(task_id, nonce, attempt)
     me = Holder.this_process()
     try:
-        claim_run(claims, claim, me, secret=key)
+        claim_run(claims, claim, me, secret=key, retry=attempt > 0)
     except Refused as why:
         log.warning("celerynb: refused to run task %s: %s", task_id, why)
         raise Ignore() from None  # no state written: the real run's states stand
-    retried = False
     try:
         run = _signed_run(task, key)
         with LeaseKeeper(claims, claim, me, key), holding_claim(task_id, run):
             _announce_started(task, run)
             return _call(task, body, key)
-    except Retry:
-        retried = True
-        raise
     finally:
-        # The call is over unless it runs again: its later runs are closed too, so that
-        # a replay under a forged retries header finds them done.
-        ended = [] if retried else range(attempt + 1, allowed + 1)
-        try:
-            for closed in [claim, *(claim_key(task_id, nonce, later) for later in ended)]:
-                claims.finish(closed, keep=age_limit + CLOCK_SKEW)
+        try:  # a later run is opened only by a grant (see _call): nothing else to close
+            claims.finish(claim, keep=age_limit + CLOCK_SKEW)
         except Exception as exc:
             log.warning("celerynb: could not close the claim of task %s: %s", task_id, exc)
 
@@ -125,7 +118,10 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
             value = fn(*args, **kwargs)
     except Exception as exc:
         failure = sealed_error(exc, secret=key, task_id=task_id)
-        if run_attempt(task.request) < signed_retries(body):
+        attempt = run_attempt(task.request)
+        if attempt < signed_retries(body):
+            later = claim_key(task_id, str(body.get("nonce")), attempt + 1)
+            grant_retry(store_for(task.app), later, key, keep=max_call_age() + CLOCK_SKEW)
             _retry(task, failure, body)  # raises Celery's Retry: the same job runs again
         raise failure from exc
     del args, kwargs

@@ -10,7 +10,7 @@ import reprlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery, states
@@ -20,7 +20,14 @@ from ._byref import DEFAULT_TTL, by_reference
 from ._byref import inline_limit as configured_inline_limit
 from ._call_options import CallOptions
 from ._calls import MAX_MESSAGE_BYTES, check_json, display_name, pickle_call, shown_call
-from ._config import SHIPPED_TASK_NAME, failure_line, mask_url, secret_from_env
+from ._config import (
+    MAX_CALL_AGE_ENV,
+    SHIPPED_TASK_NAME,
+    failure_line,
+    mask_url,
+    max_call_age,
+    secret_from_env,
+)
 from ._datastore import DataStore, data_store, no_store_line, store_spec
 from ._errors import (
     BrokerUnreachableError,
@@ -36,7 +43,7 @@ from ._queues import routed_queue
 from ._registry import registry
 from ._revoker import Revoker
 from ._scatter import Scattered, collecting, scatter_to
-from ._signing import Sealed, seal
+from ._signing import CLOCK_SKEW, Sealed, seal
 from ._sources import source_for
 from ._sources.rpc import declare_reply_queue, is_rpc_backend, new_reply_queue_name
 from ._store import backend_key, store
@@ -275,6 +282,7 @@ class Session:
                 options["queue"] = fn.queue
             return _Prepared(task_name, list(args), kwargs, False, options, [])
         if callable(fn):
+            check_within_call_age(call_options)
             with collecting() as carried:
                 segments = pickle_call(fn, args, kwargs)
             sealed = self._seal_call(task_id, segments, display_name(fn), call_options)
@@ -675,6 +683,24 @@ def apply_async(
         retry_lost=retry_lost,
     )
     return current_session().submit(fn, tuple(args), kwargs, call_options=options)
+
+
+def check_within_call_age(options: CallOptions | None) -> None:
+    """Refuse options under which a shipped call would still wait to run once its
+    signature has aged out (workers refuse calls older than ``max_call_age()``)."""
+    if options is None:
+        return
+    now = datetime.now(timezone.utc)
+    starts = options.starts_at(now)
+    waiting = (starts - now).total_seconds() if starts is not None else 0.0
+    waiting += options.retries * options.retry_delay
+    limit = max_call_age()
+    if waiting > limit - CLOCK_SKEW:
+        raise ValueError(
+            f"this call would wait {waiting:.0f} s to run (countdown/eta and retry delays), "
+            f"past the {limit:.0f} s a signed call stays valid (${MAX_CALL_AGE_ENV} on the "
+            "workers and here)"
+        )
 
 
 def _forget_stored(store: DataStore, key: str) -> None:

@@ -90,6 +90,22 @@ def test_a_replay_of_a_call_that_may_retry_runs_nothing_once_it_is_over(session,
     assert runs_of(runs) == ["once"]
 
 
+def test_a_retry_nobody_asked_for_runs_nothing_even_while_the_call_runs(session, cluster, tmp_path):
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    task_id = str(uuid.uuid4())
+    sealed = seal(pickle_call(record_run, (str(runs), "once", str(gate)), {}),
+                  secret=session.secret, purpose="call", task_id=task_id,
+                  extra={"retries": 3})  # fmt: skip
+    publish(session, task_id, sealed.tobytes())
+    assert wait_for(lambda: runs_of(runs) == ["once"], timeout=30)  # attempt 0 runs
+    for forged in (1, 2, 3, True):  # retry headers of runs no failure asked for
+        publish(session, task_id, sealed.tobytes(), retries=forged)
+    assert wait_for(lambda: refusals(cluster, task_id) == 4, timeout=30), refusals(cluster, task_id)
+    gate.touch()
+    assert celerynb.attach(task_id).result(timeout=30) == "once"
+    assert runs_of(runs) == ["once"]
+
+
 def test_a_replay_while_the_call_runs_is_refused_and_the_run_goes_on(session, cluster, tmp_path):
     runs, gate = tmp_path / "runs", tmp_path / "gate"
     task_id, envelope = signed_call(session, record_run, (str(runs), "original", str(gate)))

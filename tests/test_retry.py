@@ -96,3 +96,45 @@ def test_a_call_that_carried_scattered_data_does_not_keep_it_to_run_again(sessio
 
 def fails_on_scattered(values):
     raise ValueError(f"no: {len(values)} values")
+
+
+def test_what_cannot_run_again_says_why_and_a_failed_resend_never_leaves_it_waiting(
+    session, tmp_path, monkeypatch
+):
+    cancelled = celerynb.submit(gated, str(tmp_path / "never"), 1)
+    cancelled.cancel()
+    with pytest.raises(RuntimeError, match="was cancelled: submit it again"):
+        cancelled.retry()
+    mapped = celerynb.map(fails_first_times, [str(tmp_path / "m")], [1])
+    with pytest.raises(ValueError):
+        mapped.results(timeout=30)
+    with pytest.raises(RuntimeError, match="use its retry_failed"):
+        mapped.jobs[0].retry()
+    failing = celerynb.submit(fails_first_times, str(tmp_path / "f"), 5)
+    with pytest.raises(ValueError):
+        failing.result(timeout=30)
+
+    def broker_gone(job):
+        raise celerynb.BrokerUnreachableError("could not send: broker gone")
+
+    monkeypatch.setattr(session, "resend", broker_gone)
+    with pytest.raises(celerynb.BrokerUnreachableError):
+        failing.retry()
+    assert failing.done() and isinstance(failing.exception(), celerynb.BrokerUnreachableError)
+
+
+def test_a_reopened_future_runs_every_done_callback_again(session):
+    job = celerynb.Job("not-sent", "local", session, shipped=True)
+    job.set_result(1)
+    seen = []
+    job.add_done_callback(lambda j: seen.append(j.result()))  # after done: runs at once
+    job._reopen()
+    job.set_result(2)
+    assert seen == [1, 2]
+
+
+def test_a_call_that_would_wait_past_its_signatures_age_is_refused(session):
+    with pytest.raises(ValueError, match="past the .* s a signed call stays valid"):
+        celerynb.apply_async(fails_first_times, ("x", 0), countdown=2 * 24 * 3600)
+    with pytest.raises(ValueError, match="stays valid"):
+        celerynb.apply_async(fails_first_times, ("x", 0), retries=100, retry_delay=3600)

@@ -58,3 +58,17 @@ def test_a_write_by_anyone_else_still_never_overwrites_a_success(session, reads)
     backend.store_result(task_id, {"current": 1}, "PROGRESS")  # no claim held: a replay
     assert reads, "a write outside the claim reads the stored state first"
     assert session.app.backend.get_task_meta(task_id)["status"] == states.SUCCESS
+
+
+def test_a_known_state_is_this_threads_and_this_tasks_only(session, reads):
+    from celerynb._outcomes import knowing_state
+
+    backend = session.app.backend
+    with knowing_state(backend, "known-task", {"status": "STARTED"}):
+        assert backend._get_task_meta_for("known-task")["status"] == "STARTED"
+        assert reads == []
+        backend._get_task_meta_for("another-task")  # read, as Celery would
+        assert reads and reads[-1].endswith(b"another-task")
+    reads.clear()
+    backend._get_task_meta_for("known-task")  # outside: read again
+    assert reads
