@@ -45,13 +45,18 @@ _acting = threading.local()  # .request: the Request the main process acts for
 
 
 @contextmanager
-def _acting_for(request: Any) -> Iterator[None]:
-    previous = getattr(_acting, "request", None)
-    _acting.request = request
+def _thread_setting(local: threading.local, name: str, value: Any) -> Iterator[None]:
+    """``local.name = value`` within it (this thread's), restored after."""
+    previous = getattr(local, name, None)
+    setattr(local, name, value)
     try:
         yield
     finally:
-        _acting.request = previous
+        setattr(local, name, previous)
+
+
+def _acting_for(request: Any) -> Any:
+    return _thread_setting(_acting, "request", request)
 
 
 _this_thread = threading.local()  # .small: publish small; .known: {task id: stored state}
@@ -69,12 +74,8 @@ def publishing_small(backend: Any) -> Iterator[None]:
         yield
         return
     _install_hooks(backend)
-    previous = getattr(_this_thread, "small", False)
-    _this_thread.small = True
-    try:
+    with _thread_setting(_this_thread, "small", True):
         yield
-    finally:
-        _this_thread.small = previous
 
 
 def _install_hooks(backend: Any) -> None:
