@@ -4,6 +4,7 @@ started the same way for every comparison."""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,26 @@ def dask_client(directory: Path) -> Iterator[Any]:
     ):
         client.wait_for_workers(2, timeout=60)
         yield client
+
+
+@contextlib.contextmanager
+def ipp_client(directory: Path) -> Iterator[Any]:
+    """A client of ``ipyparallel.Cluster(n=2)`` (two engines: celerynb's two pool
+    processes' equal), its profile under ``directory`` (no connection files left in
+    ~/.ipython). Raises ImportError without ipyparallel."""
+    import ipyparallel
+
+    print("ipyparallel: starting Cluster(n=2) ...", flush=True)
+    cluster = ipyparallel.Cluster(n=2, profile_dir=str(directory / "ipp"), log_level=logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # its start-up progress bar
+            client = cluster.start_and_connect_sync()
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.stop_cluster_sync()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -55,7 +55,6 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import logging
 import math
 import os
 import platform
@@ -69,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
-from _report import dask_client, print_table
+from _report import dask_client, ipp_client, print_table
 
 import celerynb
 
@@ -244,25 +243,13 @@ def dask_backend(directory: Path) -> Iterator[int]:
 
 @contextlib.contextmanager
 def ipyparallel_backend(directory: Path) -> Iterator[int]:
-    try:
-        import ipyparallel
-    except ImportError:
-        raise Unavailable(NOT_INSTALLED) from None
-    print("ipyparallel: starting Cluster(n=2) ...", flush=True)
-    # A profile of its own: no connection files left in ~/.ipython.
-    cluster = ipyparallel.Cluster(n=2, profile_dir=str(directory / "ipp"), log_level=logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # its start-up progress bar
-            client = cluster.start_and_connect_sync()
-        try:
-            client[:].use_cloudpickle()
-            client.load_balanced_view().register_joblib_backend()  # as "ipyparallel"
-            with joblib.parallel_config(backend="ipyparallel"):
-                yield -1
-        finally:
-            client.close()
-    finally:
-        cluster.stop_cluster_sync()
+    if importlib.util.find_spec("ipyparallel") is None:
+        raise Unavailable(NOT_INSTALLED)
+    with ipp_client(directory) as client:
+        client[:].use_cloudpickle()
+        client.load_balanced_view().register_joblib_backend()  # as "ipyparallel"
+        with joblib.parallel_config(backend="ipyparallel"):
+            yield -1
 
 
 # -- report ------------------------------------------------------------------------

@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import logging
 import math
 import os
 import platform
@@ -60,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _report import dask_client, percentile, print_table
+from _report import dask_client, ipp_client, percentile, print_table
 from celery import Celery
 
 import celerynb
@@ -364,23 +363,11 @@ def run_dask(items: int, runs: int, warmup: int, directory: Path) -> Result:
 @contextlib.contextmanager
 def ipyparallel_view(directory: Path) -> Iterator[Any]:
     """A load-balanced view on ``ipp.Cluster(n=2)``, or None when ipyparallel is missing."""
-    try:
-        import ipyparallel
-    except ImportError:
+    if importlib.util.find_spec("ipyparallel") is None:
         yield None
         return
-    print("ipyparallel: starting Cluster(n=2) ...", flush=True)
-    # A profile of its own: no connection files left in ~/.ipython.
-    cluster = ipyparallel.Cluster(n=2, profile_dir=str(directory / "ipp"), log_level=logging.ERROR)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # its start-up progress bar
-            client = cluster.start_and_connect_sync()
-        try:
-            yield client.load_balanced_view()
-        finally:
-            client.close()
-    finally:
-        cluster.stop_cluster_sync()
+    with ipp_client(directory) as client:
+        yield client.load_balanced_view()
 
 
 def measure_in_turns(
