@@ -20,10 +20,11 @@ RESERVED_HEADERS = frozenset(
     }
 )  # fmt: skip
 MAX_PRIORITY = 255  # AMQP's range; Redis maps 0-9 (Celery's priority_steps)
-SHOWN = (
-    "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "retries",
-    "retry_delay", "retry_lost",
-)  # fmt: skip
+# Celery's own options, sent with the message as they are.
+SENT = ("countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit")
+RETRIES = ("retries", "retry_delay", "retry_lost")  # celerynb's, not Celery's
+SHOWN = (*SENT, *RETRIES)  # in a job's call line
+OPTION_NAMES = (*SENT, "headers", *RETRIES)  # what map, Executor... take
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class CallOptions:
     def send_options(self) -> dict[str, Any]:
         """The options for Celery's ``send_task`` (those given; ``queue`` apart)."""
         options: dict[str, Any] = {}
-        for name in ("countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit"):
+        for name in SENT:
             value = getattr(self, name)
             if value is not None:
                 options[name] = value
@@ -136,16 +137,10 @@ class CallOptions:
         shown = []
         for name in SHOWN:
             value = getattr(self, name)
-            if value is not None and (value or not name.startswith("retr")):
+            if value is not None and (value or name not in RETRIES):  # retries=0: not shown
                 text = value.isoformat(timespec="seconds") if isinstance(value, datetime) else value
                 shown.append(f"{name}={text:g}" if isinstance(text, float) else f"{name}={text}")
         return ", ".join(shown)
-
-
-OPTION_NAMES = (
-    "countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "headers",
-    "retries", "retry_delay", "retry_lost",
-)  # fmt: skip
 
 
 def call_options(caller: str, queue: str | None = None, **options: Any) -> CallOptions:

@@ -124,10 +124,6 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         return super().compute_batch_size()
 
     # -- one Parallel call -------------------------------------------------------
-    def configure(self, n_jobs: int = 1, parallel: Any = None, **backend_args: Any) -> int:
-        self.parallel = parallel
-        return self.effective_n_jobs(n_jobs)
-
     def start_call(self) -> None:
         self._session = current_session()
         self._scattered = {}

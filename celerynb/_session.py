@@ -236,8 +236,6 @@ class Session:
     def resend(self, job: Job) -> None:
         """Send ``job``'s call again under its task id (see ``Job.retry``): signed anew
         (a new nonce: a new run), now, without the first send's countdown or expiry."""
-        if self.closed:
-            raise NotConnectedError(f"this connection to {self.broker_url} was closed")
         assert job._call is not None, "a job sent by this session"
         fn, args, kwargs, queue, call_options, holding = job._call
         if queue is None and call_options is not None:
