@@ -5,11 +5,13 @@ a server is not reachable."""
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +69,26 @@ def private_postgres_database() -> Iterator[str]:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+def restartable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, for a server a test
+    stops and starts again on it: while it is down, no outgoing connection can be given
+    that port as its own (seen: a restart failed to bind a port ``free_port`` chose)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(low, 20001))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def start_redis(directory: object, port: int, *options: str) -> subprocess.Popen[bytes]:

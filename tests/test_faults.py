@@ -97,10 +97,9 @@ class PersistentRedis:
 
     def __init__(self, directory):
         import redis
+        from services import restartable_port
 
-        from celerynb._cluster import free_port
-
-        self.directory, self.port = directory, free_port()
+        self.directory, self.port = directory, restartable_port()  # restarted on it
         self.url = f"redis://127.0.0.1:{self.port}"
         self.client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         self.server = None

@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 from conftest import wait_for
-from services import pings, start_redis
+from services import pings, restartable_port, start_redis
 
 import celerynb
 import celerynb._session as session_module
-from celerynb._cluster import _stop_process, free_port
+from celerynb._cluster import _stop_process
 
 pytestmark = pytest.mark.needs_server
 
@@ -39,7 +39,7 @@ def started(session, gate, value):
 def private_redis(tmp_path, monkeypatch):
     """A redis-server without persistence, that the test can kill and start again, and
     a one-process cluster on it; yields (session, restart, kill)."""
-    port = free_port()
+    port = restartable_port()  # it comes back on the same port
     url = f"redis://127.0.0.1:{port}"
     servers = [start_redis(tmp_path, port)]
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
