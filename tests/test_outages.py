@@ -28,6 +28,13 @@ def gated(gate, value):
     return value
 
 
+def server_said(server, directory):
+    """Why a restarted redis-server does not answer: whether it runs, and its log's end."""
+    log = directory / "redis.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+    return f"redis-server exit code {server.poll()}; its log ends:\n{tail}"
+
+
 def started(session, gate, value):
     """A job of ``gated(gate, value)`` on ``session``, once it runs."""
     job = session.submit(gated, (str(gate), value))
@@ -49,8 +56,8 @@ def private_redis(tmp_path, monkeypatch):
         _stop_process(servers[-1], grace=0)
 
     def restart():
-        servers.append(start_redis(tmp_path, port))
-        assert wait_for(lambda: pings(client), timeout=20)
+        servers.append(start_redis(tmp_path, port, "--logfile", str(tmp_path / "redis.log")))
+        assert wait_for(lambda: pings(client), timeout=20), server_said(servers[-1], tmp_path)
 
     local = celerynb.LocalCluster(processes=1, broker=f"{url}/0", backend=f"{url}/1")
     monkeypatch.setattr(session_module, "_current", session_module._current)
