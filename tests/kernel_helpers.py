@@ -71,7 +71,7 @@ class Kernel:
     def ok(self, code: str, timeout: float = 60) -> Cell:
         """Execute ``code`` and fail the test unless it ran without error."""
         cell = self.run(code, timeout)
-        assert cell.status == "ok", (code, cell.stderr, cell.errors)
+        assert cell.status == "ok", (code, cell.status, cell.stderr, cell.errors)
         return cell
 
     def wait_for_message(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
