@@ -18,8 +18,9 @@ concurrently), each with two worker processes:
    memory as its own zmq frame, without pickling or copying it.
 4. Ray, ``ray.init(num_cpus=2)``: ``ray.get(f.remote(ray.put(x)))``, and
    ``ray.get(f.remote(x))``. Needs ``pip install ray``; the rows say when it is missing.
-5. The limits: a memcpy of the same bytes (``x.copy()``); HMAC-SHA256 of them (a
-   round trip signs two frames and checks two); redis-py against a private
+5. The limits: a memcpy of the same bytes (``x.copy()``); the signature's digest of
+   them (``celerynb._signing.content_digests``, BLAKE3; a round trip signs two
+   frames and checks two); redis-py against a private
    redis-server (same binary as celerynb's, limits raised for 1 GB values): one SET
    then one GET of the whole array, and the same bytes SET and read back in pipelined
    2 MiB keys (celerynb's chunk), 8 per round trip; and celerynb's own Redis data
@@ -53,8 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
 import importlib.util
 import io
 import itertools
@@ -78,6 +77,7 @@ import numpy as np
 from _report import dask_client, print_table
 
 import celerynb
+from celerynb._signing import content_digests
 
 MB = 10**6
 SIZES = {"10 MB": 10 * MB, "100 MB": 100 * MB, "1 GB": 1000 * MB}
@@ -94,7 +94,7 @@ FRESH = itertools.count(1)  # a new first element for every timed run
 SUBMIT = "celerynb submit(f, x)"  # the row the others are compared with
 SCATTERED = "celerynb scatter(x) + submit(f, s)"
 RAW_REDIS = ("raw Redis: one SET + one GET", "raw Redis: pipelined 2 MiB SETs + GETs")
-SIGNED = "HMAC-SHA256 of x (4 per round trip)"
+SIGNED = "signing digest of x (4 per round trip)"
 STORE_ALONE = "celerynb data store alone: put + get"
 GROUPS = ("limits", "celerynb", "dask", "ipyparallel", "ray")
 
@@ -337,8 +337,8 @@ def memcpy(x: np.ndarray) -> np.ndarray:
 
 
 def signed(x: np.ndarray) -> np.ndarray:
-    """HMAC-SHA256 of the bytes, as celerynb signs and checks a frame (x back as is)."""
-    hmac.new(b"k" * 32, x.data.cast("B"), hashlib.sha256).digest()
+    """The digest celerynb's signature covers, of the bytes (x back as is)."""
+    content_digests([x.data.cast("B")])
     return x
 
 

@@ -22,6 +22,7 @@ into each call so that the worker writes results where the kernel reads them.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import time
@@ -43,7 +44,7 @@ PREFIX = "celerynb:data:"
 STORE_ENV = "CELERYNB_DATA_STORE"
 
 Progress = Callable[[int], None]  # called with the bytes moved so far
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 class DataStore(Protocol):
@@ -61,7 +62,7 @@ class DataStore(Protocol):
     ) -> None:
         """Store ``parts`` (``size`` bytes in all) under ``key`` for ``ttl`` seconds."""
 
-    def get(self, key: str, size: int, progress: Progress | None = None) -> bytearray:
+    def get(self, key: str, size: int, progress: Progress | None = None) -> Buffer:
         """The ``size`` bytes stored under ``key``; DataUnavailableError if gone."""
 
     def delete(self, keys: Iterable[str]) -> None:

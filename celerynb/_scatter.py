@@ -31,7 +31,7 @@ from ._errors import (
     UntrustedResultError,
 )
 from ._payload import dumps, loads
-from ._signing import seal
+from ._signing import content_digests, seal
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,10 @@ def scatter_to(store: DataStore, obj: Any, *, secret: bytes, ttl: int) -> Scatte
         raise SerializationError(
             f"cannot scatter {type(obj).__name__}: {type(exc).__name__}: {exc}"
         ) from None
-    digest = hashlib.sha256()
-    for segment in segments:
-        digest.update(segment)
-    name = digest.hexdigest()
-    sealed = seal(segments, secret=secret, purpose="data", task_id=name)
+    digests = content_digests(segments)
+    sizes = ",".join(str(memoryview(s).nbytes) for s in segments).encode()
+    name = hashlib.sha256(sizes + b"|" + digests).hexdigest()
+    sealed = seal(segments, secret=secret, purpose="data", task_id=name, digests=digests)
     nonce = sealed.header["nonce"]
     key = f"data.{name}.{nonce}"
     store.put(key, sealed.parts, sealed.size, ttl)

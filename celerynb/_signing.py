@@ -1,18 +1,21 @@
-"""Signed binary frames for pickled payloads (pure; stdlib + cloudpickle version only).
+"""Signed binary frames for pickled payloads (pure; stdlib, blake3, cloudpickle's version).
 
 A frame is bytes::
 
-    b"CNB2" | HMAC-SHA256 (32) | header length (4, big-endian) | header (JSON)
+    b"CNB3" | HMAC-SHA256 (32) | header length (4, big-endian) | header (JSON)
     | padding to 64 | segment 0 | padding to 64 | segment 1 | ...
 
 The header names the purpose ("call", "result", "error", "run", "data"), the id it
 belongs to (a task id, or a scattered object's digest), a nonce, the time it was
 sealed, the Python and cloudpickle versions, each segment's size, and optionally a
 reference to a frame kept in a data store (``ref``) or the store results go to
-(``store``). The HMAC covers the header and every segment, so nothing can be
-swapped. Segments are a pickle and its out-of-band buffers (``_payload``): big
-buffers are signed and written as they are, never copied into one string, and
-opened as views of the received bytes (aligned, so numpy arrays need no copy).
+(``store``). The HMAC-SHA256 covers the header and the BLAKE3 digest of every
+segment, in order, so nothing can be swapped: BLAKE3 (collision resistance as
+SHA-256's) hashes 6-8 GB/s on one core where SHA-256 manages 2, and a round trip
+hashes its data four times. Segments are a pickle and its out-of-band
+buffers (``_payload``): big buffers are signed and written as they are, never copied
+into one string, and opened as views of the received bytes or of a data store's
+mapped file (aligned, so numpy arrays need no copy).
 
 Verification happens before anything is unpickled, in steps a worker needs apart:
 
@@ -22,7 +25,7 @@ Verification happens before anything is unpickled, in steps a worker needs apart
 
 ``open_envelope`` does them all but the age check (results are read when they come).
 Where JSON must carry a frame (Celery's result backend), ``as_json`` wraps it in
-``{"celerynb": 2, "frame": base64}``; only small frames travel that way (big ones
+``{"celerynb": 3, "frame": base64}``; only small frames travel that way (big ones
 are kept in a data store and the JSON carries a small frame referring to them).
 """
 
@@ -32,6 +35,7 @@ import base64
 import hashlib
 import hmac
 import json
+import mmap
 import os
 import struct
 import sys
@@ -41,11 +45,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+from blake3 import blake3
 
 from ._errors import PayloadRefusedError, UntrustedResultError, VersionMismatchError
 
-ENVELOPE_VERSION = 2
-MAGIC = b"CNB2"
+ENVELOPE_VERSION = 3
+MAGIC = b"CNB3"
 PURPOSES = ("call", "result", "error", "run", "data")
 CLOCK_SKEW = 300.0  # seconds a kernel's clock may run ahead of a worker's
 ALIGN = 64  # segments start at multiples of this (numpy needs its itemsize; SIMD likes 64)
@@ -53,7 +58,7 @@ MAX_HEADER = 1 << 20  # bytes of header JSON read before the signature is checke
 _PREFIX = len(MAGIC) + 32 + 4
 _ZEROS = bytes(ALIGN)
 
-Buffer = bytes | bytearray | memoryview
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 
 def runtime_versions() -> dict[str, str]:
@@ -106,14 +111,18 @@ def seal(
     task_id: str,
     now: float | None = None,
     extra: dict[str, Any] | None = None,
+    digests: bytes | None = None,
 ) -> Sealed:
     """Sign ``data`` (one buffer, or several segments) for ``task_id`` as a frame.
 
-    ``extra`` adds signed header fields (``ref``, ``store``).
+    ``extra`` adds signed header fields (``ref``, ``store``); ``digests`` are the
+    segments' ``content_digests`` when the caller has them already.
     """
     if purpose not in PURPOSES:
         raise ValueError(f"unknown envelope purpose {purpose!r}")
-    segments = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    segments = (
+        [data] if isinstance(data, bytes | bytearray | memoryview | mmap.mmap) else list(data)
+    )
     views = [memoryview(s).cast("B") for s in segments]
     header: dict[str, Any] = {
         "celerynb": ENVELOPE_VERSION,
@@ -127,10 +136,7 @@ def seal(
     }
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     length = struct.pack(">I", len(header_bytes))
-    mac = hmac.new(secret, length + header_bytes, hashlib.sha256)
-    for view in views:
-        mac.update(view)
-    head = MAGIC + mac.digest() + length + header_bytes
+    head = MAGIC + _mac(secret, length + header_bytes, views, digests) + length + header_bytes
     parts: list[Buffer] = [head + _ZEROS[: _padding(len(head))]]
     size = len(parts[0])
     for view in views:
@@ -141,6 +147,20 @@ def seal(
             parts.append(_ZEROS[:pad])
             size += pad
     return Sealed(parts, size, header)
+
+
+def content_digests(segments: Sequence[Buffer]) -> bytes:
+    """The BLAKE3 digest of every segment, in order: what a frame's HMAC covers."""
+    return b"".join(blake3(memoryview(s).cast("B")).digest() for s in segments)
+
+
+def _mac(
+    secret: bytes, head: bytes, segments: Sequence[memoryview], digests: bytes | None
+) -> bytes:
+    """HMAC-SHA256 of ``head`` and the BLAKE3 digests of the segments."""
+    if digests is None:
+        digests = content_digests(segments)
+    return hmac.new(secret, head + digests, hashlib.sha256).digest()
 
 
 def is_envelope(value: Any) -> bool:
@@ -171,10 +191,12 @@ def verify_envelope(envelope: Any, *, secret: bytes, purpose: str, task_id: str)
         header_bytes, header, segments = _parse(frame)
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise error(f"refused a malformed {purpose} payload for task {task_id}") from exc
-    mac = hmac.new(secret, frame[36:40].tobytes() + header_bytes, hashlib.sha256)
-    for segment in segments:
-        mac.update(segment)
-    if not hmac.compare_digest(frame[4:36].tobytes(), mac.digest()):
+    if isinstance(envelope, mmap.mmap) and segments:
+        # A mapped file can change under us: the pickle stream checked must be the one
+        # unpickled (its out-of-band buffers are data, never code).
+        segments[0] = memoryview(segments[0].tobytes())
+    mac = _mac(secret, frame[36:40].tobytes() + header_bytes, segments, None)
+    if not hmac.compare_digest(frame[4:36].tobytes(), mac):
         raise error(
             f"refused a {purpose} payload for task {task_id}: bad signature "
             "(tampered, or signed with another CELERYNB_SECRET)"
@@ -197,7 +219,7 @@ def _frame_bytes(envelope: Any) -> memoryview | None:
             return memoryview(bytearray(base64.b64decode(envelope["frame"], validate=True)))
         except ValueError:
             return None
-    if isinstance(envelope, bytes | bytearray | memoryview):
+    if isinstance(envelope, bytes | bytearray | memoryview | mmap.mmap):
         view = memoryview(envelope).cast("B")
         return view if view[:4].tobytes() == MAGIC else None
     return None

@@ -14,6 +14,7 @@ from celerynb import DataStoreError, DataUnavailableError, PayloadRefusedError
 from celerynb._byref import by_reference, pack, unpack
 from celerynb._cluster import _stop_process, free_port
 from celerynb._datastore import CHUNK, PREFIX, FsspecDataStore, RedisDataStore, chunks_of
+from celerynb._localstore import LocalDirectoryStore
 from celerynb._payload import dumps, loads
 from celerynb._signing import open_envelope, seal
 
@@ -138,3 +139,46 @@ def test_the_fsspec_memory_store_moves_frames_and_sweeps_expired_ones():
     assert not store.refresh(key, 3600)
     with pytest.raises(DataUnavailableError):
         store.get(key, sealed.size)
+
+
+def test_a_local_directory_store_maps_a_frame_without_copying_it(tmp_path):
+    np = pytest.importorskip("numpy")
+    store = LocalDirectoryStore(f"file://{tmp_path}")
+    array = np.arange(1_000_000, dtype=np.float64)
+    sealed = seal(dumps(array), secret=b"k", purpose="result", task_id="t")
+    store.put("result.t.n", sealed.parts, sealed.size, ttl=60)
+    mapped = store.get("result.t.n", sealed.size)
+    back = loads(open_envelope(mapped, secret=b"k", purpose="result", task_id="t").segments)
+    assert np.array_equal(back, array)
+    store.delete(["result.t.n"])  # the mapping outlives the file
+    back[0] = -1.0  # writable, copy-on-write: the stored bytes do not change
+    assert back[0] == -1.0 and back[1:].sum() == array[1:].sum()
+    mapped_view = memoryview(mapped)
+    assert np.shares_memory(back, np.frombuffer(mapped_view, dtype=np.uint8))
+    with pytest.raises(DataUnavailableError, match="no longer in the data store"):
+        store.get("result.t.n", sealed.size)
+
+
+def test_a_pickle_changed_in_a_mapped_file_after_its_check_never_reaches_the_unpickler(tmp_path):
+    store = LocalDirectoryStore(f"file://{tmp_path}")
+    sealed = seal(dumps({"answer": 42}), secret=b"k", purpose="result", task_id="t")
+    store.put("result.t.n", sealed.parts, sealed.size, ttl=60)
+    mapped = store.get("result.t.n", sealed.size)
+    opened = open_envelope(mapped, secret=b"k", purpose="result", task_id="t")
+    stream = bytes(opened.segments[0])
+    forged = stream.replace(pickle.dumps(42)[2:-1], pickle.dumps(66)[2:-1])
+    assert forged != stream and len(forged) == len(stream)
+    offset = bytes(memoryview(mapped)).index(stream)
+    with open(tmp_path / "result.t.n", "r+b") as file:  # the file changes under the mapping
+        file.seek(offset)
+        file.write(forged)
+    assert bytes(memoryview(mapped)[offset : offset + len(stream)]) == forged
+    assert loads(opened.segments) == {"answer": 42}
+
+
+def test_a_local_entry_shorter_than_its_reference_is_data_unavailable(tmp_path):
+    store = LocalDirectoryStore(f"file://{tmp_path}")
+    sealed = seal(b"x" * 1000, secret=b"k", purpose="result", task_id="t")
+    store.put("result.t.n", sealed.parts, sealed.size, ttl=60)
+    with pytest.raises(DataUnavailableError):
+        store.get("result.t.n", sealed.size + 1)

@@ -68,8 +68,8 @@ def tampered_frames():
         "truncated": raw[: payload_at + 3],
         "header length": raw[:36] + struct.pack(">I", 10**9) + raw[40:],
         "empty": b"",
-        "not bytes": {"celerynb": 2, "frame": 12},
-        "json garbage": {"celerynb": 2, "frame": "!!!"},
+        "not bytes": {"celerynb": 3, "frame": 12},
+        "json garbage": {"celerynb": 3, "frame": "!!!"},
     }
 
 
