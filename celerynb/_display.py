@@ -30,6 +30,7 @@ from ._schema import LOST, REQUEUED, UNKNOWN
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
 _REFRESH_SECONDS = 1.0  # redraw running jobs this often so elapsed time moves
+_WAITING = (states.PENDING, states.RECEIVED)  # not started: the widget shows when it was sent
 
 _BADGE_COLOURS = {
     states.PENDING: "#6c757d",
@@ -285,6 +286,9 @@ class WidgetRenderer:
             value = 1.0 if progress.total is None else value
         if progress.bars:
             meter = meter_text(progress, job.elapsed, finished=job.done())
+        elif state in _WAITING and not job.done():
+            # A clock that stands still: a waiting job costs no message a second.
+            meter = "sent " + time.strftime("%H:%M:%S", time.localtime(job.sent_at))
         else:
             meter = f"{job.elapsed:.1f}s"
         bar_colour = _BAR_COLOURS.get(state, "#0d6efd" if progress.total else "#6ea8fe")
@@ -300,7 +304,8 @@ class WidgetRenderer:
             f"<code style='white-space:nowrap'>{html.escape(meter)}</code></div>"
             f"{self._details_html()}</div>"
         )
-        if self.view.value != self._html:  # one message for the whole view
+        replaced = job.done() and self.handle is not None  # by static HTML, below
+        if self.view.value != self._html and not replaced:  # one message for the whole view
             self.view.value = self._html
         self.draws += 1
         if self.handle is not None:

@@ -57,6 +57,7 @@ class WatchedFuture(Future):
         super().__init__()
         self._every_callback: list[Callable[[Any], Any]] = []
         self._submitted_at = time.monotonic()
+        self._sent_at = time.time()
         self._finished_at: float | None = None
         self._counted_from_store = False  # submitted by an earlier kernel (see _count_from)
         self._listeners: list[Callable[[Any], None]] = []
@@ -100,6 +101,12 @@ class WatchedFuture(Future):
             self._exception = None
             self._done_callbacks = list(self._every_callback)
         self._submitted_at, self._finished_at = time.monotonic(), None
+        self._sent_at = time.time()
+
+    @property
+    def sent_at(self) -> float:
+        """When it was submitted (or retried), as ``time.time()``."""
+        return self._sent_at
 
     @property
     def elapsed(self) -> float:
@@ -112,6 +119,7 @@ class WatchedFuture(Future):
         job store keeps it: a job watched again after a restart goes on from its
         submission. (Elapsed time itself is measured on the monotonic clock.)"""
         self._submitted_at = monotonic_of(submitted)
+        self._sent_at = submitted
         self._counted_from_store = True
 
     def __await__(self) -> Generator[Any, None, Any]:
