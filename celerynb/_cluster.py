@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import html
 import importlib.util
+import logging
 import os
 import secrets
 import shutil
@@ -14,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import weakref
@@ -23,8 +26,12 @@ from typing import Any
 from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV, default_backend, mask_url
 from ._errors import ClusterStartError, RedisServerNotFoundError
 from ._lifeline import Lifeline
+from ._supervision import LogText, RestartBudget, how_it_ended, last_lines
+
+log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
+SUPERVISE_EVERY = 0.5  # seconds between two looks at the worker process
 
 # Commands that reach beyond the data: a holder of the password could run native code
 # (MODULE LOAD) or write files (CONFIG SET dir + SAVE) as the notebook's user, stop or
@@ -154,6 +161,13 @@ class LocalCluster:
     removes that directory; if this process dies without closing it, a watchdog
     (``Lifeline``) stops them, whichever thread made the cluster.
 
+    The worker is supervised: when it dies (killed, crashed, out of memory) a new
+    one starts within a few seconds, under a new name (the jobs that ran on the dead
+    one end LOST, queued jobs run on the new one); after ``MAX_RESTARTS`` deaths
+    within ``RESTART_WINDOW`` seconds it is given up on, and ``gave_up`` (and the
+    repr) says why. ``restart()`` starts fresh worker processes (modules imported
+    again), ``logs()`` shows the worker's last log lines.
+
     ``broker`` (and ``backend``) use an existing broker and result backend instead
     of a private Redis, e.g. ``broker="pyamqp://guest@localhost//", backend="rpc://"``;
     ``queues`` then keeps the workers to queues of your choosing. ``workers=`` is
@@ -187,7 +201,14 @@ class LocalCluster:
         self._lifeline = Lifeline()
         self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
         self._processes: list[subprocess.Popen[bytes]] = []
-        self._on_close: list[Any] = []
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        self._budget = RestartBudget()
+        self._generation = 0
+        self.restarts = 0  # times a dead worker was replaced
+        self.gave_up: str | None = None  # why a dead worker is not replaced any more
+        self._stop_supervising = threading.Event()
+        self._on_close: list[Any] = [self._stop_supervising.set]
         # Big data between the kernel and the workers: a 0700 directory in memory
         # (/dev/shm) where there is one, removed with the cluster (see _localstore).
         data_dir = _data_directory(self._dir)
@@ -211,12 +232,19 @@ class LocalCluster:
                 self.broker_url = f"{url}/0"
                 self.backend_url = backend or f"{url}/1"
                 name = str(self.port)
-            self.worker_name = f"celerynb-{name}@{socket.gethostname()}"
+            self._base_name = f"celerynb-{name}"
+            self.worker_name = f"{self._base_name}@{socket.gethostname()}"
             self._start_worker()
             self._wait_for_worker(start_timeout)
         except BaseException:
             self.close()
             raise
+        threading.Thread(
+            target=_supervise,
+            args=(weakref.ref(self), self._stop_supervising),
+            name="celerynb-supervisor",
+            daemon=True,
+        ).start()
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:
@@ -250,9 +278,100 @@ class LocalCluster:
         self.close()
 
     def __repr__(self) -> str:
+        return f"<LocalCluster {mask_url(getattr(self, 'broker_url', '?'))} {self._state()}>"
+
+    def _state(self) -> str:
         noun = "process" if self.processes == 1 else "processes"
-        state = "closed" if self.closed else f"1 worker, {self.processes} {noun}"
-        return f"<LocalCluster {mask_url(getattr(self, 'broker_url', '?'))} {state}>"
+        if self.closed:
+            return "closed"
+        if self.gave_up:
+            return f"no worker: {self.gave_up}"
+        restarted = f", restarted {self.restarts}x" if self.restarts else ""
+        return f"1 worker, {self.processes} {noun}{restarted}"
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("broker and backend", mask_url(getattr(self, "broker_url", "?"))),
+            ("worker", getattr(self, "worker_name", "?")),
+            ("processes", f"{self.processes} ({self.pool} pool)"),
+            ("state", self._state()),
+            ("big data", self.store_url),
+            ("log", f"{self.log_path} (cluster.logs())"),
+        ]
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for k, v in rows
+        )
+        return f"<div class='celerynb-cluster'><b>LocalCluster</b><table>{cells}</table></div>"
+
+    def logs(self, n: int = 100) -> LogText:
+        """The last ``n`` lines of the worker's log (and of its stderr, where it wrote
+        any: a worker that died at start says why there)."""
+        text = "\n".join(last_lines(self.log_path, n))
+        errors = last_lines(self._dir / "worker.stderr", n)
+        if errors:
+            text += "\n-- worker stderr --\n" + "\n".join(errors)
+        return LogText(text)
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop the worker (its running jobs end LOST) and start a fresh one: new
+        processes, so modules are imported again. Also after ``gave_up``.
+
+        Raises:
+            ClusterStartError: the new worker did not come up within ``timeout`` s.
+        """
+        if self.closed:
+            raise ClusterStartError("this LocalCluster is closed")
+        with self._lock:
+            worker, self._worker = self._worker, None  # the supervisor leaves it be
+            if worker is not None:
+                _stop_process(worker)
+                self._forget(worker)
+            self._budget, self.gave_up = RestartBudget(), None
+            self._start_next_worker()
+        self._wait_for_worker(timeout)
+
+    def _check_worker(self) -> None:
+        """Replace a worker that died (the supervisor thread calls this)."""
+        with self._lock:
+            worker = self._worker
+            if worker is None or self._stop_supervising.is_set() or worker.poll() is None:
+                return
+            ended = how_it_ended(worker.returncode)
+            self._forget(worker)
+            self._worker = None
+            if not self._budget.allows_restart(time.monotonic()):
+                self.gave_up = (
+                    f"its worker {ended} {len(self._budget.deaths)} times within "
+                    f"{self._budget.window:.0f} s and is not restarted again (see "
+                    "cluster.logs(); cluster.restart() tries again)"
+                )
+                log.warning("celerynb: LocalCluster: %s", self.gave_up)
+                return
+            log.warning(
+                "celerynb: LocalCluster: the worker %s %s; starting a new one",
+                self.worker_name,
+                ended,
+            )
+            self.restarts += 1
+            self._start_next_worker()
+        with contextlib.suppress(ClusterStartError):  # died at start: the next look counts it
+            self._wait_for_worker(START_TIMEOUT)
+
+    def _start_next_worker(self) -> None:
+        self._generation += 1
+        self.worker_name = f"{self._base_name}-{self._generation}@{socket.gethostname()}"
+        self._start_worker()
+
+    def _forget(self, worker: subprocess.Popen[bytes]) -> None:
+        """A dead (or stopped) worker gone for good, its orphaned pool processes too."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(5)
+        with contextlib.suppress(ValueError):
+            self._processes.remove(worker)
 
     @property
     def pids(self) -> list[int]:
@@ -336,8 +455,10 @@ class LocalCluster:
         ]
         if self.queues:
             command += ["-Q", ",".join(self.queues)]
-        _private_file(self.log_path)
-        with open(_private_file(self._dir / "worker.stderr"), "wb") as stderr:
+        if self._generation == 0:  # a restarted worker's lines follow its predecessor's
+            _private_file(self.log_path)
+            _private_file(self._dir / "worker.stderr")
+        with open(self._dir / "worker.stderr", "ab") as stderr:
             proc = self._lifeline.popen(
                 command,
                 # Its owner died without closing it: nothing is left to shut down cleanly
@@ -349,12 +470,15 @@ class LocalCluster:
                 stderr=stderr,
             )
         self._processes.append(proc)
+        self._worker = proc
 
     def _wait_for_worker(self, timeout: float) -> None:
         from celery import Celery
 
         probe = Celery("celerynb-probe", broker=self.broker_url, set_as_current=False)
-        worker = self._processes[-1]
+        worker = self._worker
+        if worker is None:
+            raise ClusterStartError("no worker was started")
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -378,6 +502,21 @@ class LocalCluster:
             if path.exists():
                 text += path.read_text(errors="replace")[-2000:]
         return text
+
+
+def _supervise(cluster_ref: weakref.ref[LocalCluster], stop: threading.Event) -> None:
+    """Look at the cluster's worker every ``SUPERVISE_EVERY`` s until it is closed
+    (the thread holds no strong reference: a dropped cluster is still collected)."""
+    while not stop.wait(SUPERVISE_EVERY):
+        cluster = cluster_ref()
+        if cluster is None:
+            return
+        try:
+            cluster._check_worker()
+        except Exception:  # a restart that failed: said in the log, tried again later
+            if not stop.is_set():  # (closing makes the broker go away mid-wait)
+                log.exception("celerynb: LocalCluster: could not restart the worker")
+        del cluster
 
 
 def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -64,13 +64,14 @@ def test_a_worker_that_died_before_this_kernel_heard_it_leaves_its_job_lost(own_
     local, session = own_cluster()
     job = session.submit(steps, (2000, 0.05))
     assert wait_for(lambda: job.state == "PROGRESS", timeout=60)
+    name = local.worker_name  # its replacement (the cluster supervises) gets another
     os.killpg(local._processes[-1].pid, signal.SIGKILL)  # the whole worker
     session.close()
     later = celerynb.connect(local)  # a new kernel's session: it never heard that worker
     try:
         again = later.attach(job.id)
         assert again is not job and again.state == "PROGRESS"
-        assert not later.watcher._monitor.heard(local.worker_name)
+        assert not later.watcher._monitor.heard(name)
         started = time.monotonic()
         assert wait_for(again.done, timeout=20), again.status_line()
         print(f"never-heard worker: LOST after {time.monotonic() - started:.1f}s")

@@ -1,0 +1,126 @@
+"""LocalCluster supervises its worker: a dead worker is replaced (within a bound),
+restart() gives fresh processes, logs() shows the worker's log, and the cluster has
+an HTML card in the notebook."""
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+from conftest import FakeClock, wait_for
+
+import celerynb
+from celerynb import _session as session_module
+from celerynb._supervision import LogText, RestartBudget, how_it_ended, last_lines
+
+
+def test_the_restart_budget_gives_up_after_too_many_deaths_in_its_window():
+    clock = FakeClock()
+    budget = RestartBudget(limit=3, window=60.0)
+    assert all(budget.allows_restart(clock.now + t) for t in (0, 1, 2))
+    assert not budget.allows_restart(clock.now + 3)  # the 4th death within 60 s
+    later = RestartBudget(limit=3, window=60.0)
+    assert all(later.allows_restart(clock.now + t) for t in (0, 30, 61, 91, 122))  # spaced out
+
+
+def test_a_process_end_is_said_in_words(tmp_path):
+    assert how_it_ended(-signal.SIGKILL) == "killed by SIGKILL"
+    assert how_it_ended(3) == "exited with code 3"
+    log = tmp_path / "worker.log"
+    log.write_text("".join(f"line {i}\n" for i in range(500)))
+    assert last_lines(log, 3) == ["line 497", "line 498", "line 499"]
+    assert last_lines(tmp_path / "missing.log", 3) == [] and last_lines(log, 0) == []
+    assert str(LogText("a\nb")) == "a\nb"
+
+
+def steps(n, pause):
+    from celerynb import tqdm
+
+    for _ in tqdm(range(n), desc="steps"):
+        time.sleep(pause)
+    return n
+
+
+def version_of(module):
+    import importlib
+
+    return importlib.import_module(module).VERSION
+
+
+@pytest.fixture
+def own_cluster(monkeypatch, tmp_path):
+    """A cluster whose workers start in ``tmp_path`` (their first import path), and a
+    session to it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    with celerynb.LocalCluster(processes=1) as cluster:
+        session = celerynb.connect(cluster)
+        try:
+            yield cluster, session
+        finally:
+            session.close()
+
+
+def test_a_killed_worker_is_replaced_and_the_next_job_runs(own_cluster):
+    cluster, session = own_cluster
+    running = session.submit(steps, (4000, 0.05))
+    assert wait_for(lambda: running.state == "PROGRESS", timeout=60), running.state
+    first_name, worker = cluster.worker_name, cluster._worker
+    killed_at = time.monotonic()
+    os.kill(worker.pid, signal.SIGKILL)  # the main process only, as the OOM killer does
+    assert wait_for(lambda: cluster.worker_name != first_name, timeout=10)
+    after = session.submit(sum, ([1, 2, 3],))
+    assert after.result(timeout=15) == 6
+    print(f"worker killed: the next job done after {time.monotonic() - killed_at:.1f}s")
+    assert wait_for(running.done, timeout=15), running.state
+    assert running.state == celerynb.LOST
+    with pytest.raises(celerynb.WorkerLostError, match=f"worker {first_name} stopped"):
+        running.result(timeout=1)
+    assert cluster.restarts == 1 and "restarted 1x" in repr(cluster)
+    assert len(cluster.pids) == 2 and worker.pid not in cluster.pids
+
+
+def test_a_worker_that_dies_at_start_is_given_up_on_with_a_reason(own_cluster, tmp_path):
+    cluster, session = own_cluster
+    shadow = tmp_path / "celery"  # found first on the workers' path: they die at import
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("")
+    (shadow / "__main__.py").write_text("raise SystemExit('a broken celery in the way')\n")
+    os.kill(cluster._worker.pid, signal.SIGKILL)
+    assert wait_for(lambda: cluster.gave_up is not None, timeout=60), repr(cluster)
+    assert "exited with code 1 4 times within 60 s" in cluster.gave_up
+    assert "\n" not in cluster.gave_up and "no worker:" in repr(cluster)
+    assert "a broken celery in the way" in cluster.logs()
+    (shadow / "__main__.py").unlink()  # fixed: restart() tries again
+    (shadow / "__init__.py").unlink()
+    shadow.rmdir()
+    cluster.restart()
+    assert cluster.gave_up is None
+    assert session.submit(sum, ([1, 2],)).result(timeout=30) == 3
+
+
+def test_restart_gives_fresh_processes_that_import_an_edited_module(own_cluster, tmp_path):
+    cluster, session = own_cluster
+    (tmp_path / "settings_module.py").write_text("VERSION = 1\n")
+    assert session.submit(version_of, ("settings_module",)).result(timeout=30) == 1
+    (tmp_path / "settings_module.py").write_text("VERSION = 2\n")
+    pool_before = {c.pid for c in psutil.Process(cluster._worker.pid).children()}
+    cluster.restart()
+    assert session.submit(version_of, ("settings_module",)).result(timeout=30) == 2
+    pool_after = {c.pid for c in psutil.Process(cluster._worker.pid).children()}
+    assert pool_before and not pool_before & pool_after
+    assert cluster.restarts == 0  # a restart asked for is not a death
+    lines = cluster.logs(n=500).splitlines()
+    assert len(lines) <= 500 and any("ready." in line for line in lines)
+
+
+def test_the_cluster_card_masks_the_password_and_escapes(own_cluster):
+    cluster, _session = own_cluster
+    card = cluster._repr_html_()
+    assert cluster.redis_password not in card and cluster.redis_password not in repr(cluster)
+    assert "redis://:**@127.0.0.1" in card and "1 worker, 1 process" in card
+    assert "cluster.logs()" in card
+    cluster.gave_up = "<script>alert(1)</script>"
+    assert "<script>" not in cluster._repr_html_()
+    cluster.gave_up = None
