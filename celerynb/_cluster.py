@@ -26,6 +26,7 @@ from typing import Any
 from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV, default_backend, mask_url
 from ._errors import ClusterStartError, RedisServerNotFoundError
 from ._lifeline import Lifeline
+from ._memory import MEMORY_LIMIT_ENV, memory_limit_bytes, readable_size
 from ._supervision import LogText, RestartBudget, how_it_ended, last_lines
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,18 @@ class LocalCluster:
     repr) says why. ``restart()`` starts fresh worker processes (modules imported
     again), ``logs()`` shows the worker's last log lines.
 
+    ``memory_limit`` bounds each pool process ("2GB", bytes; "auto", the default: the
+    machine's memory over ``processes``; None: no limit): a task that goes over it
+    fails with ``MemoryLimitError`` (see ``_memory``). ``scale(n)`` changes the number
+    of processes while jobs run.
+
     ``broker`` (and ``backend``) use an existing broker and result backend instead
     of a private Redis, e.g. ``broker="pyamqp://guest@localhost//", backend="rpc://"``;
     ``queues`` then keeps the workers to queues of your choosing. ``workers=`` is
     the deprecated name of ``processes=``.
 
     Raises:
-        ValueError: ``processes`` is not a positive int.
+        ValueError: ``processes`` is not a positive int, ``memory_limit`` not a size.
         RedisServerNotFoundError: no redis-server to start (and no ``broker``).
         ClusterStartError: Redis or the worker did not come up in ``start_timeout`` s.
     """
@@ -189,10 +195,13 @@ class LocalCluster:
         backend: str | None = None,
         redis_server: str | None = None,
         start_timeout: float = START_TIMEOUT,
+        memory_limit: str | int | None = "auto",
         workers: int | None = None,
     ) -> None:
         processes = _processes_argument(processes, workers)
         self.processes = processes
+        self._memory_limit_asked = memory_limit
+        self.memory_limit = memory_limit_bytes(memory_limit, processes)
         self.pool = pool
         self.queues = queues
         self.secret = secrets.token_hex(32)
@@ -294,6 +303,7 @@ class LocalCluster:
             ("broker and backend", mask_url(getattr(self, "broker_url", "?"))),
             ("worker", getattr(self, "worker_name", "?")),
             ("processes", f"{self.processes} ({self.pool} pool)"),
+            ("memory limit", self._limit_text()),
             ("state", self._state()),
             ("big data", self.store_url),
             ("log", f"{self.log_path} (cluster.logs())"),
@@ -304,6 +314,43 @@ class LocalCluster:
             for k, v in rows
         )
         return f"<div class='celerynb-cluster'><b>LocalCluster</b><table>{cells}</table></div>"
+
+    def _limit_text(self) -> str:
+        if self.memory_limit is None:
+            return "none"
+        return f"memory limit {readable_size(self.memory_limit)} per process"
+
+    def scale(self, processes: int, timeout: float = START_TIMEOUT) -> None:
+        """Run ``processes`` pool processes from now on, while jobs run: a worker of that
+        size starts and takes the queue, and the current one stops taking jobs and
+        exits once those it runs are done (Celery's warm shutdown; the ones it had
+        taken but not started go back to the queue). With ``memory_limit="auto"`` the
+        limit follows (the machine's memory over ``processes``).
+
+        Raises:
+            ValueError: ``processes`` is not a positive int.
+            ClusterStartError: the new worker did not come up within ``timeout`` s.
+        """
+        processes = _processes_argument(processes, None)
+        if self.closed:
+            raise ClusterStartError("this LocalCluster is closed")
+        with self._lock:
+            old, self._worker = self._worker, None
+            self.processes = processes
+            self.memory_limit = memory_limit_bytes(self._memory_limit_asked, processes)
+            self._start_next_worker()
+        self._wait_for_worker(timeout)
+        if old is not None and old.poll() is None:
+            old.send_signal(signal.SIGTERM)  # its main process only: the pool finishes
+            threading.Thread(
+                target=self._reap, args=(old,), name="celerynb-scale-down", daemon=True
+            ).start()
+
+    def _reap(self, worker: subprocess.Popen[bytes]) -> None:
+        """Forget a worker stopped warm once it has exited (its jobs done)."""
+        worker.wait()
+        with self._lock:
+            self._forget(worker)
 
     def logs(self, n: int = 100) -> LogText:
         """The last ``n`` lines of the worker's log (and of its stderr, where it wrote
@@ -388,6 +435,9 @@ class LocalCluster:
         env[BROKER_ENV] = self.broker_url
         env[BACKEND_ENV] = self.backend_url
         env[SECRET_ENV] = self.secret
+        env.pop(MEMORY_LIMIT_ENV, None)
+        if self.memory_limit is not None:
+            env[MEMORY_LIMIT_ENV] = str(self.memory_limit)
         path = os.pathsep.join(p for p in [os.getcwd(), env.get("PYTHONPATH", "")] if p)
         env["PYTHONPATH"] = path
         return env
@@ -455,6 +505,9 @@ class LocalCluster:
         ]
         if self.queues:
             command += ["-Q", ",".join(self.queues)]
+        if self.memory_limit is not None and self.pool == "prefork":
+            # Celery replaces a process still this big after a task (a leak, say).
+            command.append(f"--max-memory-per-child={self.memory_limit // 1024}")
         if self._generation == 0:  # a restarted worker's lines follow its predecessor's
             _private_file(self.log_path)
             _private_file(self._dir / "worker.stderr")

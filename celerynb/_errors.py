@@ -115,6 +115,10 @@ class WorkerLostError(CelerynbError, _PoolProcessLostError):
     it was killed or cut off."""
 
 
+class MemoryLimitError(CelerynbError, MemoryError):
+    """A task went over its worker process's memory limit (``LocalCluster(memory_limit=)``)."""
+
+
 class MessageLostError(CelerynbError):
     """The broker lost a queued task's message (it restarted without persistence):
     the task will not run."""

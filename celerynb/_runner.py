@@ -28,6 +28,7 @@ from ._claims import (
 from ._config import max_call_age, secret_from_env
 from ._datastore import REDIS_SPEC, DataStore, Progress, data_store, no_store_line
 from ._errors import CelerynbError, SerializationError
+from ._memory import beyond_the_limit
 from ._payload import dumps, loads, size_of
 from ._remote_errors import sealed_error
 from ._reporting import last_bars, progress_for
@@ -117,7 +118,7 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         with resolving(key, stores):  # a cell unpickles its inputs itself
             value = fn(*args, **kwargs)
     except Exception as exc:
-        failure = sealed_error(exc, secret=key, task_id=task_id)
+        failure = sealed_error(beyond_the_limit(exc), secret=key, task_id=task_id)
         attempt = run_attempt(task.request)
         if attempt < signed_retries(body):
             later = claim_key(task_id, str(body.get("nonce")), attempt + 1)

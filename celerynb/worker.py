@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from ._config import (
     BACKEND_ENV,
@@ -23,6 +24,7 @@ from ._config import (
     SHIPPED_TASK_NAME,
     default_backend,
 )
+from ._memory import limit_this_process
 from ._outcomes import ShippedTask
 from ._runner import run_shipped
 from ._wire import CONTENT_TYPE, accept_shipped_calls
@@ -94,3 +96,9 @@ app = Celery("celerynb", broker=_broker, backend=_backend_from_env(_broker))
 app.conf.update(WORKER_DEFAULTS)
 app.conf.update(_broker_settings(_broker))
 register(app)
+
+
+@worker_process_init.connect(weak=False)
+def _limit_memory(**_: Any) -> None:
+    """A LocalCluster's memory limit, in each pool process as it starts."""
+    limit_this_process()

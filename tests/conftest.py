@@ -294,3 +294,24 @@ def no_process_left_behind() -> Iterator[None]:
 
     wait_for(lambda: not leftovers(), timeout=10)
     assert not leftovers(), f"processes left behind: {[p.cmdline() for p in leftovers()]}"
+
+
+@pytest.fixture
+def own_cluster(monkeypatch):
+    """Start a LocalCluster of the test's own (``processes=1`` unless told, any other
+    option) and a session to it; both closed after the test."""
+    from celerynb import _session as session_module
+
+    made = []
+
+    def start(**options):
+        options.setdefault("processes", 1)
+        local = celerynb.LocalCluster(**options)
+        monkeypatch.setattr(session_module, "_current", session_module._current)
+        made.append((local, celerynb.connect(local)))
+        return made[-1]
+
+    yield start
+    for local, session in made:
+        session.close()
+        local.close()

@@ -27,20 +27,8 @@ def steps(n, pause):
     return n
 
 
-@pytest.fixture
-def doomed_cluster(monkeypatch):
-    """A cluster of its own, whose worker the test kills, and a session to it."""
-    with celerynb.LocalCluster(processes=1) as local:
-        monkeypatch.setattr(session_module, "_current", session_module._current)
-        session = celerynb.connect(local)
-        try:
-            yield local, session
-        finally:
-            session.close()
-
-
-def test_a_killed_worker_shows_its_job_as_lost_within_ten_seconds(doomed_cluster):
-    local, session = doomed_cluster
+def test_a_killed_worker_shows_its_job_as_lost_within_ten_seconds(own_cluster):
+    local, session = own_cluster()
     job = session.submit(steps, (2000, 0.05))
     assert wait_for(lambda: job.state == "PROGRESS", timeout=60), job.state
     assert wait_for(lambda: session.watcher._monitor.heard(local.worker_name), timeout=10)

@@ -10,7 +10,6 @@ import pytest
 from conftest import start_worker, wait_for
 
 import celerynb
-import celerynb._session as session_module
 from celerynb._cluster import _stop_process
 from celerynb._liveness import LOST_AFTER
 
@@ -31,22 +30,6 @@ def quiet(seconds):
 
     time.sleep(seconds)
     return "done quietly"
-
-
-@pytest.fixture
-def own_cluster(monkeypatch):
-    """Start a cluster of the test's own (``pool``) and a session to it."""
-    made = []
-
-    def start(**options):
-        local = celerynb.LocalCluster(processes=1, **options)
-        made.append(local)
-        monkeypatch.setattr(session_module, "_current", session_module._current)
-        return local, celerynb.connect(local)
-
-    yield start
-    for local in made:
-        local.close()
 
 
 def states_seen(job, seconds):

@@ -11,7 +11,6 @@ import pytest
 from conftest import FakeClock, wait_for
 
 import celerynb
-from celerynb import _session as session_module
 from celerynb._supervision import LogText, RestartBudget, how_it_ended, last_lines
 
 
@@ -49,21 +48,14 @@ def version_of(module):
 
 
 @pytest.fixture
-def own_cluster(monkeypatch, tmp_path):
-    """A cluster whose workers start in ``tmp_path`` (their first import path), and a
-    session to it."""
+def cluster_here(own_cluster, monkeypatch, tmp_path):
+    """A cluster whose workers start in ``tmp_path`` (their first import path)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(session_module, "_current", session_module._current)
-    with celerynb.LocalCluster(processes=1) as cluster:
-        session = celerynb.connect(cluster)
-        try:
-            yield cluster, session
-        finally:
-            session.close()
+    return own_cluster()
 
 
-def test_a_killed_worker_is_replaced_and_the_next_job_runs(own_cluster):
-    cluster, session = own_cluster
+def test_a_killed_worker_is_replaced_and_the_next_job_runs(cluster_here):
+    cluster, session = cluster_here
     running = session.submit(steps, (4000, 0.05))
     assert wait_for(lambda: running.state == "PROGRESS", timeout=60), running.state
     first_name, worker = cluster.worker_name, cluster._worker
@@ -81,8 +73,8 @@ def test_a_killed_worker_is_replaced_and_the_next_job_runs(own_cluster):
     assert len(cluster.pids) == 2 and worker.pid not in cluster.pids
 
 
-def test_a_worker_that_dies_at_start_is_given_up_on_with_a_reason(own_cluster, tmp_path):
-    cluster, session = own_cluster
+def test_a_worker_that_dies_at_start_is_given_up_on_with_a_reason(cluster_here, tmp_path):
+    cluster, session = cluster_here
     shadow = tmp_path / "celery"  # found first on the workers' path: they die at import
     shadow.mkdir()
     (shadow / "__init__.py").write_text("")
@@ -100,8 +92,8 @@ def test_a_worker_that_dies_at_start_is_given_up_on_with_a_reason(own_cluster, t
     assert session.submit(sum, ([1, 2],)).result(timeout=30) == 3
 
 
-def test_restart_gives_fresh_processes_that_import_an_edited_module(own_cluster, tmp_path):
-    cluster, session = own_cluster
+def test_restart_gives_fresh_processes_that_import_an_edited_module(cluster_here, tmp_path):
+    cluster, session = cluster_here
     (tmp_path / "settings_module.py").write_text("VERSION = 1\n")
     assert session.submit(version_of, ("settings_module",)).result(timeout=30) == 1
     (tmp_path / "settings_module.py").write_text("VERSION = 2\n")
@@ -115,8 +107,8 @@ def test_restart_gives_fresh_processes_that_import_an_edited_module(own_cluster,
     assert len(lines) <= 500 and any("ready." in line for line in lines)
 
 
-def test_the_cluster_card_masks_the_password_and_escapes(own_cluster):
-    cluster, _session = own_cluster
+def test_the_cluster_card_masks_the_password_and_escapes(cluster_here):
+    cluster, _session = cluster_here
     card = cluster._repr_html_()
     assert cluster.redis_password not in card and cluster.redis_password not in repr(cluster)
     assert "redis://:**@127.0.0.1" in card and "1 worker, 1 process" in card

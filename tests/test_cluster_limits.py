@@ -1,0 +1,76 @@
+"""A LocalCluster's size and memory: scale() while a map runs, and a memory limit per
+worker process that fails the task going over it, with a clear error, and nothing else."""
+
+import time
+
+import psutil
+import pytest
+from conftest import wait_for
+
+import celerynb
+from celerynb._memory import memory_limit_bytes, over_the_limit_line, readable_size
+
+
+def test_memory_limits_are_read_as_sizes():
+    assert memory_limit_bytes("2GB", 2) == 2 * 10**9
+    assert memory_limit_bytes("512 MiB", 2) == 512 * 2**20
+    assert memory_limit_bytes("1.5gb", 1) == 1_500_000_000
+    assert memory_limit_bytes(300_000_000, 1) == 300_000_000
+    assert memory_limit_bytes(None, 4) is None
+    auto = memory_limit_bytes("auto", 4)
+    assert auto is not None and 0 < auto * 4 <= psutil.virtual_memory().total
+    for bad in ("lots", "2 parsecs", "-1GB", True, "10MB"):
+        with pytest.raises(ValueError, match="memory_limit"):
+            memory_limit_bytes(bad, 1)
+    assert readable_size(2 * 10**9) == "2.0 GB"
+    line = over_the_limit_line(MemoryError("Unable to allocate 8 GiB"), 2 * 10**9)
+    assert line.startswith("the task went over the memory limit of 2.0 GB per worker process")
+    assert line.endswith("Unable to allocate 8 GiB")
+
+
+def allocate(megabytes):
+    import numpy as np
+
+    return int(np.ones(megabytes * 2**20 // 8).sum())
+
+
+def pause_then_square(x):
+    import time
+
+    time.sleep(0.1)
+    return x * x
+
+
+def test_a_task_over_the_memory_limit_fails_clearly_and_the_next_job_runs(own_cluster):
+    pytest.importorskip("numpy")
+    kernel = psutil.Process()
+    cluster, session = own_cluster(memory_limit="400MB")
+    assert "memory limit 400.0 MB" in cluster._repr_html_()
+    kernel_before = kernel.memory_info().rss
+    started = time.monotonic()
+    greedy = session.submit(allocate, (1600,))  # 4x the limit
+    with pytest.raises(celerynb.MemoryLimitError, match="memory limit of 400.0 MB"):
+        greedy.result(timeout=60)
+    print(f"over the limit: failed after {time.monotonic() - started:.1f}s")
+    assert session.submit(allocate, (100,)).result(timeout=60) == 100 * 2**20 // 8
+    assert kernel.memory_info().rss - kernel_before < 100 * 2**20  # the kernel untouched
+
+
+def test_scale_up_and_down_while_a_map_runs_finishes_every_item(own_cluster):
+    cluster, _session = own_cluster()
+    items = list(range(60))
+    sweep = celerynb.map(pause_then_square, items, chunksize=1)  # on the current session
+    assert wait_for(lambda: sweep.counts.done >= 2, timeout=60), sweep.counts
+    first = cluster._worker
+    cluster.scale(3)
+    assert cluster.processes == 3
+    assert len(psutil.Process(cluster._worker.pid).children()) == 3
+    second = cluster._worker
+    cluster.scale(1)
+    assert sweep.results(timeout=120) == [x * x for x in items]
+    assert len(psutil.Process(cluster._worker.pid).children()) == 1
+    assert wait_for(lambda: first.poll() is not None and second.poll() is not None, 60)
+    assert cluster.pids == [cluster.pids[0], cluster._worker.pid]  # Redis, the worker
+    assert cluster.restarts == 0 and "1 worker, 1 process" in repr(cluster)
+    with pytest.raises(ValueError, match="processes must be a positive int"):
+        cluster.scale(0)
