@@ -12,18 +12,18 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def dask_client(directory: Path) -> Iterator[Any]:
-    """A client of ``distributed.LocalCluster`` with two single-thread worker processes
-    (celerynb's two pool processes' equal), its temporary files under ``directory``.
-    Raises ImportError without dask.distributed."""
+def dask_client(directory: Path, workers: int = 2) -> Iterator[Any]:
+    """A client of ``distributed.LocalCluster`` with ``workers`` single-thread worker
+    processes (celerynb's pool processes' equal), its temporary files under
+    ``directory``. Raises ImportError without dask.distributed."""
     import dask
     import distributed
 
-    print("dask: starting LocalCluster(n_workers=2, threads_per_worker=1) ...", flush=True)
+    print(f"dask: starting LocalCluster(n_workers={workers}, threads_per_worker=1) ...", flush=True)
     with (
         dask.config.set({"temporary-directory": str(directory / "dask")}),  # not /tmp
         distributed.LocalCluster(
-            n_workers=2,
+            n_workers=workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
@@ -32,7 +32,7 @@ def dask_client(directory: Path) -> Iterator[Any]:
         ) as cluster,
         distributed.Client(cluster, timeout=60) as client,
     ):
-        client.wait_for_workers(2, timeout=60)
+        client.wait_for_workers(workers, timeout=60)
         yield client
 
 

@@ -32,7 +32,6 @@ from ._supervision import LogText, RestartBudget, how_it_ended, last_lines
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
-SUPERVISE_EVERY = 0.5  # seconds between two looks at the worker process
 
 # Commands that reach beyond the data: a holder of the password could run native code
 # (MODULE LOAD) or write files (CONFIG SET dir + SAVE) as the notebook's user, stop or
@@ -176,7 +175,9 @@ class LocalCluster:
 
     ``broker`` (and ``backend``) use an existing broker and result backend instead
     of a private Redis, e.g. ``broker="pyamqp://guest@localhost//", backend="rpc://"``;
-    ``queues`` then keeps the workers to queues of your choosing. ``workers=`` is
+    its worker then takes a queue of its own (``queues``, ``celerynb-<id>``; a
+    session connected to the cluster sends there), so that other workers on that
+    broker never get its jobs, nor it theirs; or give ``queues``. ``workers=`` is
     the deprecated name of ``processes=``.
 
     Raises:
@@ -211,6 +212,7 @@ class LocalCluster:
         self._dir = Path(tempfile.mkdtemp(prefix="celerynb-cluster-"))
         self._processes: list[subprocess.Popen[bytes]] = []
         self._worker: subprocess.Popen[bytes] | None = None
+        self._worker_ready = False  # it answered a ping: a death now is not at start
         self._lock = threading.RLock()
         self._budget = RestartBudget()
         self._generation = 0
@@ -235,6 +237,8 @@ class LocalCluster:
                 self.broker_url = broker
                 self.backend_url = backend or default_backend(broker)
                 name = secrets.token_hex(4)
+                if queues is None:  # a broker others use: a queue of its own, both ways
+                    self.queues = [f"celerynb-{name}"]
             else:
                 self.port = self._start_redis(start_timeout)
                 url = f"redis://:{self.redis_password}@127.0.0.1:{self.port}"
@@ -248,12 +252,6 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
-        threading.Thread(
-            target=_supervise,
-            args=(weakref.ref(self), self._stop_supervising),
-            name="celerynb-supervisor",
-            daemon=True,
-        ).start()
 
     # -- lifecycle ------------------------------------------------------------
     def close(self) -> None:
@@ -388,12 +386,8 @@ class LocalCluster:
             ended = how_it_ended(worker.returncode)
             self._forget(worker)
             self._worker = None
-            if not self._budget.allows_restart(time.monotonic()):
-                self.gave_up = (
-                    f"its worker {ended} {len(self._budget.deaths)} times within "
-                    f"{self._budget.window:.0f} s and is not restarted again (see "
-                    "cluster.logs(); cluster.restart() tries again)"
-                )
+            if not self._budget.allows_restart(time.monotonic(), self._worker_ready):
+                self.gave_up = self._budget.why_not(ended)
                 log.warning("celerynb: LocalCluster: %s", self.gave_up)
                 return
             log.warning(
@@ -523,7 +517,13 @@ class LocalCluster:
                 stderr=stderr,
             )
         self._processes.append(proc)
-        self._worker = proc
+        self._worker, self._worker_ready = proc, False
+        threading.Thread(
+            target=_supervise,
+            args=(weakref.ref(self), proc, self._stop_supervising),
+            name="celerynb-supervisor",
+            daemon=True,
+        ).start()
 
     def _wait_for_worker(self, timeout: float) -> None:
         from celery import Celery
@@ -541,6 +541,9 @@ class LocalCluster:
                     )
                 replies = probe.control.ping(destination=[self.worker_name], timeout=0.5)
                 if replies:
+                    with self._lock:
+                        if worker is self._worker:
+                            self._worker_ready = True
                     return
             raise ClusterStartError(
                 f"the Celery worker did not answer in {timeout:.0f}s:\n{self._logs()}"
@@ -557,19 +560,22 @@ class LocalCluster:
         return text
 
 
-def _supervise(cluster_ref: weakref.ref[LocalCluster], stop: threading.Event) -> None:
-    """Look at the cluster's worker every ``SUPERVISE_EVERY`` s until it is closed
-    (the thread holds no strong reference: a dropped cluster is still collected)."""
-    while not stop.wait(SUPERVISE_EVERY):
-        cluster = cluster_ref()
-        if cluster is None:
-            return
-        try:
-            cluster._check_worker()
-        except Exception:  # a restart that failed: said in the log, tried again later
-            if not stop.is_set():  # (closing makes the broker go away mid-wait)
-                log.exception("celerynb: LocalCluster: could not restart the worker")
-        del cluster
+def _supervise(
+    cluster_ref: weakref.ref[LocalCluster],
+    worker: subprocess.Popen[bytes],
+    stop: threading.Event,
+) -> None:
+    """Wait for ``worker`` to end; unless the cluster is closing, have it replaced at
+    once (the thread holds no strong reference: a dropped cluster is still collected)."""
+    worker.wait()
+    cluster = cluster_ref()
+    if cluster is None or stop.is_set():
+        return
+    try:
+        cluster._check_worker()
+    except Exception:  # said in the log; the cluster's repr says it has no worker
+        if not stop.is_set():  # (closing makes the broker go away mid-wait)
+            log.exception("celerynb: LocalCluster: could not restart the worker")
 
 
 def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -169,3 +169,19 @@ def test_the_data_directory_of_a_cluster_whose_owner_died_is_removed_by_the_next
         directory = Path(cluster.store_url.removeprefix("file://"))
         assert directory.is_dir() and directory.name.startswith(f"{DATA_PREFIX}{os.getpid()}-")
     assert not directory.exists(), "the cluster's data directory outlived it"
+
+
+def add_one(x):
+    return x + 1
+
+
+def test_clusters_sharing_a_broker_each_run_their_own_jobs(cluster, own_cluster):
+    """Two LocalClusters on one broker, each with its own secret: without a queue of its
+    own, one's worker would take the other's calls and refuse them (bad signature)."""
+    shared = cluster.broker_url.rsplit("/", 1)[0]
+    first, first_session = own_cluster(broker=f"{shared}/7", backend=f"{shared}/8")
+    second, second_session = own_cluster(broker=f"{shared}/7", backend=f"{shared}/8")
+    assert first.queues != second.queues
+    assert all(q[0].startswith("celerynb-") for q in (first.queues, second.queues))
+    jobs = [s.submit(add_one, (i,)) for i in range(8) for s in (first_session, second_session)]
+    assert [job.result(timeout=60) for job in jobs] == [i + 1 for i in range(8) for _ in "ab"]

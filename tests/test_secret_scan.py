@@ -30,7 +30,10 @@ def test_the_password_and_the_secret_appear_nowhere(tmp_path):
     assert wait_for(lambda: pings(client), timeout=20)
     store = tmp_path / "jobs.sqlite3"
     try:
-        with celerynb.LocalCluster(processes=1, broker=f"{url}/0", backend=f"{url}/1") as local:
+        # The queue URL connections send to (a cluster on a named broker has its own).
+        with celerynb.LocalCluster(
+            processes=1, broker=f"{url}/0", backend=f"{url}/1", queues=["celery"]
+        ) as local:
             env = local.worker_env()
             env["CELERYNB_STORE"] = str(store)
             env["SCAN_URL"] = url  # cells name it, never spell it: the scan covers output

@@ -14,13 +14,25 @@ import celerynb
 from celerynb._supervision import LogText, RestartBudget, how_it_ended, last_lines
 
 
-def test_the_restart_budget_gives_up_after_too_many_deaths_in_its_window():
+def test_the_restart_budget_gives_up_on_a_worker_that_dies_at_start_or_too_often():
     clock = FakeClock()
-    budget = RestartBudget(limit=3, window=60.0)
-    assert all(budget.allows_restart(clock.now + t) for t in (0, 1, 2))
-    assert not budget.allows_restart(clock.now + 3)  # the 4th death within 60 s
-    later = RestartBudget(limit=3, window=60.0)
-    assert all(later.allows_restart(clock.now + t) for t in (0, 30, 61, 91, 122))  # spaced out
+    at_start = RestartBudget(early_limit=3, limit=10, window=60.0)
+    assert all(at_start.allows_restart(clock.now + t, was_ready=False) for t in (0, 1, 2))
+    assert not at_start.allows_restart(clock.now + 3, was_ready=False)  # the 4th in a row
+    assert at_start.why_not("exited with code 1").startswith(
+        "its worker exited with code 1 before it was ready 4 times in a row"
+    )
+    killed = RestartBudget(early_limit=3, limit=10, window=60.0)
+    assert all(killed.allows_restart(clock.now + t, was_ready=True) for t in range(10))
+    assert not killed.allows_restart(clock.now + 10, was_ready=True)  # 11 within 60 s
+    assert killed.why_not("killed by SIGKILL").startswith(
+        "its worker died 11 times within 60 s (last: killed by SIGKILL)"
+    )
+    spaced = RestartBudget(early_limit=3, limit=3, window=60.0)
+    assert all(spaced.allows_restart(clock.now + t, True) for t in (0, 30, 61, 91, 122))
+    mixed = RestartBudget(early_limit=2, limit=10, window=60.0)
+    steps = [(0, False), (1, False), (2, True), (3, False), (4, False)]  # ready resets it
+    assert all(mixed.allows_restart(clock.now + t, ready) for t, ready in steps)
 
 
 def test_a_process_end_is_said_in_words(tmp_path):
@@ -81,7 +93,7 @@ def test_a_worker_that_dies_at_start_is_given_up_on_with_a_reason(cluster_here, 
     (shadow / "__main__.py").write_text("raise SystemExit('a broken celery in the way')\n")
     os.kill(cluster._worker.pid, signal.SIGKILL)
     assert wait_for(lambda: cluster.gave_up is not None, timeout=60), repr(cluster)
-    assert "exited with code 1 4 times within 60 s" in cluster.gave_up
+    assert "exited with code 1 before it was ready 4 times in a row" in cluster.gave_up
     assert "\n" not in cluster.gave_up and "no worker:" in repr(cluster)
     assert "a broken celery in the way" in cluster.logs()
     (shadow / "__main__.py").unlink()  # fixed: restart() tries again
