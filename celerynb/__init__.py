@@ -3,8 +3,8 @@
 Worker side: ``tqdm`` and ``report`` report a task's progress.
 Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job``;
 ``Executor`` (a ``concurrent.futures.Executor``); joblib's backend ``"celerynb"``;
-``map``, ``attach``, ``wait``, ``as_completed`` and ``JobGroup``; ``jobs``, ``workers``
-and ``cancel``; ``LocalCluster`` for a local Redis and workers; ``%load_ext celerynb``
+``map``, ``attach``, ``wait``, ``as_completed`` and ``JobGroup``; ``jobs``, ``workers``,
+``cancel`` and ``dashboard``; ``LocalCluster`` for a local Redis and workers; ``%load_ext celerynb``
 for the magics. Exceptions: see ``celerynb._errors`` for the hierarchy.
 """
 
@@ -12,6 +12,7 @@ from ._cell import CellResult
 from ._cluster import LocalCluster
 from ._commands import cancel, jobs, submit_cell, workers
 from ._connect import connect
+from ._dashboard import Dashboard, dashboard
 from ._display import display_job as _display_job  # noqa: F401 - sets how jobs are shown
 from ._errors import (
     BrokerUnreachableError,
@@ -77,6 +78,7 @@ __all__ = [
     "ClusterStartError",
     "ConnectionClosedError",
     "ConnectionSettingsError",
+    "Dashboard",
     "DataStoreError",
     "DataUnavailableError",
     "Executor",
@@ -111,6 +113,7 @@ __all__ = [
     "cancel",
     "connect",
     "current_session",
+    "dashboard",
     "jobs",
     "load_ipython_extension",
     "map",

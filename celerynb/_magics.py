@@ -1,7 +1,7 @@
 """IPython magics (``%load_ext celerynb``): a thin layer over the public Python API.
 
 Every magic parses its arguments and calls ``connect``, ``apply_async``,
-``submit_cell``, ``jobs``, ``workers`` or ``cancel``. Bad input is reported as one
+``submit_cell``, ``jobs``, ``workers``, ``dashboard`` or ``cancel``. Bad input is reported as one
 ``UsageError`` line, never as a traceback.
 """
 
@@ -25,6 +25,7 @@ from ._cell import parse_output_names
 from ._cluster import LocalCluster
 from ._commands import assign_on_success, cancel, jobs, submit_cell, workers
 from ._connect import connect
+from ._dashboard import dashboard, open_dashboard
 from ._errors import CelerynbError, NotConnectedError
 from ._session import Session, current_session
 from ._validation import shown
@@ -130,7 +131,7 @@ def _one_line(exc: BaseException) -> str:
 @magics_class
 class CeleryMagics(Magics):
     """``%celery_connect``, ``%celery_submit``/``%%celery_submit``, ``%celery_jobs``,
-    ``%celery_workers`` and ``%celery_cancel``."""
+    ``%celery_workers``, ``%celery_dashboard`` and ``%celery_cancel``."""
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
@@ -310,6 +311,23 @@ class CeleryMagics(Magics):
         args = parse_argstring(self.celery_workers, line)
         _require_session()
         display(workers(timeout=args.timeout))
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("--close", action="store_true", help="stop the live dashboard")
+    def celery_dashboard(self, line: str) -> None:
+        """Show one live widget for the whole cluster: workers (CPU, memory, processes),
+        queues (depth, consumers), the jobs of every kernel (with cancel), a task stream."""
+        args = parse_argstring(self.celery_dashboard, line)
+        session = _require_session()
+        if args.close:
+            board = open_dashboard(session)
+            if board is not None:
+                board.close()
+            print("celerynb: dashboard closed" if board else "celerynb: no dashboard is open")
+        else:
+            display(dashboard(session))
 
     @line_magic
     @_usage_errors

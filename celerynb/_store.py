@@ -62,6 +62,19 @@ class JobRecord:
     submitted: float = 0.0
 
 
+@dataclass(frozen=True)
+class KeptJob:
+    """A record as kept, with the notebook and the kernel run that submitted it."""
+
+    record: JobRecord
+    notebook: str
+    run: str
+
+    @property
+    def this_kernel(self) -> bool:
+        return self.run == RUN_ID
+
+
 def default_directory() -> Path:
     """``$XDG_DATA_HOME/celerynb`` (~/.local/share/celerynb)."""
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -166,6 +179,26 @@ class JobStore:
             self.error = f"cannot read jobs from {self.path}: {exc}"
             return []
         return [_record_from(row) for row in rows]
+
+    def recent(self, backend: str, since: float, limit: int) -> list[KeptJob]:
+        """The latest ``limit`` jobs sent by any notebook on this backend since ``since``
+        (a time.time()), newest first."""
+        try:
+            with self._lock:
+                rows = (
+                    self._db()
+                    .execute(
+                        "SELECT id, name, shipped, task_ids, spans, submitted, notebook, run "
+                        "FROM jobs WHERE backend = ? AND submitted >= ? "
+                        "ORDER BY submitted DESC LIMIT ?",
+                        (backend, since, limit),
+                    )
+                    .fetchall()
+                )
+        except (sqlite3.Error, OSError) as exc:
+            self.error = f"cannot read jobs from {self.path}: {exc}"
+            return []
+        return [KeptJob(_record_from(row[:6]), row[6], row[7]) for row in rows]
 
     def find(self, task_ids: list[str], backend: str) -> dict[str, JobRecord]:
         """The records kept of ``task_ids`` on this backend (by any notebook), by id."""

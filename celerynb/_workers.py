@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 INSPECT_TIMEOUT = 1.0
+
+
+class RunningTask(NamedTuple):
+    """A task a worker runs, as ``inspect().active()`` says: its pool process included."""
+
+    id: str
+    name: str
+    pid: int | None
+    started: float | None = None  # time.time() on the worker's machine
 
 
 @dataclass(frozen=True)
@@ -18,6 +28,8 @@ class WorkerInfo:
     queues: tuple[str, ...] = ()
     active: tuple[tuple[str, str], ...] = field(default=())  # (task id, task name)
     reserved: tuple[tuple[str, str], ...] = field(default=())
+    pids: tuple[int, ...] = ()  # its pool processes (prefork)
+    running: tuple[RunningTask, ...] = ()  # ``active`` with the process running each
 
 
 def inspect_workers(
@@ -32,7 +44,7 @@ def inspect_workers(
         return []
     nodes = sorted(stats)
     ask = app.control.inspect(destination=nodes, timeout=timeout, limit=len(nodes))
-    active = ask.active() or {}
+    active = ask.active(safe=True) or {}  # safe: the arguments' repr, not the arguments
     reserved = ask.reserved() or {}
     queues = ask.active_queues() or {}
     return [
@@ -43,6 +55,8 @@ def inspect_workers(
             queues=tuple(q.get("name", "?") for q in queues.get(node) or ()),
             active=_tasks(active.get(node)),
             reserved=_tasks(reserved.get(node)),
+            pids=_pids(stats[node]),
+            running=_running(active.get(node)),
         )
         for node in nodes
     ]
@@ -56,6 +70,33 @@ def _pool_name(stats: dict[str, Any]) -> str:
 
 def _tasks(entries: Any) -> tuple[tuple[str, str], ...]:
     return tuple((str(t.get("id", "?")), str(t.get("name", "?"))) for t in entries or ())
+
+
+def _pids(stats: dict[str, Any]) -> tuple[int, ...]:
+    processes = (stats.get("pool") or {}).get("processes") or ()
+    return tuple(pid for pid in processes if isinstance(pid, int))[:256]
+
+
+def _running(entries: Any) -> tuple[RunningTask, ...]:
+    return tuple(
+        RunningTask(
+            str(t.get("id", "?")),
+            str(t.get("name", "?")),
+            _int_or_none(t.get("worker_pid")),
+            _float_or_none(t.get("time_start")),
+        )
+        for t in entries or ()
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def registered_task_names(

@@ -28,6 +28,7 @@ from ._memory import limit_this_process
 from ._outcomes import ShippedTask
 from ._runner import run_shipped
 from ._wire import CONTENT_TYPE, accept_shipped_calls
+from ._worker_report import install as install_worker_report
 
 # Settings of celerynb's own worker app (a user's app keeps its own; see the README).
 WORKER_DEFAULTS: dict[str, Any] = {
@@ -36,6 +37,9 @@ WORKER_DEFAULTS: dict[str, Any] = {
     # Shipped calls come in celerynb's own binary content type (see _wire).
     "accept_content": ["json", CONTENT_TYPE],
     "task_track_started": True,
+    # task-received/started/succeeded... events: the dashboard's task stream (one
+    # small message each, dropped by the broker when nobody listens).
+    "worker_send_task_events": True,
     # One long task per child at a time; prefetching would starve other workers.
     "worker_prefetch_multiplier": 1,
     # Never copy args (the pickled payload) into every state write.
@@ -53,10 +57,13 @@ def register(app: Celery, secret: str | bytes | None = None) -> Any:
 
     ``secret`` defaults to ``$CELERYNB_SECRET`` read when a task runs. Every final
     state of a shipped call is signed, including those the worker's main process
-    writes (a lost pool process, a time limit, a revoke: see ``_outcomes``).
+    writes (a lost pool process, a time limit, a revoke: see ``_outcomes``). Its
+    workers also report their processes' CPU and memory with their heartbeats
+    (``_worker_report``), for the dashboard.
     """
     key = secret.encode() if isinstance(secret, str) else secret
     accept_shipped_calls(app)
+    install_worker_report()  # CPU and memory with every heartbeat (the dashboard's)
 
     # Options, not attributes set afterwards: touching the task now would bind it to
     # the app's configuration before the app's module has finished configuring it.
