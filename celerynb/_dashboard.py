@@ -15,6 +15,7 @@ differs), a Dropdown of unfinished jobs and a Cancel button in two boxes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -22,7 +23,7 @@ import time
 from typing import Any
 
 from ._cluster_view import ClusterView
-from ._dashboard_html import DashboardData, QueueRow, render
+from ._dashboard_html import MAX_JOB_ROWS, DashboardData, QueueRow, render
 from ._dashboard_jobs import JobRow, JobsReader, row_of_job, state_counts
 from ._pacing import PollSchedule, RedrawPacer
 from ._queues import declared_queues, queue_depths
@@ -346,6 +347,12 @@ class Dashboard:
     def _data(self) -> DashboardData:
         now = time.time()
         with self._lock:
+            spans = self._cluster.spans(now)
+            names = dict(self._reader.names)
+            for span in spans:  # a job of this kernel started since the last jobs round
+                if span.task_id not in names and span.task_id in registry:
+                    with contextlib.suppress(LookupError):
+                        names[span.task_id] = registry.find_exact(span.task_id).name
             notes = list(self._notes.values())
             if self._action is not None:
                 at, what = self._action
@@ -357,12 +364,12 @@ class Dashboard:
                 workers=self._cluster.worker_rows(now),
                 queues=list(self._queues),
                 jobs=_with_live_rows(self._jobs),
-                spans=self._cluster.spans(now),
+                spans=spans,
                 now=now,
                 window=self._cluster.window,
                 task_events=self._cluster.task_events,
                 notes=notes,
-                names=self._reader.names,
+                names=names,
             )
 
     def _draw(self) -> None:
@@ -376,10 +383,11 @@ class Dashboard:
 
 
 def _with_live_rows(rows: list[JobRow]) -> list[JobRow]:
-    """This kernel's rows as its jobs are now (they move between two job polls)."""
+    """This kernel's unfinished rows among those shown, as their jobs are now (they
+    move between two job polls)."""
     fresh = []
-    for row in rows:
-        if row.this_kernel:
+    for index, row in enumerate(rows):
+        if row.this_kernel and not row.done and index < MAX_JOB_ROWS:
             try:
                 row = row_of_job(registry.find_exact(row.id))
             except LookupError:

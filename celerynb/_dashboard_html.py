@@ -23,9 +23,9 @@ MAX_JOB_ROWS = 20
 MAX_LANES = 24
 MAX_DRAWN = 600
 SVG_WIDTH = 1000
-LABEL_WIDTH = 230
-LANE_HEIGHT = 16
-AXIS_HEIGHT = 16
+LABEL_WIDTH = 260
+LANE_HEIGHT = 20
+AXIS_HEIGHT = 18
 _SPAN_COLOURS = {
     RUNNING: "#0d6efd",
     states.SUCCESS: "#198754",
@@ -297,8 +297,8 @@ def timeline_svg(
         return LABEL_WIDTH + (min(max(t, start), now) - start) / window * plot
 
     parts = [
-        f"<svg class='celerynb-timeline' xmlns='http://www.w3.org/2000/svg' width='100%' "
-        f"viewBox='0 0 {SVG_WIDTH} {height}' style='max-width:{SVG_WIDTH}px;font-size:11px'>"
+        f"<svg class='celerynb-timeline' xmlns='http://www.w3.org/2000/svg' width='{SVG_WIDTH}' "
+        f"viewBox='0 0 {SVG_WIDTH} {height}' style='max-width:100%;height:auto;font-size:13px'>"
     ]
     for step in range(int(window // 60) + 1):
         tick = x(now - step * 60)
@@ -312,8 +312,8 @@ def timeline_svg(
     for i, lane in enumerate(lanes[:shown]):
         y = AXIS_HEIGHT + i * LANE_HEIGHT
         parts.append(
-            f"<text x='{LABEL_WIDTH - 6}' y='{y + LANE_HEIGHT - 4}' text-anchor='end'>"
-            f"{_e(_cut(lane.label, 36))}</text>"
+            f"<text x='{LABEL_WIDTH - 6}' y='{y + LANE_HEIGHT - 6}' text-anchor='end'>"
+            f"{_e(_cut(lane.label, 34))}</text>"
         )
     visible = [s for s in spans if (s.end is None or s.end >= start) and s.start <= now]
     drawn = [s for s in visible if where.get(s.task_id, shown) < shown][-MAX_DRAWN:]

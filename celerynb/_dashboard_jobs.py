@@ -58,10 +58,18 @@ def row_of_job(job: Any) -> JobRow:
         where="this kernel",
         this_kernel=True,
         done=job.done(),
-        submitted=time.time() - job.elapsed,
+        submitted=_wall_time_of(getattr(job, "_submitted_at", None)),
         tasks=tasks,
         finished_tasks=finished,
     )
+
+
+def _wall_time_of(monotonic: Any) -> float:
+    """A ``time.monotonic()`` moment as a ``time.time()`` one (now when unknown)."""
+    now = time.time()
+    if not isinstance(monotonic, int | float):
+        return now
+    return now - (time.monotonic() - monotonic)
 
 
 def row_of_kept(kept: KeptJob, metas: Mapping[str, Mapping[str, Any]], readable: bool) -> JobRow:
@@ -137,15 +145,15 @@ class JobsReader:
         self.names: dict[str, str] = {}  # task id -> the name of its job (or group)
 
     def read(self, now: float | None = None) -> list[JobRow]:
-        """This kernel's jobs on the session's backend, then the other kernels' ones,
-        newest first."""
+        """The latest ``MAX_ROWS`` jobs of this kernel on the session's backend and as
+        many of the other kernels' ones (of the last ``MAX_AGE`` s), newest first."""
         now = time.time() if now is None else now
         session = self._session
         mine = [
             job
             for job in registry.all()
             if getattr(getattr(job, "_session", None), "backend_key", None) == session.backend_key
-        ]
+        ][-MAX_ROWS:]
         rows = [row_of_job(job) for job in mine]
         known = {row.id for row in rows}
         kept = [

@@ -57,6 +57,7 @@ TEST_GROUPS = {
     "tests/test_scale.py::": "cpu",
     "tests/test_map.py::test_cancelling_a_map_while_its_chunks_finish": "cpu",
     "tests/test_browser.py::": "cpu",
+    "tests/test_browser_dashboard.py::": "cpu",
     "tests/test_attack_browser.py::": "cpu",
     # Tests that time polling rounds or must see a poll catch a job mid-run: a busy CPU
     # delays the polling thread (they fail then, in one process too). test_brokers also
@@ -80,6 +81,7 @@ TEST_GROUPS = {
 # test is left to run alone at the end. Order only: a stale entry costs time, no test.
 START_FIRST = (
     "tests/test_kernel.py::",
+    "tests/test_dashboard_kernel.py::",
     "tests/test_faults.py::",
     "tests/test_liveness_faults.py::",
     "tests/test_secret_scan.py::",

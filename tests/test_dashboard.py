@@ -22,6 +22,8 @@ from celerynb._queues import declared_queues, queue_depths
 from celerynb._worker_report import REPORT_EVENT
 from celerynb._workers import inspect_workers
 
+pytestmark = pytest.mark.needs_server
+
 
 def slow(steps, pause=0.1):
     from celerynb import tqdm
@@ -31,7 +33,12 @@ def slow(steps, pause=0.1):
     return steps
 
 
-def test_workers_report_the_cpu_and_memory_of_each_process_with_their_heartbeats(cluster):
+def test_workers_report_the_cpu_and_memory_of_each_process_with_their_heartbeats():
+    with celerynb.LocalCluster(processes=2) as cluster:  # its own: no test kills its pool
+        check_reports(cluster)
+
+
+def check_reports(cluster):
     from celery import Celery
 
     probe = Celery("probe", broker=cluster.broker_url, set_as_current=False)
@@ -86,6 +93,7 @@ def test_queue_depths_count_the_messages_waiting_in_redis_lists(cluster):
         assert depths == {name: 3, "never-declared-" + name: 0}
         # A queue another client sent to is found on the broker (kombu's bindings);
         # Celery's event and remote-control queues are not listed.
+        assert len(queue_depths(app, [f"{name}-{i}" for i in range(60)])) == 50  # bounded
         declared = declared_queues(app)
         assert name in declared
         assert not [q for q in declared if q.startswith("celeryev.") or "pidbox" in q]
@@ -122,6 +130,9 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
     board, session, cluster
 ):
     stranded_queue = f"nobody-{uuid.uuid4().hex[:6]}"
+    # Heard a worker's event: the listener is bound, the job's task events will be heard.
+    heard = lambda: any(w.last_heard for w in board._cluster.workers.values())  # noqa: E731
+    assert wait_for(heard, timeout=30)
     job = celerynb.submit(slow, 600)
     waiting = celerynb.apply_async(slow, (1,), queue=stranded_queue)
     try:
@@ -139,7 +150,12 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
         assert wait_for(lambda: "prefork" in board.html and "MB (" in board.html, timeout=30)
         # The job's row moves, and its run is on the task stream, by its name.
         assert wait_for(lambda: job.id[:8] in board.html and "class='celerynb-span'" in board.html)
-        assert f"slow {job.id[:8]} RUNNING" in board.html
+        assert wait_for(lambda: f"slow {job.id[:8]} RUNNING" in board.html, timeout=10)
+        assert board._cluster.task_events  # celerynb's workers send task events
+        assert "(task events)" in board.html
+        # Newest first: the job sent last heads the table.
+        ours = lambda: [r.id for r in board._jobs if r.id in (job.id, waiting.id)]  # noqa: E731
+        assert wait_for(lambda: ours() == [waiting.id, job.id], timeout=10), ours()
         first = board.html
         assert wait_for(lambda: board.html != first, timeout=10)
         # Cancel as the button does: the job chosen in the dropdown.
@@ -167,6 +183,35 @@ def test_a_closed_dashboard_stops_its_threads_and_draws_no_more(session):
     draws = board.draws
     celerynb.submit(slow, 3, 0.01).result(timeout=60)  # news the listener would have drawn
     assert board.draws == draws
+
+
+def test_a_redraw_that_changes_nothing_sends_nothing(session, monkeypatch):
+    drawn = ["first"]
+    # The drawing stands still (other tests change the shared cluster meanwhile).
+    monkeypatch.setattr(dashboard_module, "render", lambda data: drawn[0])
+    board = Dashboard(session, start=False)  # no threads: the test draws
+    sent: list[str] = []
+    board.view.observe(lambda change: sent.append(change["new"]), names="value")
+    try:
+        assert board.refresh() == "first"
+        assert board.refresh() == "first"
+        assert sent == ["first"] and board.draws == 1
+        drawn[0] = "second"
+        assert board.refresh() == "second"
+        assert sent == ["first", "second"] and board.draws == 2
+    finally:
+        board.close()
+
+
+def test_closing_the_connection_stops_its_dashboard(cluster, monkeypatch):
+    import celerynb._session
+
+    monkeypatch.setattr(celerynb._session, "_current", celerynb._session._current)
+    own = celerynb.connect(cluster)
+    board = celerynb.dashboard(own)
+    assert wait_for(lambda: board.draws > 0, timeout=30)
+    own.close()
+    assert wait_for(lambda: board.closed and not board.alive_threads(), timeout=30)
 
 
 def test_an_idle_cluster_is_asked_rarely(session, monkeypatch):

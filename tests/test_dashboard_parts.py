@@ -13,9 +13,12 @@ from celery import states
 from conftest import FakeClock
 
 from celerynb._cluster_view import ENDED, RUNNING, ClusterView, TaskSpan, WorkerRow, WorkerState
+from celerynb._dashboard import MIN_REDRAW_SECONDS, POLL_INTERVALS
 from celerynb._dashboard_html import (
+    LABEL_WIDTH,
     MAX_DRAWN,
     MAX_JOB_ROWS,
+    MAX_LANES,
     DashboardData,
     QueueRow,
     jobs_html,
@@ -23,9 +26,17 @@ from celerynb._dashboard_html import (
     queues_html,
     render,
 )
-from celerynb._dashboard_jobs import NOT_STORED, JobRow, group_state, row_of_kept
+from celerynb._dashboard_jobs import (
+    MAX_AGE,
+    MAX_ROWS,
+    NOT_STORED,
+    JobRow,
+    JobsReader,
+    group_state,
+    row_of_kept,
+)
 from celerynb._pacing import PollSchedule, RedrawPacer
-from celerynb._store import JobRecord, KeptJob
+from celerynb._store import JobRecord, JobStore, KeptJob
 from celerynb._worker_report import REPORT_EVENT, ProcessReport, children, parse_stat
 from celerynb._workers import RunningTask, WorkerInfo
 
@@ -39,7 +50,7 @@ def heartbeat(hostname=HOST, **fields):
 
 # -- the cluster from events ------------------------------------------------------------
 def test_heartbeats_and_reports_fill_a_worker_and_a_silent_one_is_marked_gone():
-    view = ClusterView(gone_after=6.0)
+    view = ClusterView()  # as the README says: gone after 6 s, forgotten 5 minutes later
     view.listening_since = 0.0
     assert view.on_event(heartbeat(loadavg=[0.5, 0.25, 0.125]), now=10.0)
     report = {
@@ -59,9 +70,11 @@ def test_heartbeats_and_reports_fill_a_worker_and_a_silent_one_is_marked_gone():
     ]
     assert row.worker.memory_total == 10_000
     # 6 s without a word from it: gone; still listed until forgotten.
+    assert not view.worker_rows(now=16.9)[0].gone
     (row,) = view.worker_rows(now=17.5)
     assert row.gone
-    assert view.worker_rows(now=17.5 + view.forget_after + 1) == []
+    assert view.worker_rows(now=17.5 + 299) != []
+    assert view.worker_rows(now=17.5 + 301) == []
 
 
 def test_a_worker_is_not_judged_gone_while_the_listener_has_just_connected():
@@ -228,6 +241,35 @@ def test_a_group_of_another_kernel_counts_its_tasks():
     assert group_state(["SUCCESS", "PENDING"]) == "PROGRESS"
 
 
+class NoStatesSession:
+    """A session whose backend stores no states (rpc://): nothing is read from it."""
+
+    backend_key = "backend-a"
+    stores_states = False
+    app = None
+
+
+def test_the_jobs_of_other_kernels_are_the_latest_of_the_last_day_on_this_backend(
+    tmp_path, monkeypatch
+):
+    import celerynb._dashboard_jobs as jobs_module
+    import celerynb._store as store_module
+
+    kept_jobs = JobStore(tmp_path / "jobs.sqlite3")
+    monkeypatch.setattr(jobs_module, "store", kept_jobs)
+    monkeypatch.setattr(store_module, "RUN_ID", "another-kernel")
+    now = 1_000_000.0
+    for i in range(MAX_ROWS + 10):
+        kept_jobs.record(JobRecord(f"new-{i}", "simulate", True, submitted=now - i), "backend-a")
+    kept_jobs.record(JobRecord("old", "simulate", True, submitted=now - MAX_AGE - 1), "backend-a")
+    kept_jobs.record(JobRecord("elsewhere", "simulate", True, submitted=now), "backend-b")
+    rows = JobsReader(NoStatesSession()).read(now=now)
+    assert [row.id for row in rows] == [f"new-{i}" for i in range(MAX_ROWS)]  # newest first
+    assert {row.state for row in rows} == {NOT_STORED}
+    assert not any(row.this_kernel for row in rows)
+    kept_jobs.close()
+
+
 # -- HTML ---------------------------------------------------------------------------------
 def worker_row(hostname=HOST, gone=False, pids=(11, 12)) -> WorkerRow:
     return WorkerRow(
@@ -316,19 +358,27 @@ def test_the_task_stream_draws_at_most_its_bound_of_spans():
     assert len(text) < 200_000
 
 
+def test_the_task_stream_shows_at_most_its_bound_of_process_rows():
+    many = WorkerRow(WorkerState(HOST, concurrency=30, pids=tuple(range(100, 130))), False)
+    text = render(data(workers=[many]))
+    assert text.count(f"{HOST} · pid") == MAX_LANES
+    assert f"{30 - MAX_LANES} more processes not shown" in text
+
+
 def test_a_running_span_reaches_now_and_an_old_one_is_clipped_to_the_window():
     spans = [TaskSpan("r", "t", HOST, 11, 940.0), TaskSpan("o", "t", HOST, 12, 100.0, 800.0)]
     svg = render(data(workers=[worker_row()], spans=spans, now=1000.0))
     rects = re.findall(r"<rect class='celerynb-span' x='([\d.]+)' y='\d+' width='([\d.]+)'", svg)
     (x_run, w_run), (x_old, w_old) = [(float(x), float(w)) for x, w in rects]
     assert x_run + w_run == pytest.approx(1000.0)  # the right edge is "now"
-    assert x_old == pytest.approx(230.0)  # starts before the window: at its left edge
+    assert x_old == pytest.approx(LABEL_WIDTH)  # starts before the window: at its left edge
 
 
 # -- timing --------------------------------------------------------------------------------
 def test_redraws_are_at_most_four_a_second_and_none_without_news():
     clock = FakeClock(0.0)
-    pacer = RedrawPacer(min_interval=0.25)
+    assert MIN_REDRAW_SECONDS == 0.25  # the README's "at most 4 times a second"
+    pacer = RedrawPacer(min_interval=MIN_REDRAW_SECONDS)
     assert pacer.wait(clock(), dirty=True) == 0.0
     pacer.drawn(clock())
     assert pacer.wait(clock(), dirty=True) == pytest.approx(0.25)
@@ -350,6 +400,8 @@ def test_redraws_are_at_most_four_a_second_and_none_without_news():
 
 def test_polls_come_at_their_pace_quicker_when_busy_and_at_once_when_asked():
     clock = FakeClock(0.0)
+    # The README's pace: inspect every 3 s busy / 15 s idle, queues and jobs 2 s / 10 s.
+    assert POLL_INTERVALS == {"inspect": (3.0, 15.0), "queues": (2.0, 10.0), "jobs": (2.0, 10.0)}
     schedule = PollSchedule({"inspect": (3.0, 15.0), "queues": (2.0, 10.0)})
     assert schedule.due(clock(), busy=False) == ["inspect", "queues"]  # never done: now
     for name in ("inspect", "queues"):

@@ -1,0 +1,132 @@
+"""The dashboard in a real JupyterLab, in a real (headless) Chromium: it renders (no
+"Error displaying widget"), shows the worker and a queue's depth, updates, opens as a
+view of its own ("Create New View for Output", as the README says to dock it), and its
+dropdown and Cancel button cancel a running job. Screenshots in ``$CELERYNB_SCREENSHOTS``
+(default ``tests/artifacts/browser``)."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, KERNEL_IDLE_JS, find_chromium, log, serving
+from test_browser import MINUTE_MS, SHOTS, VIEWPORT, cell, run_from_menu
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
+CHROMIUM = find_chromium()
+pytestmark = [
+    pytest.mark.needs_server,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt install chromium)"),
+    pytest.mark.timeout(600),
+]
+
+QUEUE = "nobody-consumes-this"
+CELLS = [
+    "import celerynb\ncluster = celerynb.LocalCluster(processes=2)\ncelerynb.connect(cluster)",
+    "def slow(steps):\n"
+    "    import time\n"
+    "    from celerynb import tqdm\n"
+    "    for _ in tqdm(range(steps), desc='slow'):\n"
+    "        time.sleep(0.2)\n"
+    "    return steps\n\n"
+    "def waits():\n"
+    "    return 1\n\n"
+    "quick = [celerynb.submit(slow, 5) for _ in range(3)]\n"
+    "job = celerynb.submit(slow, 1000)\n"
+    f"stuck = celerynb.apply_async(waits, queue={QUEUE!r})",
+    "celerynb.dashboard()",
+]
+DASHBOARD_CELL = "celerynb.dashboard()"
+
+
+def dashboard_js(scope: str) -> str:
+    """A JS function returning the dashboard's HTML text under ``scope`` (a selector)."""
+    return f"""() => {{
+        const el = document.querySelector({scope!r} + ' .celerynb-dashboard .widget-html-content');
+        return el ? el.innerHTML : null;
+    }}"""
+
+
+@pytest.fixture
+def lab(tmp_path):
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, root / "dashboard.ipynb")
+    with serving(root) as server:
+        yield server
+
+
+def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab(lab):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        try:
+            page.on("pageerror", lambda error: log(f"page error: {error}"))
+            page.goto(lab.url("dashboard.ipynb"), timeout=MINUTE_MS)
+            page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=MINUTE_MS)
+            page.wait_for_function(KERNEL_IDLE_JS, timeout=MINUTE_MS)
+            run_from_menu(page, "Run All Cells")
+            read = dashboard_js(".jp-NotebookPanel")
+
+            def shown(predicate_js: str, timeout_ms: int = 2 * MINUTE_MS) -> str:
+                page.wait_for_function(
+                    f"() => {{ const h = ({read})(); return h && ({predicate_js}); }}",
+                    timeout=timeout_ms,
+                )
+                return page.evaluate(read)
+
+            # The worker with its pool and memory, the queue nobody consumes with 1 waiting.
+            html = shown("h.includes('prefork') && h.includes('MB (')")
+            lab.note_processes()
+            stranded = f"/{QUEUE}<\\/td><td[^>]*>1</.test(h)"
+            html = shown(f"h.includes('celerynb-queue-stranded') && {stranded}")
+            html = shown("h.includes('celerynb-span') && h.includes('PROGRESS')")
+            shown(f"h !== {html!r}", 30_000)  # it updates by itself
+            dashboard = cell(page, DASHBOARD_CELL)
+            dashboard.locator(".jp-OutputArea-output").first.screenshot(
+                path=str(SHOTS / "dashboard.png")
+            )
+
+            # Docked as the README says: a view of its own, the same live widget.
+            dashboard.locator(".jp-OutputArea-output").first.click(button="right")
+            # "Create New View for Cell Output" (JupyterLab 4), "... for Output" before it.
+            item = page.locator(".lm-Menu-item", has_text="Create New View for").first
+            item.wait_for(state="visible", timeout=10_000)
+            item.click()
+            linked = dashboard_js(".jp-LinkedOutputView")
+            page.wait_for_function(
+                f"() => {{ const h = ({linked})(); return h && h.includes('prefork'); }}",
+                timeout=MINUTE_MS,
+            )
+            before = page.evaluate(linked)
+            page.wait_for_function(
+                f"() => {{ const h = ({linked})(); return h && h !== {before!r}; }}",
+                timeout=30_000,
+            )
+
+            # Cancel the long job: choose it in the dropdown, click Cancel job.
+            select = dashboard.locator(".celerynb-dashboard select").first
+            label = next(
+                text
+                for text in select.locator("option").all_inner_texts()
+                if text.startswith("slow") and "PROGRESS" in text
+            )
+            select.select_option(label=label)
+            dashboard.locator(".celerynb-dashboard button", has_text="Cancel job").click()
+            job_id = label.split("·")[1].strip()  # the page shows spaces as no-break spaces
+            html = shown(f"h.includes('cancel sent for job ' + {job_id!r})", 30_000)
+            html = shown(
+                f"[...h.matchAll(/<tr class=.celerynb-job-row.*?<\\/tr>/g)].some("
+                f"m => m[0].includes({job_id!r}) && m[0].includes('>REVOKED<'))",
+                MINUTE_MS,
+            )
+            assert page.locator(f"text={BAD_TEXT}").count() == 0
+        except BaseException:
+            page.screenshot(path=str(SHOTS / "dashboard-failure.png"))
+            log(f"the dashboard showed: {page.evaluate(dashboard_js('.jp-NotebookPanel'))}")
+            raise
+        finally:
+            browser.close()
