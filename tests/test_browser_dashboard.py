@@ -1,6 +1,6 @@
 """The dashboard in a real JupyterLab, in a real (headless) Chromium: it renders (no
 "Error displaying widget"), shows the worker and a queue's depth, updates, opens as a
-view of its own ("Create New View for Output", as the README says to dock it), and its
+view of its own ("Create New View for Cell Output", as the README says to dock it), and its
 dropdown and Cancel button cancel a running job. Screenshots in ``$CELERYNB_SCREENSHOTS``
 (default ``tests/artifacts/browser``)."""
 
@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, KERNEL_IDLE_JS, find_chromium, log, serving
-from test_browser import MINUTE_MS, SHOTS, VIEWPORT, cell, run_from_menu
+from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, KERNEL_IDLE_JS, log, serving
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (dev extra)")
-CHROMIUM = find_chromium()
-pytestmark = [
-    pytest.mark.needs_server,
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt install chromium)"),
-    pytest.mark.timeout(600),
-]
+# The browser tests' marks (a server, chromium, a long timeout) and helpers.
+from test_browser import (  # noqa: F401 - pytestmark applies to this module's tests too
+    CHROMIUM,
+    MINUTE_MS,
+    SHOTS,
+    VIEWPORT,
+    cell,
+    pytestmark,
+    run_from_menu,
+    sync_api,
+)
 
 QUEUE = "nobody-consumes-this"
 CELLS = [
