@@ -6,7 +6,7 @@ memory) and, from workers that send them, task events for the task stream. The o
 asks what no event says, each at its own pace (``PollSchedule``: quicker while the
 cluster is busy): ``inspect`` (pool, processes, queues, tasks; without task events
 also the task stream, coarsely), queue depths, and the jobs of every kernel; and it
-redraws (``RedrawPacer``: at most 4 times a second, only when something changed or
+redraws (``RedrawPacer``: at most twice a second, only when something changed or
 the task stream moves). ``close()`` ends both; so does closing the session.
 
 Frontend cost: one HTML view (a whole redraw is one message, sent only when it
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # (busy, idle) seconds between two rounds of each question to the cluster.
 POLL_INTERVALS = {"inspect": (3.0, 15.0), "queues": (2.0, 10.0), "jobs": (2.0, 10.0)}
-MIN_REDRAW_SECONDS = 0.25  # at most 4 redraws a second
+MIN_REDRAW_SECONDS = 0.5  # at most 2 redraws a second (each a whole drawing, ~10-40 KB)
 RUNNING_REDRAW_SECONDS = 1.0  # the task stream moves while tasks run
 STREAM_REDRAW_SECONDS = 5.0  # ... and slowly while finished spans are still in its window
 MAX_CHOICES = 50  # unfinished jobs offered for cancel

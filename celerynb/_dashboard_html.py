@@ -21,22 +21,38 @@ from ._display import _BADGE_COLOURS
 
 MAX_JOB_ROWS = 20
 MAX_LANES = 24
-MAX_DRAWN = 600
+MAX_DRAWN = 400
 SVG_WIDTH = 1000
 LABEL_WIDTH = 260
 LANE_HEIGHT = 20
 AXIS_HEIGHT = 18
-_SPAN_COLOURS = {
-    RUNNING: "#0d6efd",
-    states.SUCCESS: "#198754",
-    states.FAILURE: "#dc3545",
-    states.REVOKED: "#fd7e14",
-    states.RETRY: "#fd7e14",
-    states.REJECTED: "#fd7e14",
-    ENDED: "#6c757d",
+# A span's CSS class by its state (fixed names: never a string from a worker).
+_SPAN_CLASSES = {
+    RUNNING: "run",
+    states.SUCCESS: "ok",
+    states.FAILURE: "bad",
+    states.REVOKED: "off",
+    states.RETRY: "off",
+    states.REJECTED: "off",
+    ENDED: "end",  # polled: how it ended is not known (grey)
 }
 _FONT = "font-family:var(--jp-ui-font-family,sans-serif);font-size:var(--jp-ui-font-size1,13px)"
-_CELL = "text-align:left;padding:1px 8px 1px 0"
+# Once per drawing rather than on every cell and bar: a redraw is one message, and most
+# of its bytes were these. Every selector is under .celerynb-dashboard.
+_STYLE = (
+    "<style>"
+    ".celerynb-dashboard table{border-collapse:collapse;font-size:inherit}"
+    ".celerynb-dashboard th,.celerynb-dashboard td{text-align:left;padding:1px 8px 1px 0}"
+    ".celerynb-dashboard .cnb-bar{display:inline-block;width:6em;height:0.8em;"
+    "background:#e9ecef;border-radius:3px;overflow:hidden;vertical-align:middle}"
+    ".celerynb-dashboard .cnb-bar>span{display:block;height:100%;background:#0d6efd}"
+    ".celerynb-dashboard .celerynb-state{color:white;padding:0 5px;border-radius:4px;"
+    "font-size:85%}"
+    ".celerynb-timeline rect{fill:#6c757d}.celerynb-timeline .run{fill:#0d6efd}"
+    ".celerynb-timeline .ok{fill:#198754}.celerynb-timeline .bad{fill:#dc3545}"
+    ".celerynb-timeline .off{fill:#fd7e14}"
+    "</style>"
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,7 @@ def render(data: DashboardData) -> str:
         data.spans, data.workers, data.now, data.window, data.task_events, data.names
     )
     return (
-        f"<div class='celerynb-dashboard' style='{_FONT}'>{notes}"
+        f"<div class='celerynb-dashboard' style='{_FONT}'>{_STYLE}{notes}"
         f"{workers_html(data.workers)}{queues_html(data.queues)}{jobs_html(data.jobs)}"
         f"{stream}</div>"
     )
@@ -95,25 +111,20 @@ def _section(title: str, body: str, css: str) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[str]) -> str:
-    head = "".join(f"<th style='{_CELL}'>{_e(h)}</th>" for h in headers)
-    return (
-        "<table style='border-collapse:collapse;font-size:inherit'>"
-        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    )
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _row(cells: Sequence[str], style: str = "", css: str = "") -> str:
     """A table row of cells that are already HTML (escape what goes in them)."""
-    tds = "".join(f"<td style='{_CELL}'>{cell}</td>" for cell in cells)
-    return f"<tr class='{css}' style='{style}'>{tds}</tr>"
+    tds = "".join(f"<td>{cell}</td>" for cell in cells)
+    shown = f" style='{style}'" if style else ""
+    return f"<tr class='{css}'{shown}>{tds}</tr>"
 
 
 def badge(state: str) -> str:
     colour = _BADGE_COLOURS.get(state, "#6c757d")
-    return (
-        f"<span class='celerynb-state' style='background:{colour};color:white;"
-        f"padding:0 5px;border-radius:4px;font-size:85%'>{_e(state)}</span>"
-    )
+    return f"<span class='celerynb-state' style='background:{colour}'>{_e(state)}</span>"
 
 
 def size(num: int | None) -> str:
@@ -199,10 +210,7 @@ def _job_row(row: JobRow) -> str:
     else:
         width = min(max(percent, 0.0), 100.0)
         progress = (
-            "<span style='display:inline-block;width:6em;height:0.8em;background:#e9ecef;"
-            "border-radius:3px;overflow:hidden;vertical-align:middle'>"
-            f"<span style='display:block;width:{width:.1f}%;height:100%;background:#0d6efd'>"
-            f"</span></span> {width:.0f}%"
+            f"<span class='cnb-bar'><span style='width:{width:.1f}%'></span></span> {width:.0f}%"
         )
     tasks = f"{row.finished_tasks}/{row.tasks}" if row.tasks > 1 else ""
     cells = [_e(row.name), f"<code>{_e(row.id[:8])}</code>", _e(row.where), badge(row.state)]
@@ -323,11 +331,11 @@ def timeline_svg(
         width = max(x(now if span.end is None else span.end) - left, 1.5)
         took = (now if span.end is None else span.end) - span.start
         name = names.get(span.task_id) or span.name
-        tip = f"{name} {span.task_id[:8]} {span.state} {took:.1f}s on {span.hostname}"
-        colour = _SPAN_COLOURS.get(span.state, "#6c757d")
+        tip = f"{name} {span.task_id[:8]} {span.state} {took:.1f}s"  # the lane names the worker
+        css = _SPAN_CLASSES.get(span.state, "end")
         parts.append(
-            f"<rect class='celerynb-span' x='{left:.1f}' y='{y}' width='{width:.1f}' "
-            f"height='{LANE_HEIGHT - 4}' fill='{colour}'><title>{_e(tip)}</title></rect>"
+            f"<rect class='{css}' x='{left:.1f}' y='{y}' width='{width:.1f}' "
+            f"height='{LANE_HEIGHT - 4}'><title>{_e(tip)}</title></rect>"
         )
     parts.append("</svg>")
     notes = []

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 class RedrawPacer:
     """Decides when to draw (see the module)."""
 
-    def __init__(self, min_interval: float = 0.25) -> None:
+    def __init__(self, min_interval: float = 0.5) -> None:
         self.min_interval = min_interval
         self._last_drawn = float("-inf")
 

@@ -86,7 +86,7 @@ def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab(lab):
             lab.note_processes()
             stranded = f"/{QUEUE}<\\/td><td[^>]*>1</.test(h)"
             html = shown(f"h.includes('celerynb-queue-stranded') && {stranded}")
-            html = shown("h.includes('celerynb-span') && h.includes('PROGRESS')")
+            html = shown("h.includes('<rect class=\"run\"') && h.includes('PROGRESS')")
             shown(f"h !== {html!r}", 30_000)  # it updates by itself
             dashboard = cell(page, DASHBOARD_CELL)
             dashboard.locator(".jp-OutputArea-output").first.screenshot(

@@ -141,15 +141,14 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
         assert wait_for(
             lambda: (
                 f"<tr class='celerynb-queue-stranded' style='background:#f8d7da;color:#842029'>"
-                f"<td style='text-align:left;padding:1px 8px 1px 0'>{stranded_queue}</td>"
-                f"<td style='text-align:left;padding:1px 8px 1px 0'>1</td>" in board.html
+                f"<td>{stranded_queue}</td><td>1</td>" in board.html
             ),
             timeout=30,
         ), board.html
         # Workers: pool, processes, CPU and memory from the worker's own report.
         assert wait_for(lambda: "prefork" in board.html and "MB (" in board.html, timeout=30)
         # The job's row moves, and its run is on the task stream, by its name.
-        assert wait_for(lambda: job.id[:8] in board.html and "class='celerynb-span'" in board.html)
+        assert wait_for(lambda: job.id[:8] in board.html and "<rect class='run'" in board.html)
         assert wait_for(lambda: f"slow {job.id[:8]} RUNNING" in board.html, timeout=10)
         assert board._cluster.task_events  # celerynb's workers send task events
         assert "(task events)" in board.html

@@ -353,9 +353,9 @@ def test_the_task_stream_draws_at_most_its_bound_of_spans():
         TaskSpan(f"t{i}", "t", HOST, 11, 900.0 + i * 0.01, 900.5 + i * 0.01) for i in range(2000)
     ]
     text = render(data(workers=[worker_row()], spans=spans))
-    assert text.count("class='celerynb-span'") == MAX_DRAWN
+    assert text.count("<rect ") == MAX_DRAWN
     assert f"{2000 - MAX_DRAWN} tasks not drawn" in text
-    assert len(text) < 200_000
+    assert len(text) < 50_000  # one redraw: one message of a few tens of kilobytes
 
 
 def test_the_task_stream_shows_at_most_its_bound_of_process_rows():
@@ -368,22 +368,22 @@ def test_the_task_stream_shows_at_most_its_bound_of_process_rows():
 def test_a_running_span_reaches_now_and_an_old_one_is_clipped_to_the_window():
     spans = [TaskSpan("r", "t", HOST, 11, 940.0), TaskSpan("o", "t", HOST, 12, 100.0, 800.0)]
     svg = render(data(workers=[worker_row()], spans=spans, now=1000.0))
-    rects = re.findall(r"<rect class='celerynb-span' x='([\d.]+)' y='\d+' width='([\d.]+)'", svg)
+    rects = re.findall(r"<rect class='\w+' x='([\d.]+)' y='\d+' width='([\d.]+)'", svg)
     (x_run, w_run), (x_old, w_old) = [(float(x), float(w)) for x, w in rects]
     assert x_run + w_run == pytest.approx(1000.0)  # the right edge is "now"
     assert x_old == pytest.approx(LABEL_WIDTH)  # starts before the window: at its left edge
 
 
 # -- timing --------------------------------------------------------------------------------
-def test_redraws_are_at_most_four_a_second_and_none_without_news():
+def test_redraws_are_at_most_two_a_second_and_none_without_news():
     clock = FakeClock(0.0)
-    assert MIN_REDRAW_SECONDS == 0.25  # the README's "at most 4 times a second"
+    assert MIN_REDRAW_SECONDS == 0.5  # the README's "at most twice a second"
     pacer = RedrawPacer(min_interval=MIN_REDRAW_SECONDS)
     assert pacer.wait(clock(), dirty=True) == 0.0
     pacer.drawn(clock())
-    assert pacer.wait(clock(), dirty=True) == pytest.approx(0.25)
+    assert pacer.wait(clock(), dirty=True) == pytest.approx(0.5)
     clock.sleep(0.1)
-    assert pacer.wait(clock(), dirty=True) == pytest.approx(0.15)
+    assert pacer.wait(clock(), dirty=True) == pytest.approx(0.4)
     assert pacer.wait(clock(), dirty=False) is None  # idle: nothing to draw, no wake-ups
     draws = 0
     for _ in range(1000):  # news every 10 ms for 10 s
@@ -391,11 +391,11 @@ def test_redraws_are_at_most_four_a_second_and_none_without_news():
         if pacer.wait(clock(), dirty=True) == 0.0:
             pacer.drawn(clock())
             draws += 1
-    assert 38 <= draws <= 40
+    assert 19 <= draws <= 20
     # A moving task stream: one redraw per `every` without news, never quicker than the cap.
     pacer.drawn(clock())
     assert pacer.wait(clock(), dirty=False, every=1.0) == pytest.approx(1.0)
-    assert pacer.wait(clock(), dirty=False, every=0.01) == pytest.approx(0.25)
+    assert pacer.wait(clock(), dirty=False, every=0.01) == pytest.approx(0.5)
 
 
 def test_polls_come_at_their_pace_quicker_when_busy_and_at_once_when_asked():
