@@ -311,9 +311,11 @@ class Dashboard:
         default = getattr(self._app.conf, "task_default_queue", None) or "celery"
         waiting_in = {getattr(job, "queue", None) for job in registry.all() if not job.done()}
         known = {default, *consumers, *(q for q in waiting_in if isinstance(q, str))}
-        # Queues other clients sent to: shown when messages wait in them.
-        others = [name for name in declared_queues(self._app) if name not in known]
-        depths = queue_depths(self._app, [*sorted(known), *others])
+        with self._app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            # Queues other clients sent to: shown when messages wait in them.
+            others = [name for name in declared_queues(connection) if name not in known]
+            depths = queue_depths(connection, [*sorted(known), *others])
         names = sorted(known | {name for name in others if depths.get(name)})
         rows = [QueueRow(name, depths.get(name), tuple(consumers.get(name, ()))) for name in names]
         with self._lock:

@@ -57,11 +57,11 @@ def consumed_queues(app: Any, timeout: float = INSPECT_TIMEOUT) -> set[str] | No
 MAX_QUEUES = 50  # queues whose depth one round asks for
 
 
-def queue_depths(app: Any, names: Iterable[str]) -> dict[str, int | None]:
+def queue_depths(connection: Any, names: Iterable[str]) -> dict[str, int | None]:
     """How many messages wait in each queue (at most ``MAX_QUEUES``), by a passive
-    declare on one broker connection: Redis sums the queue's lists (one per priority),
-    RabbitMQ counts its ready messages. A queue the broker does not know holds none
-    (0); None where the broker did not say.
+    declare on ``connection`` (a connected kombu Connection to the broker): Redis sums
+    the queue's lists (one per priority), RabbitMQ counts its ready messages. A queue
+    the broker does not know holds none (0); None where the broker did not say.
 
     Raises what the connection raises when the broker cannot be reached.
     """
@@ -69,53 +69,48 @@ def queue_depths(app: Any, names: Iterable[str]) -> dict[str, int | None]:
     wanted = list(dict.fromkeys(names))[:MAX_QUEUES]
     if not wanted:
         return depths
-    with app.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1)
-        channel = connection.channel()
-        try:
-            for name in wanted:
-                try:
-                    _, messages, _ = channel.queue_declare(queue=name, passive=True)
-                    depths[name] = int(messages)
-                except connection.channel_errors:  # not declared: nothing waits in it
-                    depths[name] = 0
-                    with contextlib.suppress(Exception):  # AMQP closed it on NOT_FOUND
-                        channel.close()
-                    channel = connection.channel()
-                except (TypeError, ValueError):
-                    depths[name] = None
-        finally:
-            with contextlib.suppress(Exception):
-                channel.close()
+    channel = connection.channel()
+    try:
+        for name in wanted:
+            try:
+                _, messages, _ = channel.queue_declare(queue=name, passive=True)
+                depths[name] = int(messages)
+            except connection.channel_errors:  # not declared: nothing waits in it
+                depths[name] = 0
+                with contextlib.suppress(Exception):  # AMQP closed it on NOT_FOUND
+                    channel.close()
+                channel = connection.channel()
+            except (TypeError, ValueError):
+                depths[name] = None
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
     return depths
 
 
 _CONTROL_QUEUE = ("celeryev.", ".pidbox")  # Celery's event and remote-control queues
 
 
-def declared_queues(app: Any, limit: int = MAX_QUEUES) -> list[str]:
-    """The queues declared on the broker, where the broker can tell (Redis: kombu's
-    binding sets, read with a bounded SCAN); [] elsewhere. Celery's own event and
-    remote-control queues are left out."""
-    with app.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1)
-        channel = connection.default_channel
-        pattern = getattr(channel, "keyprefix_queue", None)  # "_kombu.binding.%s"
-        client = getattr(channel, "client", None) if isinstance(pattern, str) else None
-        if client is None or not hasattr(client, "scan_iter"):
-            return []
-        prefix = str(pattern) % ""
-        found: dict[str, None] = {}
-        for key in itertools.islice(client.scan_iter(match=f"{prefix}*", count=500), 200):
-            name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
-            exchange = name[len(prefix) :]
-            for binding in channel.get_table(exchange):
-                queue = binding[-1]
-                if queue and not any(part in queue for part in _CONTROL_QUEUE):
-                    found[queue] = None
-                if len(found) >= limit:
-                    return list(found)
-        return list(found)
+def declared_queues(connection: Any, limit: int = MAX_QUEUES) -> list[str]:
+    """The queues declared on the broker ``connection`` reaches, where the broker can
+    tell (Redis: kombu's binding sets, read with a bounded SCAN); [] elsewhere.
+    Celery's own event and remote-control queues are left out."""
+    channel = connection.default_channel
+    pattern = getattr(channel, "keyprefix_queue", None)  # "_kombu.binding.%s"
+    client = getattr(channel, "client", None) if isinstance(pattern, str) else None
+    if client is None or not hasattr(client, "scan_iter"):
+        return []
+    prefix = str(pattern) % ""
+    found: dict[str, None] = {}
+    for key in itertools.islice(client.scan_iter(match=f"{prefix}*", count=500), 200):
+        name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+        for binding in channel.get_table(name[len(prefix) :]):  # the exchange's bindings
+            queue = binding[-1]
+            if queue and not any(part in queue for part in _CONTROL_QUEUE):
+                found[queue] = None
+            if len(found) >= limit:
+                return list(found)
+    return list(found)
 
 
 class QueueCheck:

@@ -89,12 +89,14 @@ def test_queue_depths_count_the_messages_waiting_in_redis_lists(cluster):
                 producer.publish(
                     {}, exchange=name, routing_key=name, declare=[queue], priority=priority
                 )
-        depths = queue_depths(app, [name, "never-declared-" + name])
-        assert depths == {name: 3, "never-declared-" + name: 0}
-        # A queue another client sent to is found on the broker (kombu's bindings);
-        # Celery's event and remote-control queues are not listed.
-        assert len(queue_depths(app, [f"{name}-{i}" for i in range(60)])) == 50  # bounded
-        declared = declared_queues(app)
+        with app.connection_for_read() as connection:
+            depths = queue_depths(connection, [name, "never-declared-" + name])
+            assert depths == {name: 3, "never-declared-" + name: 0}
+            many = queue_depths(connection, [f"{name}-{i}" for i in range(60)])
+            assert len(many) == 50  # bounded
+            # A queue another client sent to is found on the broker (kombu's bindings);
+            # Celery's event and remote-control queues are not listed.
+            declared = declared_queues(connection)
         assert name in declared
         assert not [q for q in declared if q.startswith("celeryev.") or "pidbox" in q]
     finally:
@@ -115,7 +117,9 @@ def test_queue_depths_on_rabbitmq_count_ready_messages_and_survive_a_missing_que
                 producer.publish({}, routing_key=name, declare=[kombu.Queue(name)])
         missing = f"celerynb-test-missing-{uuid.uuid4().hex[:8]}"
         # The missing queue first: RabbitMQ closes the channel, the next one still answers.
-        assert queue_depths(app, [missing, name]) == {missing: 0, name: 2}
+        with app.connection_for_read() as connection:
+            assert queue_depths(connection, [missing, name]) == {missing: 0, name: 2}
+            assert declared_queues(connection) == []  # RabbitMQ does not list its queues
     app.close()
 
 
