@@ -326,9 +326,7 @@ class Dashboard:
         with self._lock:
             self._jobs = rows
         unfinished = [row for row in rows if not row.done][:MAX_CHOICES]
-        choices = tuple(
-            (f"{row.name} · {row.id[:8]} · {row.where} · {row.state}", row.id) for row in unfinished
-        ) or (_NO_CHOICE,)
+        choices = tuple((choice_label(row), row.id) for row in unfinished) or (_NO_CHOICE,)
         if choices != self._choices:
             self._choices = choices
             chosen = self.choice.value
@@ -382,6 +380,12 @@ class Dashboard:
             self.html = html
             self.view.value = html
             self.draws += 1
+
+
+def choice_label(row: JobRow) -> str:
+    """A job as the dropdown offers it (plain text, names cut): ``name · id · where · state``."""
+    parts = (row.name, row.id[:8], row.where, row.state)
+    return " · ".join(" ".join(part.split())[:60] for part in parts)
 
 
 def _with_live_rows(rows: list[JobRow]) -> list[JobRow]:
