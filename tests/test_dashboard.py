@@ -5,6 +5,9 @@ costing nothing once closed."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import threading
 import time
 import uuid
@@ -173,6 +176,26 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
     finally:
         job.cancel()
         waiting.cancel()
+
+
+def test_a_worker_killed_whole_is_marked_gone(board, session, cluster, lifeline, tmp_path):
+    from conftest import start_worker
+
+    from celerynb._cluster import _stop_process
+
+    name = f"doomed-{uuid.uuid4().hex[:6]}@localhost"
+    queue = f"doomed-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(lifeline, cluster.worker_env(), name, queue, tmp_path / "worker.log")
+    try:
+        online = f"<tr class='celerynb-worker'><td>{name}</td>"
+        assert wait_for(lambda: online in board.html, timeout=30), board.html
+        assert wait_for(lambda: f"<td>{queue}</td>" in board.html, timeout=30)  # its queue
+        os.killpg(worker.pid, signal.SIGKILL)  # no goodbye: its heartbeats just stop
+        gone = f"<td>{name} <span class='celerynb-gone'"
+        assert wait_for(lambda: gone in board.html, timeout=30), board.html
+        assert re.search(r"Workers: \d+ online, 1 gone<", board.html), board.html
+    finally:
+        _stop_process(worker)
 
 
 def test_a_closed_dashboard_stops_its_threads_and_draws_no_more(session):
