@@ -251,9 +251,18 @@ def test_an_idle_cluster_is_asked_rarely(session, monkeypatch):
     monkeypatch.setattr(dashboard_module.Dashboard, "_busy", lambda self: False)
     board = Dashboard(session)
     try:
-        assert wait_for(lambda: calls, timeout=30)
-        time.sleep(6)  # the window observed: no inspect round may fall in it
-        assert len(calls) == 1, f"{len(calls)} inspect rounds in 6 s while idle"
+        # Every worker heard (a worker heard first asks for one round at once) and asked.
+        heard = lambda: (
+            board._cluster.workers
+            and all(  # noqa: E731
+                w.last_heard for w in board._cluster.workers.values()
+            )
+        )
+        assert wait_for(lambda: calls and heard(), timeout=30)
+        start = time.monotonic()
+        time.sleep(7.5)  # the window observed: idle, one round every 15 s (busy: every 3 s)
+        window = [t for t in calls if start <= t <= start + 7.5]
+        assert len(window) <= 1, f"{len(window)} inspect rounds in 7.5 s while idle"
     finally:
         board.close()
 
