@@ -252,12 +252,10 @@ def test_an_idle_cluster_is_asked_rarely(session, monkeypatch):
     board = Dashboard(session)
     try:
         # Every worker heard (a worker heard first asks for one round at once) and asked.
-        heard = lambda: (
-            board._cluster.workers
-            and all(  # noqa: E731
-                w.last_heard for w in board._cluster.workers.values()
-            )
-        )
+        def heard() -> bool:
+            workers = list(board._cluster.workers.values())
+            return bool(workers) and all(w.last_heard for w in workers)
+
         assert wait_for(lambda: calls and heard(), timeout=30)
         start = time.monotonic()
         time.sleep(7.5)  # the window observed: idle, one round every 15 s (busy: every 3 s)
