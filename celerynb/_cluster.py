@@ -313,9 +313,14 @@ class LocalCluster:
         )
         return f"<div class='celerynb-cluster'><b>LocalCluster</b><table>{cells}</table></div>"
 
+    def summary(self) -> str:
+        """Its state in a line: ``1 worker, 2 processes, restarted 1x; memory limit
+        2.0 GB per process`` (or why it has no worker)."""
+        return f"{self._state()}; {self._limit_text()}"
+
     def _limit_text(self) -> str:
         if self.memory_limit is None:
-            return "none"
+            return "no memory limit"
         return f"memory limit {readable_size(self.memory_limit)} per process"
 
     def scale(self, processes: int, timeout: float = START_TIMEOUT) -> None:

@@ -11,6 +11,7 @@ import cloudpickle
 
 from ._call_options import CallOptions
 from ._cell import CellResult, cell_inputs, parse_output_names, run_cell
+from ._cluster import LocalCluster
 from ._errors import SerializationError
 from ._job import Job
 from ._many import reattach_previous
@@ -19,7 +20,7 @@ from ._scatter import collecting
 from ._session import current_session
 from ._tables import JobTable, WorkerTable
 from ._validation import check_task_ids
-from ._workers import INSPECT_TIMEOUT
+from ._workers import INSPECT_TIMEOUT, pool_memory
 
 _cell_numbers = itertools.count(1)
 
@@ -39,8 +40,14 @@ def jobs(previous: bool = False) -> JobTable:
 
 
 def workers(timeout: float = INSPECT_TIMEOUT) -> WorkerTable:
-    """The online workers of the current connection (waits ``timeout`` s for answers)."""
-    return WorkerTable(current_session().workers(timeout=timeout))
+    """The online workers of the current connection (waits ``timeout`` s for answers),
+    with the memory their pool processes use (workers on this machine) and, for a
+    LocalCluster, its state (restarts, memory limit)."""
+    session = current_session()
+    online = session.workers(timeout=timeout)
+    owner = session.owner
+    note = f"LocalCluster: {owner.summary()}" if isinstance(owner, LocalCluster) else ""
+    return WorkerTable(online, memory=pool_memory(online), note=note)
 
 
 def cancel(*ids: str) -> list[str]:

@@ -118,14 +118,32 @@ class JobTable(_Table):
 
 
 class WorkerTable(_Table):
-    """Online workers (a list of WorkerInfo) that shows as a table."""
+    """Online workers (a list of WorkerInfo) that shows as a table; ``memory``: the
+    resident bytes of a worker's pool processes, by worker name, where known (workers
+    on this machine); ``note``: a line above the table (the LocalCluster's state)."""
 
-    headers = ("worker", "pool", "concurrency", "queues", "active", "reserved")
+    headers = ("worker", "pool", "concurrency", "memory", "queues", "active", "reserved")
     empty_text = "no worker answered"
     css_class = "celerynb-workers"
 
+    def __init__(
+        self,
+        workers: Iterable[WorkerInfo] = (),
+        memory: dict[str, int] | None = None,
+        note: str = "",
+    ) -> None:
+        super().__init__(workers)
+        self.memory = memory or {}
+        self.note = note
+
     def row(self, worker: WorkerInfo) -> list[str]:
-        return _worker_row(worker)
+        cells = _worker_row(worker)
+        used = self.memory.get(worker.name)
+        cells.insert(3, "?" if used is None else f"{used / 2**20:,.0f} MiB")
+        return cells
+
+    def summary(self) -> str:
+        return "\n".join(line for line in (self.note, super().summary()) if line)
 
     @property
     def processes(self) -> int:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from ._worker_report import sample
 
 INSPECT_TIMEOUT = 1.0
 
@@ -113,3 +117,17 @@ def registered_task_names(
     if not replies:
         return None
     return {name.split(" ", 1)[0] for names in replies.values() for name in names or ()}
+
+
+def pool_memory(online: Iterable[WorkerInfo], host: str | None = None) -> dict[str, int]:
+    """Resident bytes of each worker's pool processes, for the workers on this machine
+    (``host``: this one's name; read from ``/proc``, so Linux only)."""
+    host = socket.gethostname() if host is None else host
+    used = {}
+    for worker in online:
+        if worker.name.rpartition("@")[2] != host:
+            continue
+        found = [s.rss for s in map(sample, worker.pids) if s is not None]
+        if found:
+            used[worker.name] = sum(found)
+    return used

@@ -149,6 +149,13 @@ def test_tables_line_up():
     assert workers.online_summary() == "1 worker online (4 processes)"
     assert "w1@h" in str(workers) and "1: t.run abcdef01" in str(workers)
     assert "<table class='celerynb-workers'>" in workers._repr_html_()
+    assert str(workers).splitlines()[1].split()[3] == "?"  # memory: unknown (another machine)
+    noted = WorkerTable(
+        workers, memory={"w1@h": 300 * 2**20}, note="LocalCluster: 1 worker, restarted 1x"
+    )
+    lines = str(noted).splitlines()
+    assert lines[0] == "LocalCluster: 1 worker, restarted 1x" and "300 MiB" in lines[2]
+    assert noted._repr_html_().startswith("<p>LocalCluster: 1 worker, restarted 1x</p>")
 
 
 def test_a_long_job_table_shows_counts_and_the_latest_rows():

@@ -83,6 +83,10 @@ def test_a_killed_worker_is_replaced_and_the_next_job_runs(cluster_here):
         running.result(timeout=1)
     assert cluster.restarts == 1 and "restarted 1x" in repr(cluster)
     assert len(cluster.pids) == 2 and worker.pid not in cluster.pids
+    table = celerynb.workers()  # %celery_workers: the restart and the memory in use
+    assert table.note.startswith("LocalCluster: 1 worker, 1 process, restarted 1x; memory limit")
+    assert [w.name for w in table] == [cluster.worker_name]
+    assert 10 * 2**20 < table.memory[cluster.worker_name] < 2**30
 
 
 def test_a_worker_that_dies_at_start_is_given_up_on_with_a_reason(cluster_here, tmp_path):
