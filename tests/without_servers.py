@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 # Fixtures that start servers; tests using them (or fixtures built on them) need one.
-SERVER_FIXTURES = frozenset({"cluster", "lifeline"})
+SERVER_FIXTURES = frozenset({"cluster", "lifeline", "own_cluster"})
 
 # The machine's Redis, RabbitMQ and PostgreSQL.
 SERVICE_PORTS = frozenset({6379, 5672, 5432})
