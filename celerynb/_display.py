@@ -25,12 +25,14 @@ from . import _future
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
 from ._future import ipython_shell
+from ._output import DROPPED, Entry, dropped_text
 from ._schema import LOST, REQUEUED, UNKNOWN
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
 _REFRESH_SECONDS = 1.0  # redraw running jobs this often so elapsed time moves
 _WAITING = (states.PENDING, states.RECEIVED)  # not started: the widget shows when it was sent
+MAX_SHOWN_OUTPUT_CHARS = 64 * 1024  # of a job's output lines, in a widget or text
 
 _BADGE_COLOURS = {
     states.PENDING: "#6c757d",
@@ -327,15 +329,9 @@ class WidgetRenderer:
         if len(job.progress.bars) > 1:
             lines = "\n".join(bar_line(b, 70) for b in job.progress.bars[1:])
             parts.append(f"<pre class='celerynb-bars'>{html.escape(lines)}</pre>")
-        output = captured_output(job)
-        if output is not None:
-            for stream, colour in (("stdout", "inherit"), ("stderr", "#b02a37")):
-                text = getattr(output, stream)
-                if text:
-                    parts.append(
-                        f"<pre class='celerynb-{stream}' style='color:{colour};margin:2px 0;"
-                        f"max-height:20em;overflow:auto'>{html.escape(text)}</pre>"
-                    )
+        entries = shown_output(job)
+        if entries:
+            parts.append(output_html(entries))
         if job.done() and not job.cancelled():
             error = job.exception(timeout=0)
             if error is not None:
@@ -395,6 +391,7 @@ class TextRenderer:
         self._lock = threading.Lock()
         self._in_place = True
         self._finished = False
+        self._output_mark = 0  # the job's output lines already printed
         self.bar = JobBar(job, self.file)
         # Set once the outcome is shown: a cell waiting in ``result()`` resumes only then,
         # so its own output (``Out[n]``) never lands on the bar's line.
@@ -404,11 +401,24 @@ class TextRenderer:
     def draw(self) -> bool:
         with self._lock:
             if not self._finished and not self.job.done():
+                lines = self._new_output()
                 if self._in_place:
+                    if lines:  # above the bar, as tqdm.write does
+                        self.bar.clear()
+                        self.file.write(lines + "\n")
                     self.bar.refresh()
+                elif lines:
+                    sys.stderr.write(lines + "\n")  # above the prompt (see _finish)
                 return False
             self._finish()
             return True
+
+    def _new_output(self) -> str:
+        """The job's output lines not printed yet, as text ("" when none)."""
+        entries, missed, self._output_mark = self.job._output_since(self._output_mark)
+        if missed:
+            entries.insert(0, (DROPPED, str(missed)))
+        return output_text(entries) if entries else ""
 
     def leave(self) -> None:
         """The terminal's line is needed (a prompt): keep the bar's state as a line and
@@ -443,7 +453,12 @@ class TextRenderer:
                 file = self.file
             else:
                 file = sys.stderr if self._follows_stderr else self.file
-            file.write(final_text(self.job) + "\n")  # one write: nothing can split it
+            printed_before = self._output_mark > 0
+            lines = self._new_output()
+            if not printed_before and not lines:  # a cell's captured text, if no line came
+                lines = output_text(shown_output(self.job))
+            text = final_text(self.job, output=False)
+            file.write((f"{lines}\n" if lines else "") + text + "\n")  # one write: unsplit
             file.flush()
         finally:
             self._outcome_shown.set()
@@ -486,15 +501,83 @@ _cell_bars = _CellBars()
 _text_renderers: weakref.WeakKeyDictionary[Any, TextRenderer] = weakref.WeakKeyDictionary()
 
 
-def final_text(job: Any) -> str:
-    """The final line, then the output a cell job printed, then the remote traceback."""
+def final_text(job: Any, *, output: bool = True) -> str:
+    """The final line, then the job's output (``output``), then the remote traceback."""
     parts = [job_final_line(job)]
-    output = captured_output(job)
-    if output is not None:
-        parts += [chunk.rstrip() for chunk in (output.stdout, output.stderr) if chunk]
+    entries = shown_output(job) if output else []
+    if entries:
+        parts.append(output_text(entries))
     if job.remote_traceback:
         parts.append(job.remote_traceback.rstrip())
     return "\n".join(parts)
+
+
+def shown_output(job: Any, limit: int = MAX_SHOWN_OUTPUT_CHARS) -> list[Entry]:
+    """The output lines a display shows: the job's live lines (a cell job's captured
+    text when none came live: a polled backend, a job watched after it ended), the
+    latest within ``limit`` characters, a ``dropped`` entry first for what is left out."""
+    entries = job.output.entries()
+    if not entries:
+        cell = captured_output(job)
+        if cell is not None:
+            entries = [
+                (stream, line)
+                for stream in ("stdout", "stderr")
+                for line in getattr(cell, stream).splitlines()
+            ]
+    return latest_within(entries, limit)
+
+
+def latest_within(entries: list[Entry], limit: int) -> list[Entry]:
+    """The last entries whose text fits in ``limit`` characters; those left out are
+    counted in a ``dropped`` entry first (pure)."""
+    kept: list[Entry] = []
+    size = 0
+    for stream, text in reversed(entries):
+        size += len(text) + 1
+        if size > limit:
+            break
+        kept.append((stream, text))
+    left_out = entries[: len(entries) - len(kept)]
+    if left_out:
+        count = sum(int(text) if stream == DROPPED else 1 for stream, text in left_out)
+        if kept and kept[-1][0] == DROPPED:
+            count += int(kept.pop()[1])
+        kept.append((DROPPED, str(count)))
+    return kept[::-1]
+
+
+_OUTPUT_STYLES = {  # stream -> (class, inline style): stderr and logging told apart
+    "stdout": ("celerynb-stdout", ""),
+    "stderr": ("celerynb-stderr", "color:#b02a37"),
+    "log": ("celerynb-log", "color:#6f42c1"),
+    DROPPED: ("celerynb-dropped", "color:#6c757d;font-style:italic"),
+}
+
+
+def output_html(entries: list[Entry]) -> str:
+    """Output lines as an escaped, scrollable block that stays scrolled to its end."""
+    lines = []
+    for stream, text in entries:
+        css, style = _OUTPUT_STYLES[stream]
+        shown = dropped_text(int(text)) if stream == DROPPED else text
+        lines.append(f"<span class='{css}' style='{style}'>{html.escape(shown)}</span>")
+    body = "\n".join(lines)
+    # column-reverse: the block opens (and stays) scrolled to its last line.
+    return (
+        "<div class='celerynb-output' style='max-height:20em;overflow:auto;display:flex;"
+        "flex-direction:column-reverse;margin:2px 0'>"
+        f"<pre style='margin:0;white-space:pre-wrap'>{body}</pre></div>"
+    )
+
+
+def output_text(entries: list[Entry]) -> str:
+    """Output lines as plain text; stderr and logging lines marked apart."""
+    marks = {"stdout": "", "stderr": "[stderr] ", "log": "[log] "}
+    return "\n".join(
+        dropped_text(int(text)) if stream == DROPPED else marks[stream] + text
+        for stream, text in entries
+    )
 
 
 def widgets_available() -> bool:

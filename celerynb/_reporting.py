@@ -22,8 +22,9 @@ from celery import current_task
 from celery.signals import task_postrun
 from tqdm.auto import tqdm as _auto_tqdm
 
+from ._capture import output_of
 from ._claims import signed_run
-from ._schema import PROGRESS, RUN_KEY, bar_meta, task_meta
+from ._schema import OUTPUT_KEY, PROGRESS, RUN_KEY, bar_meta, task_meta
 
 DEFAULT_MAX_WRITES_PER_SECOND = 10.0
 
@@ -52,6 +53,9 @@ class TaskProgress:
         self._last_write = float("-inf")
         self._pending = False
         self._lock = threading.Lock()
+        # Writes one at a time: the output flusher writes from its own thread.
+        self._write_lock = threading.Lock()
+        self._flusher_may_write = False  # within capture_output(), until it closes
         self.write_failed = False
 
     def update_bar(self, key: int, meta: dict[str, Any], *, force: bool = False) -> None:
@@ -82,23 +86,69 @@ class TaskProgress:
         """Final write for a bar; the bar stays in the meta (it finished, not vanished)."""
         self.update_bar(key, meta, force=True)
 
-    def _write(self, bars: list[dict[str, Any]]) -> None:
-        meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
-        if self.run is not None:  # a shipped call: its signed run, for the kernel
-            meta[RUN_KEY] = self.run
-        try:
-            self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
-        except Exception as exc:  # progress is best effort: never fail the task for it
-            with self._lock:
-                self._pending = True  # the next update writes again
-            if not self.write_failed:
-                log.warning(
-                    "celerynb: could not write the progress of task %s: %s", self.task_id, exc
-                )
-            self.write_failed = True
+    def send_output(self) -> None:
+        """Write the task's waiting output lines, if the throttle allows (the flusher's
+        call, within ``capture_output()``)."""
+        output = output_of(self.task_id)
+        if output is None or not output.buffer.pending:
             return
-        self.write_failed = False
-        self.writes += 1
+        with self._lock:
+            now = self._clock()
+            if now - self._last_write < self.min_interval:
+                return
+            self._last_write = now
+            self._pending = False
+            bars = list(self.bars.values())
+        self._write(bars, flusher=True)
+
+    def open_output(self) -> None:
+        """From now on the flusher may write this task's output."""
+        with self._write_lock:
+            self._flusher_may_write = True
+
+    def close_output(self) -> None:
+        """Stop the flusher's writes (waiting for one under way), then write every line
+        still waiting, from the task's own thread: before the task stores its outcome,
+        which a later PROGRESS write would overwrite."""
+        with self._write_lock:
+            self._flusher_may_write = False
+        for _ in range(16):  # bounded: what waits is at most a few batches
+            with self._lock:
+                bars = list(self.bars.values())
+            if not self._write(bars, final=True):
+                return
+
+    def _write(
+        self, bars: list[dict[str, Any]], *, flusher: bool = False, final: bool = False
+    ) -> bool:
+        """Write PROGRESS with ``bars`` and the output lines waiting (``final``: only if
+        lines wait, all of them); False when nothing was written."""
+        with self._write_lock:
+            if flusher and not self._flusher_may_write:
+                return False
+            output = output_of(self.task_id)
+            batch = output.take(final=final) if output is not None else None
+            if final and batch is None:
+                return False
+            meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
+            if batch is not None:
+                meta[OUTPUT_KEY] = batch
+            if self.run is not None:  # a shipped call: its signed run, for the kernel
+                meta[RUN_KEY] = self.run
+            try:
+                self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
+            except Exception as exc:  # progress is best effort: never fail the task for it
+                with self._lock:
+                    self._pending = True  # the next update writes again
+                if not self.write_failed:
+                    log.warning(
+                        "celerynb: could not write the progress of task %s: %s", self.task_id, exc
+                    )
+                self.write_failed = True
+                return False
+            self.write_failed = False
+            self.writes += 1
+            return True
 
 
 _registry_lock = threading.Lock()

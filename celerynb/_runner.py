@@ -14,6 +14,7 @@ from celery import states
 from celery.exceptions import Ignore
 
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
+from ._capture import capture_output
 from ._claims import (
     Holder,
     LeaseKeeper,
@@ -115,7 +116,8 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     except CelerynbError as exc:  # a verified call that cannot be opened: say so, signed
         raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
     try:
-        with resolving(key, stores):  # a cell unpickles its inputs itself
+        # Its output goes to the notebook live; the last lines before it returns too.
+        with resolving(key, stores), capture_output():  # a cell unpickles its inputs itself
             value = fn(*args, **kwargs)
     except Exception as exc:
         failure = sealed_error(beyond_the_limit(exc), secret=key, task_id=task_id)

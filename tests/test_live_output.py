@@ -1,0 +1,139 @@
+"""Live output with real workers: what a job prints and logs reaches its Job while it runs."""
+
+import time
+
+import pytest
+
+import celerynb
+from celerynb._output import DROPPED, KEEP_LINES
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.needs_server
+
+
+def prints_slowly(count, gap, release_path):
+    """Prints ``count`` lines ``gap`` s apart, then waits for ``release_path`` to exist."""
+    import os
+    import time
+
+    for i in range(count):
+        print(f"line {i}")
+        time.sleep(gap)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "done"
+
+
+def test_a_print_reaches_the_job_long_before_the_job_ends(session, tmp_path):
+    release = tmp_path / "release"
+    job = celerynb.submit(prints_slowly, 3, 0.3, str(release))
+    try:
+        started = time.monotonic()
+        assert wait_for(lambda: ("stdout", "line 0") in job.output.lines, timeout=30)
+        first = time.monotonic() - started
+        assert wait_for(lambda: len(job.output.lines) == 3, timeout=10), job.output
+        assert not job.done(), "the job ended before its output was seen"
+        assert job.output.lines == (("stdout", "line 0"), ("stdout", "line 1"), ("stdout", "line 2"))
+        assert job.output.dropped == 0
+    finally:
+        release.touch()
+    assert job.result(timeout=30) == "done"
+    # Nothing twice once it ended (the final flush, the SUCCESS).
+    assert [text for _, text in job.output.lines] == ["line 0", "line 1", "line 2"]
+    assert first < 20  # the job had to start first; the line itself came within a second
+
+
+def mixed_streams():
+    import logging
+    import sys
+
+    print("out 1")
+    print("err 1", file=sys.stderr)
+    logging.getLogger("fit").warning("slow step %d", 3)
+    sys.stdout.write("partial ")
+    sys.stdout.write("line\n")
+    print("working", end="\r")  # a redrawn line: only its last version counts
+    print("worked")
+    print("no newline at the end", end="")
+    return 1
+
+
+def test_stdout_stderr_and_logging_are_told_apart_in_order(session):
+    job = celerynb.submit(mixed_streams)
+    assert job.result(timeout=60) == 1
+    assert wait_for(lambda: len(job.output.lines) >= 6, timeout=10), job.output
+    assert job.output.lines == (
+        ("stdout", "out 1"),
+        ("stderr", "err 1"),
+        ("log", "WARNING fit: slow step 3"),
+        ("stdout", "partial line"),
+        ("stdout", "worked"),
+        ("stdout", "no newline at the end"),  # the last lines come before the SUCCESS
+    )
+
+
+def floods(count):
+    for i in range(count):
+        print(i)
+    print("the end")
+    return count
+
+
+def test_a_flood_of_prints_stays_bounded(session):
+    job = celerynb.submit(floods, 200_000)
+    assert job.result(timeout=120) == 200_000
+    assert wait_for(lambda: job.output.lines[-1:] == (("stdout", "the end"),), timeout=10)
+    output = job.output
+    assert len(output.lines) <= KEEP_LINES
+    shown = sum(1 for stream, _ in output.lines if stream != DROPPED)
+    dropped = output.dropped + sum(int(t) for s, t in output.lines if s == DROPPED)
+    assert shown + dropped == 200_001, (shown, dropped)  # every line shown or counted
+    numbers = [int(text) for stream, text in output.lines if stream == "stdout" and text.isdigit()]
+    assert numbers == sorted(numbers)  # in order
+    sent = sum(len(text) for _, text in output.lines)
+    assert sent < 2_000_000
+
+
+def test_a_cell_streams_its_output_live_and_keeps_its_result_text(session, tmp_path):
+    release = tmp_path / "release"
+    job = celerynb.submit_cell(
+        "import os, time\n"
+        "print('cell says hi')\n"
+        f"while not os.path.exists({str(release)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "x = 1\n",
+        {},
+        outputs="x",
+    )
+    try:
+        assert wait_for(lambda: ("stdout", "cell says hi") in job.output.lines, timeout=30)
+        assert not job.done()
+    finally:
+        release.touch()
+    result = job.result(timeout=30)
+    assert result.stdout == "cell says hi\n"
+    assert job.output.lines == (("stdout", "cell says hi"),)
+
+
+def test_a_maps_output_shows_under_its_group(session):
+    group = celerynb.map(print, range(6), chunksize=3)
+    group.results(timeout=60)
+    assert wait_for(lambda: len(group.output.lines) == 6, timeout=10), group.output
+    assert sorted(text for _, text in group.output.lines) == [str(i) for i in range(6)]
+
+
+def test_lines_arrive_while_another_thread_of_the_task_prints(session):
+    def from_a_thread():
+        import threading
+
+        thread = threading.Thread(target=print, args=("from a thread",))
+        thread.start()
+        thread.join()
+        return "ok"
+
+    job = celerynb.submit(from_a_thread)
+    assert job.result(timeout=60) == "ok"
+    assert wait_for(lambda: ("stdout", "from a thread") in job.output.lines, timeout=10)
+
