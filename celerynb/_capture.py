@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ContextDecorator, contextmanager
 from typing import Any
 
@@ -120,16 +120,9 @@ class RoutedLogHandler(logging.Handler):
             self.handleError(record)
 
 
-_installed_in: int | None = None  # the pid of the process the wrappers are installed in
-
-
 def _install() -> None:
-    """Wrap the streams and add the log handler, once per process (again in a forked
-    child: Celery's pool processes are forked from the worker)."""
-    global _installed_in
-    if _installed_in == os.getpid():
-        return
-    _installed_in = os.getpid()
+    """Wrap the streams and add the log handler unless they are (at each task's start:
+    a forked pool process inherits them, and something may have replaced a stream)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if not isinstance(stream, RoutedStream):
@@ -246,7 +239,7 @@ def _capturing() -> Iterator[None]:
             progress.close_output()  # the last lines, before the task stores its outcome
 
 
-class capture_output(ContextDecorator):  # noqa: N801 - a decorator, named like a function
+def capture_output(fn: Callable[..., Any] | None = None) -> Any:
     """Send the output of a task (stdout, stderr, logging records) to the notebook.
 
     A decorator of a task's function (under ``@app.task``), or a ``with`` block inside
@@ -255,12 +248,20 @@ class capture_output(ContextDecorator):  # noqa: N801 - a decorator, named like 
     nothing. celerynb's shipped calls and ``%%celery_submit`` cells are captured so
     without asking; a task that reports with ``celerynb.tqdm``/``report`` sends its
     lines with its progress even without it.
+
+    ``@capture_output``, ``@capture_output()`` and ``with capture_output():`` all work.
     """
+    capture = _OutputCapture()
+    return capture if fn is None else capture(fn)
+
+
+class _OutputCapture(ContextDecorator):
+    """``capture_output()``: a context manager that also decorates."""
 
     def __init__(self) -> None:
         self._blocks = threading.local()
 
-    def __enter__(self) -> capture_output:
+    def __enter__(self) -> _OutputCapture:
         block = _capturing()
         block.__enter__()
         stack = getattr(self._blocks, "stack", None)

@@ -1,13 +1,15 @@
 """Live output with real workers: what a job prints and logs reaches its Job while it runs."""
 
+import json
 import time
+import uuid
 
 import pytest
+import redis
+from conftest import wait_for
 
 import celerynb
 from celerynb._output import DROPPED, KEEP_LINES
-
-from conftest import wait_for
 
 pytestmark = pytest.mark.needs_server
 
@@ -35,7 +37,11 @@ def test_a_print_reaches_the_job_long_before_the_job_ends(session, tmp_path):
         first = time.monotonic() - started
         assert wait_for(lambda: len(job.output.lines) == 3, timeout=10), job.output
         assert not job.done(), "the job ended before its output was seen"
-        assert job.output.lines == (("stdout", "line 0"), ("stdout", "line 1"), ("stdout", "line 2"))
+        assert job.output.lines == (
+            ("stdout", "line 0"),
+            ("stdout", "line 1"),
+            ("stdout", "line 2"),
+        )
         assert job.output.dropped == 0
     finally:
         release.touch()
@@ -137,3 +143,46 @@ def test_lines_arrive_while_another_thread_of_the_task_prints(session):
     assert job.result(timeout=60) == "ok"
     assert wait_for(lambda: ("stdout", "from a thread") in job.output.lines, timeout=10)
 
+
+def test_a_registered_task_reporting_progress_sends_its_prints_with_it(session, project_worker):
+    sent = session.app.send_task("myproject.tasks.chatty", args=[20, 0.05], queue="myproject")
+    job = celerynb.attach(sent.id)
+    assert wait_for(lambda: ("stdout", "step 0") in job.output.lines, timeout=30), job.output
+    assert job.result(timeout=30) == 20
+    assert wait_for(lambda: len(job.output.lines) == 20, timeout=10), job.output
+    assert [text for _, text in job.output.lines] == [f"step {i}" for i in range(20)]
+
+
+def test_a_registered_task_that_opts_in_streams_its_output_live(session, project_worker, tmp_path):
+    release = tmp_path / "release"
+    sent = session.app.send_task("myproject.tasks.talks", args=[str(release)], queue="myproject")
+    job = celerynb.attach(sent.id)
+    try:
+        expected = [("stdout", "hello from my app"), ("log", "WARNING myproject: careful")]
+        assert wait_for(lambda: list(job.output.lines) == expected, timeout=30), job.output
+        assert not job.done()
+    finally:
+        release.touch()
+    assert job.result(timeout=30) == "talked"
+    assert wait_for(lambda: job.output.lines[-1:] == (("stdout", "bye"),), timeout=10)
+
+
+def test_a_registered_task_that_neither_reports_nor_opts_in_writes_no_progress(
+    session, cluster, project_worker
+):
+    client = redis.Redis.from_url(cluster.backend_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    task_id = str(uuid.uuid4())
+    pubsub.subscribe(session.app.backend.get_key_for_task(task_id))
+    try:
+        session.app.send_task("myproject.tasks.silent_printer", task_id=task_id, queue="myproject")
+        states = []
+        deadline = time.monotonic() + 30
+        while "SUCCESS" not in states and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message is not None:
+                states.append(json.loads(message["data"])["status"])
+    finally:
+        pubsub.close()
+        client.close()
+    assert "SUCCESS" in states and "PROGRESS" not in states, states
