@@ -58,6 +58,7 @@ def mixed_streams():
     print("out 1")
     print("err 1", file=sys.stderr)
     logging.getLogger("fit").warning("slow step %d", 3)
+    logging.getLogger("fit").info("a LocalCluster logs INFO")
     sys.stdout.write("partial ")
     sys.stdout.write("line\n")
     print("working", end="\r")  # a redrawn line: only its last version counts
@@ -69,15 +70,24 @@ def mixed_streams():
 def test_stdout_stderr_and_logging_are_told_apart_in_order(session):
     job = celerynb.submit(mixed_streams)
     assert job.result(timeout=60) == 1
-    assert wait_for(lambda: len(job.output.lines) >= 6, timeout=10), job.output
+    assert wait_for(lambda: len(job.output.lines) >= 7, timeout=10), job.output
     assert job.output.lines == (
         ("stdout", "out 1"),
         ("stderr", "err 1"),
         ("log", "WARNING fit: slow step 3"),
+        ("log", "INFO fit: a LocalCluster logs INFO"),
         ("stdout", "partial line"),
         ("stdout", "worked"),
         ("stdout", "no newline at the end"),  # the last lines come before the SUCCESS
     )
+
+
+def test_the_workers_log_still_receives_what_a_job_prints(session, cluster):
+    marker = f"for the worker log {uuid.uuid4()}"
+    job = celerynb.submit(print, marker)
+    job.result(timeout=60)
+    assert wait_for(lambda: marker in cluster.log_path.read_text(errors="replace"), timeout=10)
+    assert job.output.lines == (("stdout", marker),)
 
 
 def floods(count):

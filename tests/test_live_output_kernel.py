@@ -4,7 +4,7 @@ update of the job's display within 2.5 s, long before the job ends, and once."""
 import time
 
 import pytest
-from conftest import project_env
+from conftest import celery_user_env
 from kernel_helpers import Kernel
 
 pytestmark = pytest.mark.needs_server
@@ -14,9 +14,7 @@ LATENCY = 2.5  # seconds from a print on the worker to the frontend
 
 @pytest.fixture(scope="module")
 def kernel(cluster, tmp_path_factory):
-    env = project_env(cluster)
-    env["CELERY_BROKER_URL"] = env.pop("CELERYNB_BROKER_URL")
-    env["CELERY_RESULT_BACKEND"] = env.pop("CELERYNB_RESULT_BACKEND")
+    env = celery_user_env(cluster)
     started = Kernel(cwd=str(tmp_path_factory.mktemp("live-output")), env=env)
     try:
         started.ok("%load_ext celerynb")

@@ -6,6 +6,7 @@ import io
 import logging
 import sys
 import threading
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -248,13 +249,14 @@ class Task:
 @pytest.fixture
 def captured(monkeypatch):
     """A fake running task whose output is captured in this thread."""
-    task = Task()
+    task = Task(f"t-{uuid.uuid4()}")
     monkeypatch.setattr(_reporting, "running_task", lambda: task)
     output = _capture.start(task.request.id)
     try:
         yield task, output
     finally:
         _capture.stop(task.request.id)
+        _reporting._forget_finished_task(task.request.id)  # as task_postrun does
 
 
 def sent_lines(task):
@@ -412,3 +414,16 @@ def test_the_text_display_prints_each_line_once_then_the_final_line():
     text = out.getvalue()
     assert text.count("first") == 1 and text.count("second") == 1, text
     assert text.index("first") < text.index("second") < text.index("talky: SUCCESS")
+
+
+def test_capture_output_as_a_with_block_sends_its_lines_before_it_ends(captured):
+    task, output = captured
+    from celerynb import capture_output
+
+    with capture_output():
+        print("inside")
+        logging.getLogger("celerynb.test").warning("logged inside")
+    assert sent_lines(task) == [
+        ("stdout", "inside"),
+        ("log", "WARNING celerynb.test: logged inside"),
+    ]
