@@ -52,11 +52,15 @@ class TaskOutput:
         with self.lock:
             self.buffer.log(text)
 
-    def take(self, *, final: bool = False) -> dict[str, Any] | None:
+    def take(self, *, final: bool = False, again: float = 0.0) -> dict[str, Any] | None:
         with self.lock:
             if final:
                 self.buffer.end_lines()
-            return self.buffer.take(final=final)
+            return self.buffer.take(final=final, again=again)
+
+    def recent(self) -> dict[str, Any] | None:
+        with self.lock:
+            return self.buffer.recent()
 
 
 _lock = threading.Lock()

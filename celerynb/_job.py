@@ -33,6 +33,7 @@ from ._payload import loads
 from ._remote_errors import exception_from_info
 from ._scatter import resolving
 from ._schema import (
+    FINAL_OUTPUT_KEY,
     LOST,
     OUTPUT_KEY,
     PROGRESS,
@@ -282,7 +283,7 @@ class Job(WatchedFuture):
             except _Unverified as why:
                 self._ignore(str(why))
                 return
-        if state == PROGRESS and self._take_output(meta.get("result")):
+        if state in (PROGRESS, states.SUCCESS) and self._take_output(state, meta.get("result")):
             self._notify()  # even for a state that moves nothing else (a late one)
         too_many_runs = False
         with self._lock:
@@ -334,10 +335,12 @@ class Job(WatchedFuture):
             self._settle(*outcome, done_at=meta.get("date_done"))
         self._notify()
 
-    def _take_output(self, result: Any) -> bool:
-        """Merge the output lines a PROGRESS meta carries; True when some were new.
-        A late or repeated meta adds only lines not seen yet (they are numbered)."""
-        batch = result.get(OUTPUT_KEY) if isinstance(result, dict) else None
+    def _take_output(self, state: str, result: Any) -> bool:
+        """Merge the output lines a PROGRESS meta (or a shipped call's SUCCESS) carries;
+        True when some were new. A late or repeated batch adds only lines not seen yet
+        (they are numbered)."""
+        key = OUTPUT_KEY if state == PROGRESS else FINAL_OUTPUT_KEY
+        batch = result.get(key) if isinstance(result, dict) else None
         if batch is None:
             return False
         with self._lock:

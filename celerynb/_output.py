@@ -32,6 +32,7 @@ MAX_BATCH_CHARS = 64 * 1024  # text in one write
 RATE_CHARS_PER_SECOND = 64 * 1024  # sustained text sent per task (a burst may send more)
 BURST_CHARS = 256 * 1024
 LINE_COST = 16  # chars charged per line on top of its text (the JSON around it)
+RECENT_CHARS = 16 * 1024  # lines already sent that a write may carry again (see ``take``)
 MAX_BATCH_LINES_READ = 5000  # entries the kernel reads from one batch (untrusted)
 
 Entry = tuple[str, str]  # (stream, text)
@@ -77,6 +78,8 @@ class OutputBuffer:
         self._dropped = 0  # dropped before the first line waiting: sent as a ``dropped`` entry
         self.dropped_total = 0
         self._next_seq = 0
+        self._sent: deque[tuple[float, list[str]]] = deque()  # (when, line), the latest sent
+        self._sent_chars = 0
 
     # -- in ----------------------------------------------------------------------
     def write(self, stream: str, text: str) -> None:
@@ -122,10 +125,12 @@ class OutputBuffer:
         """Whether lines wait to be sent."""
         return bool(self._pending)
 
-    def take(self, *, final: bool = False) -> dict[str, Any] | None:
+    def take(self, *, final: bool = False, again: float = 0.0) -> dict[str, Any] | None:
         """The next batch (None: nothing to send now), within ``MAX_BATCH_CHARS`` and the
         rate cap. ``final``: the task is ending: the rate cap does not hold back (what
-        waits is bounded anyway); call until it gives None."""
+        waits is bounded anyway); call until it gives None. ``again``: the batch also
+        carries the lines sent in the last ``again`` seconds (at most ``RECENT_CHARS``),
+        for a kernel that polls and so reads only some of the writes."""
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
         self._refilled = now
@@ -150,9 +155,23 @@ class OutputBuffer:
             return None
         if not final:
             self._tokens -= spent
-        batch = {"run": self.run, "seq": self._next_seq, "lines": lines}
+        repeated = [line for when, line in self._sent if when >= now - again] if again else []
+        batch = {"run": self.run, "seq": self._next_seq - len(repeated), "lines": repeated + lines}
         self._next_seq += len(lines)
+        for line in lines:
+            self._sent.append((now, line))
+            self._sent_chars += len(line[1]) + LINE_COST
+        while self._sent_chars > RECENT_CHARS:
+            self._sent_chars -= len(self._sent.popleft()[1][1]) + LINE_COST
         return batch
+
+    def recent(self) -> dict[str, Any] | None:
+        """The latest lines sent (at most ``RECENT_CHARS``), as a batch: for the task's
+        final state, which replaces the PROGRESS that carried them."""
+        if not self._sent:
+            return None
+        lines = [line for _, line in self._sent]
+        return {"run": self.run, "seq": self._next_seq - len(lines), "lines": lines}
 
 
 def _last_version(line: str) -> str:

@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import current_task
@@ -27,6 +28,20 @@ from ._claims import signed_run
 from ._schema import OUTPUT_KEY, PROGRESS, RUN_KEY, bar_meta, task_meta
 
 DEFAULT_MAX_WRITES_PER_SECOND = 10.0
+# A kernel polls a backend that does not push (a database) every 0.5 s, reading only the
+# latest write: each write repeats the output lines sent this long ago or less.
+REPEAT_SECONDS_WHEN_POLLED = 1.5
+
+
+def pushes_every_state(task: Any) -> bool:
+    """Whether the kernel gets every state the task writes (Redis pub/sub, rpc:// replies),
+    not only the latest one it polls."""
+    from celery.backends.redis import RedisBackend
+    from celery.backends.rpc import RPCBackend
+
+    backend = getattr(task, "backend", None)
+    backend = getattr(backend, "backend", backend)  # celerynb's signing wrapper
+    return isinstance(backend, RedisBackend | RPCBackend)
 
 
 log = logging.getLogger(__name__)
@@ -56,6 +71,8 @@ class TaskProgress:
         # Writes one at a time: the output flusher writes from its own thread.
         self._write_lock = threading.Lock()
         self._flusher_may_write = False  # within capture_output(), until it closes
+        self._pushed = pushes_every_state(task)
+        self._request, self._thread = task.request, threading.get_ident()
         self.write_failed = False
 
     def update_bar(self, key: int, meta: dict[str, Any], *, force: bool = False) -> None:
@@ -85,6 +102,20 @@ class TaskProgress:
     def close_bar(self, key: int, meta: dict[str, Any]) -> None:
         """Final write for a bar; the bar stays in the meta (it finished, not vanished)."""
         self.update_bar(key, meta, force=True)
+
+    @contextmanager
+    def _as_the_tasks_thread(self) -> Iterator[None]:
+        """Celery's request as the task's own thread has it, from another thread (the
+        flusher): an ``rpc://`` backend sends states to the request's reply queue."""
+        stack = getattr(self.task, "request_stack", None)
+        if stack is None or threading.get_ident() == self._thread:
+            yield
+            return
+        stack.push(self._request)
+        try:
+            yield
+        finally:
+            stack.pop()
 
     def send_output(self) -> None:
         """Write the task's waiting output lines, if the throttle allows (the flusher's
@@ -127,7 +158,8 @@ class TaskProgress:
             if flusher and not self._flusher_may_write:
                 return False
             output = output_of(self.task_id)
-            batch = output.take(final=final) if output is not None else None
+            again = 0.0 if self._pushed else REPEAT_SECONDS_WHEN_POLLED
+            batch = output.take(final=final, again=again) if output is not None else None
             if final and batch is None:
                 return False
             meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
@@ -136,7 +168,8 @@ class TaskProgress:
             if self.run is not None:  # a shipped call: its signed run, for the kernel
                 meta[RUN_KEY] = self.run
             try:
-                self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
+                with self._as_the_tasks_thread():
+                    self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
             except Exception as exc:  # progress is best effort: never fail the task for it
                 with self._lock:
                     self._pending = True  # the next update writes again

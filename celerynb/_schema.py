@@ -39,6 +39,9 @@ RUN_KEY = "celerynb_run"  # in a shipped call's states: its signed (hostname, pi
 # subscribed after they were published (a quick job); display only, like all progress.
 FINAL_BARS_KEY = "celerynb_bars"
 OUTPUT_KEY = "output"  # in PROGRESS meta: a batch of output lines (see ``_output``)
+# In a shipped call's final result: its latest output lines, for a kernel that did not
+# read the PROGRESS that carried them (a polled backend); display only, like the bars.
+FINAL_OUTPUT_KEY = "celerynb_output"
 # Published on a task's channel instead of a state too big to publish (Redis drops a
 # subscriber whose output buffer passes 32 MB): the kernel reads the key instead.
 STORED_MARKER = b"celerynb:stored"

@@ -90,6 +90,25 @@ def test_the_workers_log_still_receives_what_a_job_prints(session, cluster):
     assert job.output.lines == (("stdout", marker),)
 
 
+def loops_with_a_bar(n):
+    import time
+
+    from celerynb import tqdm
+
+    for i in tqdm(range(n), desc="looping", mininterval=0):
+        time.sleep(0.01)
+        if i == n // 2:
+            print("halfway")
+    return n
+
+
+def test_a_celerynb_tqdm_bar_is_the_jobs_bar_never_lines_of_output(session):
+    job = celerynb.submit(loops_with_a_bar, 40)
+    assert job.result(timeout=60) == 40
+    assert job.progress.desc == "looping" and job.progress.n == 40
+    assert wait_for(lambda: job.output.lines == (("stdout", "halfway"),), timeout=10), job.output
+
+
 def floods(count):
     for i in range(count):
         print(i)
@@ -196,3 +215,45 @@ def test_a_registered_task_that_neither_reports_nor_opts_in_writes_no_progress(
         pubsub.close()
         client.close()
     assert "SUCCESS" in states and "PROGRESS" not in states, states
+
+
+def prints_as(name, count, gate_path):
+    """Prints ``count`` lines named ``name`` once both tasks run (``gate_path`` counts them)."""
+    import logging
+    import os
+    import time
+    from pathlib import Path
+
+    with open(gate_path, "a") as gate:
+        gate.write(name)
+    deadline = time.monotonic() + 60
+    while len(Path(gate_path).read_text()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(count):
+        print(f"{name} {i}")
+        logging.getLogger("pool").warning("%s logged %d", name, i)
+        time.sleep(0.001)
+    return os.getpid()
+
+
+def test_tasks_running_side_by_side_in_threads_keep_their_own_lines(monkeypatch, tmp_path):
+    from celerynb import _session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    with celerynb.LocalCluster(processes=2, pool="threads") as local:
+        session = celerynb.connect(local)
+        try:
+            gate = str(tmp_path / "gate")
+            a, b = (session.submit(prints_as, (name, 50, gate)) for name in ("a", "b"))
+            assert a.result(timeout=60) == b.result(timeout=60)  # one process, two threads
+            for job, name in ((a, "a"), (b, "b")):
+                assert wait_for(lambda job=job: len(job.output.lines) == 100, timeout=10)
+                expected = []
+                for i in range(50):
+                    expected += [
+                        ("stdout", f"{name} {i}"),
+                        ("log", f"WARNING pool: {name} logged {i}"),
+                    ]
+                assert list(job.output.lines) == expected
+        finally:
+            session.close()

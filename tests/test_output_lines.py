@@ -145,6 +145,26 @@ def test_a_batch_stays_within_its_size_and_the_defaults_bound_the_rate():
     assert sent <= BURST_CHARS + 10 * RATE_CHARS_PER_SECOND + MAX_BATCH_CHARS
 
 
+def test_a_write_for_a_polling_kernel_repeats_the_lines_of_the_last_seconds():
+    clock = FakeClock()
+    buffer = OutputBuffer("r", clock=clock)
+    log = OutputLog()
+    for i in range(6):
+        buffer.write("stdout", f"{i}\n")
+        written = buffer.take(again=1.5)
+        clock.now += 0.4
+        if i % 3 == 2:  # the kernel reads only every third write
+            log.merge(written)
+    assert written["seq"] == 2 and [t for _, t in written["lines"]] == ["2", "3", "4", "5"]
+    assert [t for _, t in log.tail().lines] == [str(i) for i in range(6)]
+    assert log.tail().dropped == 0
+    assert buffer.recent() == {
+        "run": "r",
+        "seq": 0,
+        "lines": [["stdout", str(i)] for i in range(6)],
+    }
+
+
 # -- the kernel's log ------------------------------------------------------------------
 def batch(seq, *texts, run="r"):
     return {"run": run, "seq": seq, "lines": [["stdout", text] for text in texts]}
@@ -239,7 +259,10 @@ class Task:
     """The part of a Celery task that TaskProgress uses; records every write."""
 
     def __init__(self, task_id="t-out"):
+        from celery.backends.redis import RedisBackend
+
         self.request = SimpleNamespace(id=task_id, hostname="w@h")
+        self.backend = RedisBackend.__new__(RedisBackend)  # pushes: no line sent twice
         self.metas = []
 
     def update_state(self, task_id, state, meta):
