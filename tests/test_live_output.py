@@ -109,6 +109,18 @@ def test_a_celerynb_tqdm_bar_is_the_jobs_bar_never_lines_of_output(session):
     assert wait_for(lambda: job.output.lines == (("stdout", "halfway"),), timeout=10), job.output
 
 
+def test_a_job_watched_only_after_it_ended_still_shows_its_latest_lines(session):
+    """As a restarted kernel, or a polling one, sees it: only its stored final state."""
+    from celerynb._job import Job
+
+    job = celerynb.submit(floods, 3)
+    assert job.result(timeout=60) == 3
+    watched_after = Job(job.id, "floods", session, shipped=True)
+    watched_after._apply_meta(session.app.backend.get_task_meta(job.id))
+    assert watched_after.result(timeout=10) == 3
+    assert [text for _, text in watched_after.output.lines] == ["0", "1", "2", "the end"]
+
+
 def floods(count):
     for i in range(count):
         print(i)
