@@ -15,6 +15,7 @@ too, from a flusher thread, and sends the last lines before the task returns.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -95,6 +96,9 @@ class RoutedStream:
                 output.write(self.stream_name, text)
             except Exception:  # capture is best effort: never fail a print
                 pass
+        kept = getattr(_recording, "streams", None)
+        if kept is not None:
+            kept[self.stream_name].write(text)
         return self.original.write(text)
 
     def writelines(self, lines: Any) -> None:
@@ -134,6 +138,25 @@ def _install() -> None:
     root = logging.getLogger()
     if not any(isinstance(handler, RoutedLogHandler) for handler in root.handlers):
         root.addHandler(RoutedLogHandler())
+
+
+_recording = threading.local()  # .streams: where this thread's writes are also kept
+
+
+@contextmanager
+def recording() -> Iterator[dict[str, io.StringIO]]:
+    """Within it, what the calling thread writes to ``sys.stdout``/``sys.stderr`` is also
+    kept, in the ``"stdout"`` and ``"stderr"`` buffers it gives (a cell's ``CellResult``).
+    Unlike ``contextlib.redirect_stdout`` it changes nothing for other threads (a threads
+    pool runs several tasks in one process)."""
+    _install()
+    streams = {"stdout": io.StringIO(), "stderr": io.StringIO()}
+    previous = getattr(_recording, "streams", None)
+    _recording.streams = streams
+    try:
+        yield streams
+    finally:
+        _recording.streams = previous
 
 
 def start(task_id: str) -> TaskOutput:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
 import io
 import linecache
 import pickle
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +95,7 @@ def run_cell(source: str, filename: str, inputs: bytes, outputs: tuple[str, ...]
     ``celerynb_output`` (a CellResult without values). tqdm bars the cell makes report
     the task's progress; bars that other code draws as text keep their last state only.
     """
+    from ._capture import recording
     from ._reporting import reporting_import, reporting_view
 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -105,46 +104,20 @@ def run_cell(source: str, filename: str, inputs: bytes, outputs: tuple[str, ...]
     cell_builtins = dict(vars(builtins), __import__=reporting_import)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": cell_builtins}
     namespace.update((name, reporting_view(value)) for name, value in pickle.loads(inputs).items())
-    stdout, stderr = io.StringIO(), io.StringIO()
-    # Kept for the CellResult, and written on to the streams as they were (a worker's
-    # capture sends them to the notebook live: see ``_capture``).
-    tee_out, tee_err = _Tee(stdout, sys.stdout), _Tee(stderr, sys.stderr)
-    try:
-        with contextlib.redirect_stdout(tee_out), contextlib.redirect_stderr(tee_err):
+    # Kept for the CellResult; the worker's capture also sends them to the notebook live.
+    with recording() as kept:
+        stdout, stderr = kept["stdout"], kept["stderr"]
+        try:
             exec(compile(source, filename, "exec"), namespace)
             missing = [name for name in outputs if name not in namespace]
             if missing:
                 raise NameError(
                     f"the cell did not define {', '.join(map(repr, missing))} (asked for with -o)"
                 )
-    except BaseException as exc:
-        exc.celerynb_output = CellResult({}, _tail(stdout), _tail(stderr))  # type: ignore[attr-defined]
-        raise
+        except BaseException as exc:
+            exc.celerynb_output = CellResult({}, _tail(stdout), _tail(stderr))  # type: ignore[attr-defined]
+            raise
     return CellResult({name: namespace[name] for name in outputs}, _tail(stdout), _tail(stderr))
-
-
-class _Tee:
-    """A text stream writing to two others."""
-
-    def __init__(self, kept: io.StringIO, onward: Any) -> None:
-        self.kept, self.onward = kept, onward
-
-    def write(self, text: str) -> int:
-        self.kept.write(text)
-        try:
-            self.onward.write(text)
-        except Exception:  # the stream on is best effort; the kept text is what counts
-            pass
-        return len(text)
-
-    def flush(self) -> None:
-        try:
-            self.onward.flush()
-        except Exception:
-            pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 def captured_output(job: Any) -> CellResult | None:

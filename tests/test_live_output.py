@@ -267,5 +267,21 @@ def test_tasks_running_side_by_side_in_threads_keep_their_own_lines(monkeypatch,
                         ("log", f"WARNING pool: {name} logged {i}"),
                     ]
                 assert list(job.output.lines) == expected
+            # Cells too: each keeps its own text (no process-wide redirect of sys.stdout).
+            cell_gate = str(tmp_path / "cell-gate")
+            cells = [
+                celerynb.submit_cell(f"pid = prints_as({name!r}, 20, gate)", ns, outputs="pid")
+                for name, ns in (
+                    ("c", {"prints_as": prints_as, "gate": cell_gate}),
+                    ("d", {"prints_as": prints_as, "gate": cell_gate}),
+                )
+            ]
+            results = [cell.result(timeout=60) for cell in cells]
+            for result, name in zip(results, "cd", strict=True):
+                assert result.stdout == "".join(f"{name} {i}\n" for i in range(20))
+            for cell, name in zip(cells, "cd", strict=True):
+                assert [t for s, t in cell.output.lines if s == "stdout"] == [
+                    f"{name} {i}" for i in range(20)
+                ]
         finally:
             session.close()
