@@ -157,6 +157,7 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(self.jobs):
             job._group = self if job._group is None else job._group
             job.add_listener(self._on_job_change)
+            self._take_output_of(job)
             job.add_done_callback(functools.partial(self._on_job_done, position))
         if not self.jobs and not self._open:
             self._finish()
@@ -462,6 +463,7 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(jobs, first):
             job._group = self if job._group is None else job._group
             job.add_listener(self._on_job_change)
+            self._take_output_of(job)
             job.add_done_callback(functools.partial(self._on_job_done, position))
         self._notify()
 
@@ -475,13 +477,18 @@ class JobGroup(WatchedFuture):
         self._notify()
 
     # -- fed by the jobs (watcher thread) --------------------------------------
-    def _on_job_change(self, job: Job) -> None:
-        with self._lock:  # its new output lines join the group's, in the order they came
+    def _take_output_of(self, job: Job) -> None:
+        """The task's new output lines join the group's, in the order they came (also
+        called when a task joins: it may have printed before the group existed)."""
+        with self._lock:
             entries, missed, self._output_marks[job.id] = job._output_since(
                 self._output_marks.get(job.id, 0)
             )
             self._output.append(entries)
             self._output.count_dropped(missed)
+
+    def _on_job_change(self, job: Job) -> None:
+        self._take_output_of(job)
         if not self._cancelling:  # cancel() notifies once, not once per task
             self._notify()
 

@@ -450,3 +450,18 @@ def test_capture_output_as_a_with_block_sends_its_lines_before_it_ends(captured)
         ("stdout", "inside"),
         ("log", "WARNING celerynb.test: logged inside"),
     ]
+
+
+def test_a_group_shows_the_lines_its_tasks_printed_before_it_was_made():
+    """A quick task of a map printed (and its lines arrived) before its JobGroup existed."""
+    from celerynb._group import JobGroup
+    from celerynb._job import Job
+
+    job = Job("t-early", "early", session=None, shipped=True)
+    job._output.merge(batch(0, "printed early"))
+    group = JobGroup([job], [(0, 1)], name="group")
+    assert group.output.lines == (("stdout", "printed early"),)
+    job._output.merge(batch(1, "then more"))
+    group._on_job_change(job)
+    group._on_job_change(job)  # told twice: each line once
+    assert [text for _, text in group.output.lines] == ["printed early", "then more"]
