@@ -44,7 +44,7 @@ from ._executor import Executor
 from ._group import ItemCounts, JobGroup
 from ._job import Job
 from ._many import as_completed, attach, map, wait
-from ._output import OutputTail
+from ._output_log import OutputTail
 from ._reporting import report, tqdm
 from ._scatter import Scattered
 from ._schema import LOST, PROGRESS, REQUEUED, UNKNOWN, BarSnapshot, ProgressSnapshot

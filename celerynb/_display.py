@@ -25,7 +25,8 @@ from . import _future
 from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
 from ._future import ipython_shell
-from ._output import DROPPED, Entry, dropped_text
+from ._output import DROPPED, Entry
+from ._output_log import dropped_text
 from ._schema import LOST, REQUEUED, UNKNOWN
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._errors import RemoteTraceback
 from ._format import job_status_line
-from ._output import OutputTail
+from ._output_log import OutputTail
 
 # How ``show()`` draws a job: set by ``_display`` (display depends on jobs, not the reverse).
 display: Callable[[Any], Any] | None = None

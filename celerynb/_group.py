@@ -17,7 +17,8 @@ from celery import states
 from ._chunks import ChunkResult
 from ._future import WatchedFuture
 from ._job import Job
-from ._output import Entry, OutputLog, OutputTail
+from ._output import Entry
+from ._output_log import OutputLog, OutputTail
 from ._remote_errors import exception_from_info
 from ._schema import PROGRESS, UNKNOWN, BarSnapshot, ProgressSnapshot
 from ._store import JobRecord

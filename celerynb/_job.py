@@ -28,7 +28,8 @@ from ._errors import (
 )
 from ._future import WatchedFuture, monotonic_of
 from ._liveness import UNKNOWN_NOTE
-from ._output import Entry, OutputLog, OutputTail
+from ._output import Entry
+from ._output_log import OutputLog, OutputTail
 from ._payload import loads
 from ._remote_errors import exception_from_info
 from ._scatter import resolving

@@ -9,7 +9,8 @@ import redis
 from conftest import wait_for
 
 import celerynb
-from celerynb._output import DROPPED, KEEP_LINES
+from celerynb._output import DROPPED
+from celerynb._output_log import KEEP_LINES
 
 pytestmark = pytest.mark.needs_server
 

@@ -22,9 +22,8 @@ from celerynb._output import (
     MAX_LINE_CHARS,
     RATE_CHARS_PER_SECOND,
     OutputBuffer,
-    OutputLog,
-    OutputTail,
 )
+from celerynb._output_log import OutputLog, OutputTail
 from celerynb._reporting import TaskProgress
 from celerynb._schema import OUTPUT_KEY
 
