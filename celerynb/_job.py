@@ -171,7 +171,7 @@ class Job(WatchedFuture):
 
     @property
     def output(self) -> OutputTail:
-        """What the task printed and logged so far: its last 1,000 lines as
+        """What the task printed and logged so far: its last 1,000 lines (256 KiB) as
         ``(stream, text)`` (``stdout``, ``stderr``, ``log``), in order, and how many
         lines before or between them were ``dropped``. Updated live."""
         with self._lock:

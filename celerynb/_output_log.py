@@ -17,6 +17,7 @@ from typing import Any
 from ._output import DROPPED, STREAMS, Entry, cut_line
 
 KEEP_LINES = 1000  # lines a job keeps; older ones count as dropped
+KEEP_CHARS = 256 * 1024  # and their text at most
 MAX_BATCH_LINES_READ = 5000  # entries read from one batch
 
 
@@ -57,11 +58,12 @@ class OutputLog:
 
     ``merge`` takes a batch read from the backend (untrusted: checked and bounded);
     ``append`` takes lines already checked (a group's, from its jobs). At most
-    ``keep`` lines are kept, the latest by number.
+    ``keep`` lines (``keep_chars`` of text) are kept, the latest by number.
     """
 
-    def __init__(self, keep: int = KEEP_LINES) -> None:
-        self.keep = keep
+    def __init__(self, keep: int = KEEP_LINES, keep_chars: int = KEEP_CHARS) -> None:
+        self.keep, self.keep_chars = keep, keep_chars
+        self._chars = 0
         self._lines: dict[int, Entry] = {}
         self._order: list[int] = []  # the numbers kept, sorted
         self._high = 0  # one past the highest number seen
@@ -109,12 +111,17 @@ class OutputLog:
     def _add(self, number: int, entry: Entry) -> bool:
         if number in self._lines:
             return False
-        if len(self._order) >= self.keep and number < self._order[0]:
+        full = len(self._order) >= self.keep or self._chars >= self.keep_chars
+        if full and number < self._order[0]:
             return False  # older than every line kept
         bisect.insort(self._order, number)
         self._lines[number] = entry
-        if len(self._order) > self.keep:
+        self._chars += len(entry[1])
+        while len(self._order) > 1 and (
+            len(self._order) > self.keep or self._chars > self.keep_chars
+        ):
             stream, text = self._lines.pop(self._order.pop(0))
+            self._chars -= len(text)
             self._trimmed += int(text) if stream == DROPPED else 1
         self._high = max(self._high, number + 1)
         self.received += 1

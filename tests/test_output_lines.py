@@ -194,6 +194,12 @@ def test_the_log_keeps_its_last_lines_and_counts_the_rest_as_dropped():
     assert log.tail() == tail
 
 
+def test_the_log_keeps_at_most_its_size_in_text_too():
+    log = OutputLog(keep=1000, keep_chars=100)
+    log.merge(batch(0, *("x" * 30 for _ in range(10))))
+    assert len(log.tail().lines) == 3 and log.tail().dropped == 7
+
+
 def test_a_new_run_of_the_task_follows_the_earlier_ones_lines():
     log = OutputLog()
     log.merge(batch(0, "first try", run="run1"))
