@@ -54,6 +54,7 @@ def mixed_streams():
     import sys
 
     print("out 1")
+    print()  # Celery's redirect to its log drops an empty line: the output keeps it
     print("err 1", file=sys.stderr)
     logging.getLogger("fit").warning("slow step %d", 3)
     logging.getLogger("fit").info("a LocalCluster logs INFO")
@@ -68,9 +69,10 @@ def mixed_streams():
 def test_stdout_stderr_and_logging_are_told_apart_in_order(session):
     job = celerynb.submit(mixed_streams)
     assert job.result(timeout=60) == 1
-    assert wait_for(lambda: len(job.output.lines) >= 7, timeout=10), job.output
+    assert wait_for(lambda: len(job.output.lines) >= 8, timeout=10), job.output
     assert job.output.lines == (
         ("stdout", "out 1"),
+        ("stdout", ""),
         ("stderr", "err 1"),
         ("log", "WARNING fit: slow step 3"),
         ("log", "INFO fit: a LocalCluster logs INFO"),
