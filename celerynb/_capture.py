@@ -242,6 +242,18 @@ class _Flusher:
 _flusher = _Flusher()
 
 
+def _forget_in_child() -> None:
+    """In a process a task forks (multiprocessing), nothing is captured: the parent's
+    tasks are not its own, and a lock another thread held at the fork stays held."""
+    global _lock, _sole, _flusher
+    _lock, _sole, _flusher = threading.Lock(), None, _Flusher()
+    _by_thread.clear()
+    _by_task.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 @contextmanager
 def _capturing() -> Iterator[None]:
     from ._reporting import progress_for, running_task

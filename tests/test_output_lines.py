@@ -4,8 +4,11 @@ and how displays show the lines (escaped, told apart, bounded, printed once)."""
 
 import io
 import logging
+import os
+import signal
 import sys
 import threading
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -470,3 +473,26 @@ def test_a_group_shows_the_lines_its_tasks_printed_before_it_was_made():
     group._on_job_change(job)
     group._on_job_change(job)  # told twice: each line once
     assert [text for _, text in group.output.lines] == ["printed early", "then more"]
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_process_a_task_forks_captures_nothing_and_never_blocks_on_a_lock(captured):
+    task, output = captured
+    _capture._install()
+    with output.lock:  # held, as by the flusher taking lines, when the task forks
+        pid = os.fork()
+        if pid == 0:  # the child: a print must not wait for the parent's lock
+            try:
+                print("from the child")
+                os._exit(0 if _capture._route() is None else 3)
+            except BaseException:
+                os._exit(2)
+    deadline = time.monotonic() + 10
+    while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child blocked on the lock its parent held")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
+    assert output.take() is None  # the child's print is not the task's
