@@ -22,18 +22,16 @@ from celery import states
 from tqdm.std import tqdm as std_tqdm
 
 from . import _future
-from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
 from ._future import ipython_shell
-from ._output import DROPPED, Entry
-from ._output_log import dropped_text
+from ._output import DROPPED
+from ._output_view import output_html, output_text, shown_output
 from ._schema import LOST, REQUEUED, UNKNOWN
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
 DRAWS_PER_TICK = 10  # for all renderers together: bounds widget traffic with many jobs shown
 _REFRESH_SECONDS = 1.0  # redraw running jobs this often so elapsed time moves
 _WAITING = (states.PENDING, states.RECEIVED)  # not started: the widget shows when it was sent
-MAX_SHOWN_OUTPUT_CHARS = 64 * 1024  # of a job's output lines, in a widget or text
 
 _BADGE_COLOURS = {
     states.PENDING: "#6c757d",
@@ -511,74 +509,6 @@ def final_text(job: Any, *, output: bool = True) -> str:
     if job.remote_traceback:
         parts.append(job.remote_traceback.rstrip())
     return "\n".join(parts)
-
-
-def shown_output(job: Any, limit: int = MAX_SHOWN_OUTPUT_CHARS) -> list[Entry]:
-    """The output lines a display shows: the job's live lines (a cell job's captured
-    text when none came live: a polled backend, a job watched after it ended), the
-    latest within ``limit`` characters, a ``dropped`` entry first for what is left out."""
-    entries = job.output.entries()
-    if not entries:
-        cell = captured_output(job)
-        if cell is not None:
-            entries = [
-                (stream, line)
-                for stream in ("stdout", "stderr")
-                for line in getattr(cell, stream).splitlines()
-            ]
-    return latest_within(entries, limit)
-
-
-def latest_within(entries: list[Entry], limit: int) -> list[Entry]:
-    """The last entries whose text fits in ``limit`` characters; those left out are
-    counted in a ``dropped`` entry first (pure)."""
-    kept: list[Entry] = []
-    size = 0
-    for stream, text in reversed(entries):
-        size += len(text) + 1
-        if size > limit:
-            break
-        kept.append((stream, text))
-    left_out = entries[: len(entries) - len(kept)]
-    if left_out:
-        count = sum(int(text) if stream == DROPPED else 1 for stream, text in left_out)
-        if kept and kept[-1][0] == DROPPED:
-            count += int(kept.pop()[1])
-        kept.append((DROPPED, str(count)))
-    return kept[::-1]
-
-
-_OUTPUT_STYLES = {  # stream -> (class, inline style): stderr and logging told apart
-    "stdout": ("celerynb-stdout", ""),
-    "stderr": ("celerynb-stderr", "color:#b02a37"),
-    "log": ("celerynb-log", "color:#6f42c1"),
-    DROPPED: ("celerynb-dropped", "color:#6c757d;font-style:italic"),
-}
-
-
-def output_html(entries: list[Entry]) -> str:
-    """Output lines as an escaped, scrollable block that stays scrolled to its end."""
-    lines = []
-    for stream, text in entries:
-        css, style = _OUTPUT_STYLES[stream]
-        shown = dropped_text(int(text)) if stream == DROPPED else text
-        lines.append(f"<span class='{css}' style='{style}'>{html.escape(shown)}</span>")
-    body = "\n".join(lines)
-    # column-reverse: the block opens (and stays) scrolled to its last line.
-    return (
-        "<div class='celerynb-output' style='max-height:20em;overflow:auto;display:flex;"
-        "flex-direction:column-reverse;margin:2px 0'>"
-        f"<pre style='margin:0;white-space:pre-wrap'>{body}</pre></div>"
-    )
-
-
-def output_text(entries: list[Entry]) -> str:
-    """Output lines as plain text; stderr and logging lines marked apart."""
-    marks = {"stdout": "", "stderr": "[stderr] ", "log": "[log] "}
-    return "\n".join(
-        dropped_text(int(text)) if stream == DROPPED else marks[stream] + text
-        for stream, text in entries
-    )
 
 
 def widgets_available() -> bool:

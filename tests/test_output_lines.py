@@ -16,7 +16,7 @@ import pytest
 from conftest import FakeClock
 
 from celerynb import _capture, _reporting
-from celerynb._display import TextRenderer, latest_within, output_html, output_text
+from celerynb._display import TextRenderer
 from celerynb._output import (
     BURST_CHARS,
     DROPPED,
@@ -27,6 +27,7 @@ from celerynb._output import (
     OutputBuffer,
 )
 from celerynb._output_log import OutputLog, OutputTail
+from celerynb._output_view import latest_within, output_html, output_text
 from celerynb._reporting import TaskProgress
 from celerynb._schema import OUTPUT_KEY
 
