@@ -152,7 +152,7 @@ def _entry(raw: Any) -> Entry | None:
     if stream not in STREAMS and stream != DROPPED or not isinstance(text, str):
         return None
     if stream == DROPPED:
-        return (DROPPED, text) if text.isdigit() and len(text) <= 15 else None
+        return (DROPPED, text) if text.isascii() and text.isdigit() and len(text) <= 15 else None
     return (stream, cut_line(text).translate(_CONTROLS))
 
 

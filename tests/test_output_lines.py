@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import FakeClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from celerynb import _capture, _reporting
 from celerynb._display import TextRenderer
@@ -240,6 +242,7 @@ def test_lines_read_from_the_backend_are_checked_and_bounded():
                 ["evil", "x"],
                 ["stdout", 42],
                 [DROPPED, "lots"],
+                [DROPPED, "\u00b2"],  # a digit to str.isdigit, not to int()
                 ["stdout"],
                 ["stderr", "bell\x07 and \x1b[31mred\x1b[0m\tok"],
                 ["stdout", "y" * 100_000],
@@ -497,3 +500,41 @@ def test_a_process_a_task_forks_captures_nothing_and_never_blocks_on_a_lock(capt
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(ended[1]) == 0
     assert output.take() is None  # the child's print is not the task's
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+batches = st.fixed_dictionaries(
+    {
+        "run": st.sampled_from(["r1", "r2"]) | st.text(max_size=3),
+        "seq": st.integers(-3, 2**60),
+        "lines": st.lists(
+            st.tuples(
+                st.sampled_from(["stdout", "stderr", "log", DROPPED, "x"]),
+                st.text(max_size=12) | st.integers(),
+            ).map(list)
+            | json_values,
+            max_size=6,
+        ),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(batches | json_values, max_size=6))
+def test_any_batch_read_from_the_backend_is_taken_or_ignored_never_an_error(read):
+    """Whatever a backend entry holds (anyone who can write there can write it), merging
+    it and showing the job's output never raises, and all of it is escaped."""
+    log = OutputLog(keep=5)
+    for batch in read:
+        log.merge(batch)
+    tail = log.tail()
+    assert len(tail.lines) <= 5 and tail.dropped >= 0
+    tail.text()
+    html = output_html(latest_within(tail.entries(), 100))
+    assert "<script" not in html
