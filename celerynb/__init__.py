@@ -1,6 +1,7 @@
 """celerynb: live, non-blocking progress in Jupyter for work run on Celery workers.
 
-Worker side: ``tqdm`` and ``report`` report a task's progress.
+Worker side: ``tqdm`` and ``report`` report a task's progress; ``capture_output`` sends
+its output.
 Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job``;
 ``Executor`` (a ``concurrent.futures.Executor``); joblib's backend ``"celerynb"``;
 ``map``, ``attach``, ``wait``, ``as_completed`` and ``JobGroup``; ``jobs``, ``workers``,
@@ -8,6 +9,7 @@ Notebook side: ``connect``, ``submit``/``apply_async``/``submit_cell`` and ``Job
 for the magics. Exceptions: see ``celerynb._errors`` for the hierarchy.
 """
 
+from ._capture import capture_output
 from ._cell import CellResult
 from ._cluster import LocalCluster
 from ._commands import cancel, jobs, submit_cell, workers
@@ -42,6 +44,7 @@ from ._executor import Executor
 from ._group import ItemCounts, JobGroup
 from ._job import Job
 from ._many import as_completed, attach, map, wait
+from ._output_log import OutputTail
 from ._reporting import report, tqdm
 from ._scatter import Scattered
 from ._schema import LOST, PROGRESS, REQUEUED, UNKNOWN, BarSnapshot, ProgressSnapshot
@@ -91,6 +94,7 @@ __all__ = [
     "MemoryLimitError",
     "MissingSecretError",
     "NotConnectedError",
+    "OutputTail",
     "PayloadRefusedError",
     "ProgressSnapshot",
     "RedisServerNotFoundError",
@@ -111,6 +115,7 @@ __all__ = [
     "as_completed",
     "attach",
     "cancel",
+    "capture_output",
     "connect",
     "current_session",
     "dashboard",

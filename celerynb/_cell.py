@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
 import io
 import linecache
 import pickle
@@ -96,6 +95,7 @@ def run_cell(source: str, filename: str, inputs: bytes, outputs: tuple[str, ...]
     ``celerynb_output`` (a CellResult without values). tqdm bars the cell makes report
     the task's progress; bars that other code draws as text keep their last state only.
     """
+    from ._capture import recording
     from ._reporting import reporting_import, reporting_view
 
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -104,18 +104,19 @@ def run_cell(source: str, filename: str, inputs: bytes, outputs: tuple[str, ...]
     cell_builtins = dict(vars(builtins), __import__=reporting_import)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": cell_builtins}
     namespace.update((name, reporting_view(value)) for name, value in pickle.loads(inputs).items())
-    stdout, stderr = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    # Kept for the CellResult; the worker's capture also sends them to the notebook live.
+    with recording() as kept:
+        stdout, stderr = kept["stdout"], kept["stderr"]
+        try:
             exec(compile(source, filename, "exec"), namespace)
             missing = [name for name in outputs if name not in namespace]
             if missing:
                 raise NameError(
                     f"the cell did not define {', '.join(map(repr, missing))} (asked for with -o)"
                 )
-    except BaseException as exc:
-        exc.celerynb_output = CellResult({}, _tail(stdout), _tail(stderr))  # type: ignore[attr-defined]
-        raise
+        except BaseException as exc:
+            exc.celerynb_output = CellResult({}, _tail(stdout), _tail(stderr))  # type: ignore[attr-defined]
+            raise
     return CellResult({name: namespace[name] for name in outputs}, _tail(stdout), _tail(stderr))
 
 

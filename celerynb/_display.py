@@ -22,9 +22,10 @@ from celery import states
 from tqdm.std import tqdm as std_tqdm
 
 from . import _future
-from ._cell import captured_output
 from ._format import bar_line, job_final_line, meter_text, scaled_counts
 from ._future import ipython_shell
+from ._output import DROPPED
+from ._output_view import output_html, output_text, shown_output
 from ._schema import LOST, REQUEUED, UNKNOWN
 
 MAX_DRAWS_PER_SECOND = 10  # per renderer
@@ -327,15 +328,9 @@ class WidgetRenderer:
         if len(job.progress.bars) > 1:
             lines = "\n".join(bar_line(b, 70) for b in job.progress.bars[1:])
             parts.append(f"<pre class='celerynb-bars'>{html.escape(lines)}</pre>")
-        output = captured_output(job)
-        if output is not None:
-            for stream, colour in (("stdout", "inherit"), ("stderr", "#b02a37")):
-                text = getattr(output, stream)
-                if text:
-                    parts.append(
-                        f"<pre class='celerynb-{stream}' style='color:{colour};margin:2px 0;"
-                        f"max-height:20em;overflow:auto'>{html.escape(text)}</pre>"
-                    )
+        entries = shown_output(job)
+        if entries:
+            parts.append(output_html(entries))
         if job.done() and not job.cancelled():
             error = job.exception(timeout=0)
             if error is not None:
@@ -395,6 +390,7 @@ class TextRenderer:
         self._lock = threading.Lock()
         self._in_place = True
         self._finished = False
+        self._output_mark = 0  # the job's output lines already printed
         self.bar = JobBar(job, self.file)
         # Set once the outcome is shown: a cell waiting in ``result()`` resumes only then,
         # so its own output (``Out[n]``) never lands on the bar's line.
@@ -404,11 +400,24 @@ class TextRenderer:
     def draw(self) -> bool:
         with self._lock:
             if not self._finished and not self.job.done():
+                lines = self._new_output()
                 if self._in_place:
+                    if lines:  # above the bar, as tqdm.write does
+                        self.bar.clear()
+                        self.file.write(lines + "\n")
                     self.bar.refresh()
+                elif lines:
+                    sys.stderr.write(lines + "\n")  # above the prompt (see _finish)
                 return False
             self._finish()
             return True
+
+    def _new_output(self) -> str:
+        """The job's output lines not printed yet, as text ("" when none)."""
+        entries, missed, self._output_mark = self.job._output_since(self._output_mark)
+        if missed:
+            entries.insert(0, (DROPPED, str(missed)))
+        return output_text(entries) if entries else ""
 
     def leave(self) -> None:
         """The terminal's line is needed (a prompt): keep the bar's state as a line and
@@ -443,7 +452,12 @@ class TextRenderer:
                 file = self.file
             else:
                 file = sys.stderr if self._follows_stderr else self.file
-            file.write(final_text(self.job) + "\n")  # one write: nothing can split it
+            printed_before = self._output_mark > 0
+            lines = self._new_output()
+            if not printed_before and not lines:  # a cell's captured text, if no line came
+                lines = output_text(shown_output(self.job))
+            text = final_text(self.job, output=False)
+            file.write((f"{lines}\n" if lines else "") + text + "\n")  # one write: unsplit
             file.flush()
         finally:
             self._outcome_shown.set()
@@ -486,12 +500,12 @@ _cell_bars = _CellBars()
 _text_renderers: weakref.WeakKeyDictionary[Any, TextRenderer] = weakref.WeakKeyDictionary()
 
 
-def final_text(job: Any) -> str:
-    """The final line, then the output a cell job printed, then the remote traceback."""
+def final_text(job: Any, *, output: bool = True) -> str:
+    """The final line, then the job's output (``output``), then the remote traceback."""
     parts = [job_final_line(job)]
-    output = captured_output(job)
-    if output is not None:
-        parts += [chunk.rstrip() for chunk in (output.stdout, output.stderr) if chunk]
+    entries = shown_output(job) if output else []
+    if entries:
+        parts.append(output_text(entries))
     if job.remote_traceback:
         parts.append(job.remote_traceback.rstrip())
     return "\n".join(parts)

@@ -14,6 +14,7 @@ from typing import Any
 
 from ._errors import RemoteTraceback
 from ._format import job_status_line
+from ._output_log import OutputTail
 
 # How ``show()`` draws a job: set by ``_display`` (display depends on jobs, not the reverse).
 display: Callable[[Any], Any] | None = None
@@ -152,6 +153,16 @@ class WatchedFuture(Future):
     def note(self) -> str | None:
         """Why it is not where one would expect, when known (shown under the bar)."""
         return None
+
+    @property
+    def output(self) -> OutputTail:
+        """What its tasks printed and logged (see ``Job.output``)."""
+        return OutputTail()
+
+    def _output_since(self, mark: int) -> tuple[list[tuple[str, str]], int, int]:
+        """Output lines received after the first ``mark``, how many of those are gone,
+        and the new mark (for displays that print lines as they come)."""
+        return [], 0, mark
 
     # -- outcome ----------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:

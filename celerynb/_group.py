@@ -17,6 +17,8 @@ from celery import states
 from ._chunks import ChunkResult
 from ._future import WatchedFuture
 from ._job import Job
+from ._output import Entry
+from ._output_log import OutputLog, OutputTail
 from ._remote_errors import exception_from_info
 from ._schema import PROGRESS, UNKNOWN, BarSnapshot, ProgressSnapshot
 from ._store import JobRecord
@@ -146,6 +148,8 @@ class JobGroup(WatchedFuture):
         self._cancelling = False  # cancel() is cancelling the tasks: it ends the group
         self._ended = False  # the group's outcome is decided (set once, under the lock)
         self._lock = threading.Lock()
+        self._output = OutputLog()
+        self._output_marks: dict[str, int] = {}  # lines of each task already taken
         self._settled = threading.Condition(self._lock)
         # Positions, not ids: the same task may be given twice (attach([id, id])).
         self._positions: dict[str, list[int]] = {}
@@ -154,6 +158,7 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(self.jobs):
             job._group = self if job._group is None else job._group
             job.add_listener(self._on_job_change)
+            self._take_output_of(job)
             job.add_done_callback(functools.partial(self._on_job_done, position))
         if not self.jobs and not self._open:
             self._finish()
@@ -293,6 +298,18 @@ class JobGroup(WatchedFuture):
         others = len(notes) - notes.count(notes[0])
         more = f" (and {others} other notes)" if others else ""
         return f"{notes.count(notes[0])} of {len(jobs)} tasks: {notes[0]}{more}"
+
+    @property
+    def output(self) -> OutputTail:
+        """What its tasks printed and logged: the last 1,000 lines, in the order they
+        came (see ``Job.output``)."""
+        with self._lock:
+            return self._output.tail()
+
+    def _output_since(self, mark: int) -> tuple[list[Entry], int, int]:
+        with self._lock:
+            entries, missed = self._output.since(mark)
+            return entries, missed, self._output.received
 
     @property
     def progress(self) -> ProgressSnapshot:
@@ -447,6 +464,7 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(jobs, first):
             job._group = self if job._group is None else job._group
             job.add_listener(self._on_job_change)
+            self._take_output_of(job)
             job.add_done_callback(functools.partial(self._on_job_done, position))
         self._notify()
 
@@ -460,7 +478,18 @@ class JobGroup(WatchedFuture):
         self._notify()
 
     # -- fed by the jobs (watcher thread) --------------------------------------
-    def _on_job_change(self, _job: Job) -> None:
+    def _take_output_of(self, job: Job) -> None:
+        """The task's new output lines join the group's, in the order they came (also
+        called when a task joins: it may have printed before the group existed)."""
+        with self._lock:
+            entries, missed, self._output_marks[job.id] = job._output_since(
+                self._output_marks.get(job.id, 0)
+            )
+            self._output.append(entries)
+            self._output.count_dropped(missed)
+
+    def _on_job_change(self, job: Job) -> None:
+        self._take_output_of(job)
         if not self._cancelling:  # cancel() notifies once, not once per task
             self._notify()
 

@@ -28,11 +28,15 @@ from ._errors import (
 )
 from ._future import WatchedFuture, monotonic_of
 from ._liveness import UNKNOWN_NOTE
+from ._output import Entry
+from ._output_log import OutputLog, OutputTail
 from ._payload import loads
 from ._remote_errors import exception_from_info
 from ._scatter import resolving
 from ._schema import (
+    FINAL_OUTPUT_KEY,
     LOST,
+    OUTPUT_KEY,
     PROGRESS,
     REQUEUED,
     RUN_KEY,
@@ -128,6 +132,7 @@ class Job(WatchedFuture):
         self._code = code  # the shipped callable, to restore source lines in its traceback
         self._snapshot = ProgressSnapshot()
         self._lock = threading.Lock()
+        self._output = OutputLog()
         self._progress_updates = 0
         self.attached = False  # watched by id (attach), not submitted by this kernel
         self.queue: str | None = None  # where it was sent, when this kernel sent it
@@ -163,6 +168,21 @@ class Job(WatchedFuture):
     def progress(self) -> ProgressSnapshot:
         """The latest progress snapshot (n, total, desc, rate, elapsed, eta, percent)."""
         return self._snapshot
+
+    @property
+    def output(self) -> OutputTail:
+        """What the task printed and logged so far: its last 1,000 lines (256 KiB) as
+        ``(stream, text)`` (``stdout``, ``stderr``, ``log``), in order, and how many
+        lines before or between them were ``dropped``. Updated live."""
+        with self._lock:
+            return self._output.tail()
+
+    def _output_since(self, mark: int) -> tuple[list[Entry], int, int]:
+        """The lines received after the first ``mark``, how many of them are gone, and
+        the new mark (for a group that shows its tasks' lines)."""
+        with self._lock:
+            entries, missed = self._output.since(mark)
+            return entries, missed, self._output.received
 
     @property
     def async_result(self) -> Any:
@@ -264,6 +284,8 @@ class Job(WatchedFuture):
             except _Unverified as why:
                 self._ignore(str(why))
                 return
+        if state in (PROGRESS, states.SUCCESS) and self._take_output(state, meta.get("result")):
+            self._notify()  # even for a state that moves nothing else (a late one)
         too_many_runs = False
         with self._lock:
             if self.done():
@@ -313,6 +335,17 @@ class Job(WatchedFuture):
             self._notes.pop("entry", None)
             self._settle(*outcome, done_at=meta.get("date_done"))
         self._notify()
+
+    def _take_output(self, state: str, result: Any) -> bool:
+        """Merge the output lines a PROGRESS meta (or a shipped call's SUCCESS) carries;
+        True when some were new. A late or repeated batch adds only lines not seen yet
+        (they are numbered)."""
+        key = OUTPUT_KEY if state == PROGRESS else FINAL_OUTPUT_KEY
+        batch = result.get(key) if isinstance(result, dict) else None
+        if batch is None:
+            return False
+        with self._lock:
+            return bool(self._output.merge(batch))
 
     @property
     def note(self) -> str | None:

@@ -15,17 +15,33 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import current_task
 from celery.signals import task_postrun
 from tqdm.auto import tqdm as _auto_tqdm
 
+from ._capture import output_of
 from ._claims import signed_run
-from ._schema import PROGRESS, RUN_KEY, bar_meta, task_meta
+from ._schema import OUTPUT_KEY, PROGRESS, RUN_KEY, bar_meta, task_meta
 
 DEFAULT_MAX_WRITES_PER_SECOND = 10.0
+# A kernel polls a backend that does not push (a database) every 0.5 s, reading only the
+# latest write: each write repeats the output lines sent this long ago or less.
+REPEAT_SECONDS_WHEN_POLLED = 1.5
+
+
+def pushes_every_state(task: Any) -> bool:
+    """Whether the kernel gets every state the task writes (Redis pub/sub, rpc:// replies),
+    not only the latest one it polls."""
+    from celery.backends.redis import RedisBackend
+    from celery.backends.rpc import RPCBackend
+
+    backend = getattr(task, "backend", None)
+    backend = getattr(backend, "backend", backend)  # celerynb's signing wrapper
+    return isinstance(backend, RedisBackend | RPCBackend)
 
 
 log = logging.getLogger(__name__)
@@ -52,6 +68,11 @@ class TaskProgress:
         self._last_write = float("-inf")
         self._pending = False
         self._lock = threading.Lock()
+        # Writes one at a time: the output flusher writes from its own thread.
+        self._write_lock = threading.Lock()
+        self._flusher_may_write = False  # within capture_output(), until it closes
+        self._pushed = pushes_every_state(task)
+        self._request, self._thread = task.request, threading.get_ident()
         self.write_failed = False
 
     def update_bar(self, key: int, meta: dict[str, Any], *, force: bool = False) -> None:
@@ -82,23 +103,85 @@ class TaskProgress:
         """Final write for a bar; the bar stays in the meta (it finished, not vanished)."""
         self.update_bar(key, meta, force=True)
 
-    def _write(self, bars: list[dict[str, Any]]) -> None:
-        meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
-        if self.run is not None:  # a shipped call: its signed run, for the kernel
-            meta[RUN_KEY] = self.run
-        try:
-            self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
-        except Exception as exc:  # progress is best effort: never fail the task for it
-            with self._lock:
-                self._pending = True  # the next update writes again
-            if not self.write_failed:
-                log.warning(
-                    "celerynb: could not write the progress of task %s: %s", self.task_id, exc
-                )
-            self.write_failed = True
+    @contextmanager
+    def _as_the_tasks_thread(self) -> Iterator[None]:
+        """Celery's request as the task's own thread has it, from another thread (the
+        flusher): an ``rpc://`` backend sends states to the request's reply queue."""
+        stack = getattr(self.task, "request_stack", None)
+        if stack is None or threading.get_ident() == self._thread:
+            yield
             return
-        self.write_failed = False
-        self.writes += 1
+        stack.push(self._request)
+        try:
+            yield
+        finally:
+            stack.pop()
+
+    def send_output(self) -> None:
+        """Write the task's waiting output lines, if the throttle allows (the flusher's
+        call, within ``capture_output()``)."""
+        output = output_of(self.task_id)
+        if output is None or not output.buffer.pending:
+            return
+        with self._lock:
+            now = self._clock()
+            if now - self._last_write < self.min_interval:
+                return
+            self._last_write = now
+            self._pending = False
+            bars = list(self.bars.values())
+        self._write(bars, flusher=True)
+
+    def open_output(self) -> None:
+        """From now on the flusher may write this task's output."""
+        with self._write_lock:
+            self._flusher_may_write = True
+
+    def close_output(self) -> None:
+        """Stop the flusher's writes (waiting for one under way), then write every line
+        still waiting, from the task's own thread: before the task stores its outcome,
+        which a later PROGRESS write would overwrite."""
+        with self._write_lock:
+            self._flusher_may_write = False
+        for _ in range(16):  # bounded: what waits is at most a few batches
+            with self._lock:
+                bars = list(self.bars.values())
+            if not self._write(bars, final=True):
+                return
+
+    def _write(
+        self, bars: list[dict[str, Any]], *, flusher: bool = False, final: bool = False
+    ) -> bool:
+        """Write PROGRESS with ``bars`` and the output lines waiting (``final``: only if
+        lines wait, all of them); False when nothing was written."""
+        with self._write_lock:
+            if flusher and not self._flusher_may_write:
+                return False
+            output = output_of(self.task_id)
+            again = 0.0 if self._pushed else REPEAT_SECONDS_WHEN_POLLED
+            batch = output.take(final=final, again=again) if output is not None else None
+            if final and batch is None:
+                return False
+            meta = task_meta(bars, hostname=self.hostname, pid=os.getpid())
+            if batch is not None:
+                meta[OUTPUT_KEY] = batch
+            if self.run is not None:  # a shipped call: its signed run, for the kernel
+                meta[RUN_KEY] = self.run
+            try:
+                with self._as_the_tasks_thread():
+                    self.task.update_state(task_id=self.task_id, state=PROGRESS, meta=meta)
+            except Exception as exc:  # progress is best effort: never fail the task for it
+                with self._lock:
+                    self._pending = True  # the next update writes again
+                if not self.write_failed:
+                    log.warning(
+                        "celerynb: could not write the progress of task %s: %s", self.task_id, exc
+                    )
+                self.write_failed = True
+                return False
+            self.write_failed = False
+            self.writes += 1
+            return True
 
 
 _registry_lock = threading.Lock()

@@ -14,6 +14,7 @@ from celery import states
 from celery.exceptions import Ignore
 
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
+from ._capture import capture_output, output_of
 from ._claims import (
     Holder,
     LeaseKeeper,
@@ -33,7 +34,7 @@ from ._payload import dumps, loads, size_of
 from ._remote_errors import sealed_error
 from ._reporting import last_bars, progress_for
 from ._scatter import resolving
-from ._schema import FINAL_BARS_KEY, RUN_KEY, bar_meta
+from ._schema import FINAL_BARS_KEY, FINAL_OUTPUT_KEY, RUN_KEY, bar_meta
 from ._signing import CLOCK_SKEW, Opened, as_json, check_age, check_versions, seal, verify_envelope
 from ._wire import SERIALIZER
 
@@ -115,7 +116,8 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     except CelerynbError as exc:  # a verified call that cannot be opened: say so, signed
         raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
     try:
-        with resolving(key, stores):  # a cell unpickles its inputs itself
+        # Its output goes to the notebook live; the last lines before it returns too.
+        with resolving(key, stores), capture_output():  # a cell unpickles its inputs itself
             value = fn(*args, **kwargs)
     except Exception as exc:
         failure = sealed_error(beyond_the_limit(exc), secret=key, task_id=task_id)
@@ -158,6 +160,10 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     bars = last_bars(task_id)
     if bars:
         envelope[FINAL_BARS_KEY] = bars
+    output = output_of(task_id)
+    recent = output.recent() if output is not None else None
+    if recent is not None:
+        envelope[FINAL_OUTPUT_KEY] = recent
     return envelope
 
 

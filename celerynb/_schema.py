@@ -9,8 +9,13 @@ A task reporting progress stores Celery state ``PROGRESS`` with this meta::
       "bars": [{"n":..., "total":..., "desc":..., "unit":..., "rate":...,
                 "elapsed":..., "postfix":...}, ...],        # every bar, outermost first
       "current": 450, "percent": 45.0, "description": "simulate",   # celery-progress keys
-      "updated": 1764000000.123, "hostname": "celery@host", "pid": 4242
+      "updated": 1764000000.123, "hostname": "celery@host", "pid": 4242,
+      "output": {"run": "1f2e-3a4b5c6d", "seq": 120,                # optional: new lines
+                 "lines": [["stdout", "epoch 3"], ["log", "WARNING fit: slow"], ...]}
     }
+
+``output`` carries the task's stdout, stderr and logging lines written since the last
+write, numbered from ``seq`` (see ``_output``).
 
 The top-level bar fields repeat the outermost open bar. ``current``, ``total``,
 ``percent`` and ``description`` are the keys celery-progress writes, so either tool
@@ -33,6 +38,10 @@ RUN_KEY = "celerynb_run"  # in a shipped call's states: its signed (hostname, pi
 # In a shipped call's final result: the bars it reported last, for a kernel that
 # subscribed after they were published (a quick job); display only, like all progress.
 FINAL_BARS_KEY = "celerynb_bars"
+OUTPUT_KEY = "output"  # in PROGRESS meta: a batch of output lines (see ``_output``)
+# In a shipped call's final result: its latest output lines, for a kernel that did not
+# read the PROGRESS that carried them (a polled backend); display only, like the bars.
+FINAL_OUTPUT_KEY = "celerynb_output"
 # Published on a task's channel instead of a state too big to publish (Redis drops a
 # subscriber whose output buffer passes 32 MB): the kernel reads the key instead.
 STORED_MARKER = b"celerynb:stored"

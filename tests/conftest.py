@@ -180,6 +180,15 @@ def project_env(cluster: celerynb.LocalCluster) -> dict[str, str]:
     return env
 
 
+def celery_user_env(cluster: celerynb.LocalCluster) -> dict[str, str]:
+    """``project_env``, with the broker and backend known only as ``CELERY_BROKER_URL`` and
+    ``CELERY_RESULT_BACKEND``, as a Celery user would set them (``%celery_connect``)."""
+    env = project_env(cluster)
+    env["CELERY_BROKER_URL"] = env.pop("CELERYNB_BROKER_URL")
+    env["CELERY_RESULT_BACKEND"] = env.pop("CELERYNB_RESULT_BACKEND")
+    return env
+
+
 @pytest.fixture(scope="session")
 def lifeline() -> Iterator[Lifeline]:
     """Stops the workers the tests start themselves should the test run be killed."""

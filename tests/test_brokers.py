@@ -77,6 +77,36 @@ def test_progress_results_and_failures(current):
     assert "the failing line" in failing.remote_traceback
 
 
+def prints_lines(n, pause, release):
+    import os
+    import time
+
+    for i in range(n):
+        print("line", i)
+        time.sleep(pause)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("the end", end="")  # the last line, just before the job returns
+    return n
+
+
+def test_every_output_line_arrives_pushed_or_polled(current, tmp_path):
+    """A polled backend is read every 0.5 s, and sees only some of the writes: each write
+    repeats the lines of the last 1.5 s, and the final result carries the latest ones."""
+    kind, session, _ = current
+    release = tmp_path / "release"
+    job = session.submit(prints_lines, (30, 0.03, str(release)))
+    lines = tuple(("stdout", f"line {i}") for i in range(30))
+    try:
+        assert wait_for(lambda: len(job.output.lines) >= 30, timeout=60), (kind, job.output)
+        assert job.output.lines == lines and job.output.dropped == 0, (kind, job.output)
+    finally:
+        release.touch()
+    assert job.result(timeout=60) == 30
+    assert job.output.lines == lines + (("stdout", "the end"),), (kind, job.output)
+
+
 def test_cancel_stops_the_task_on_the_worker(current):
     kind, session, local = current
     job = session.submit(steps, (600, 0.05))

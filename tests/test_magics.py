@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import project_env, wait_for
+from conftest import celery_user_env, wait_for
 from kernel_helpers import Kernel
 
 from celerynb._config import mask_url
@@ -33,11 +33,8 @@ def where():
 
 @pytest.fixture(scope="module")
 def kernel(cluster, project_worker, tmp_path_factory):
-    env = project_env(cluster)
     # The kernel knows the broker only as CELERY_BROKER_URL, as a Celery user would set it.
-    env["CELERY_BROKER_URL"] = env.pop("CELERYNB_BROKER_URL")
-    env["CELERY_RESULT_BACKEND"] = env.pop("CELERYNB_RESULT_BACKEND")
-    started = Kernel(cwd=str(tmp_path_factory.mktemp("magics")), env=env)
+    started = Kernel(cwd=str(tmp_path_factory.mktemp("magics")), env=celery_user_env(cluster))
     try:
         started.ok("%load_ext celerynb")
         started.ok(FUNCTIONS)
@@ -126,7 +123,7 @@ def app_connection(kernel):
 
 def test_existing_app_and_its_registered_tasks(kernel, project_worker, app_connection):
     cell = app_connection
-    assert re.match(r"celerynb: connected to app 'myproject' \(5 tasks\) at redis://", cell.stdout)
+    assert re.match(r"celerynb: connected to app 'myproject' \(8 tasks\) at redis://", cell.stdout)
     # A registered task found by its short name, another through its module.
     kernel.ok("fact = %celery_submit -o factorial calculate_factorial(5)")
     kernel.ok("from myproject import tasks; x = [1, 2, 3]")
@@ -238,7 +235,8 @@ def test_tqdm_in_a_cell_reports_the_jobs_progress_and_no_redrawn_lines(kernel, b
         # Other code's text bar: its last state only, one line.
         assert "\r" not in stderr and stderr.count("\n") == 1, repr(stderr)
         assert stderr.startswith("library: 100%") and "5/5" in stderr, repr(stderr)
-        assert [line for line in final.splitlines() if "%|" in line] == [stderr.strip()], final
+        shown = [line for line in final.splitlines() if "%|" in line]
+        assert shown == [f"[stderr] {stderr.strip()}"], final  # once, marked as stderr
 
 
 def test_cell_magic_failure_shows_output_and_traceback_and_keeps_variables(kernel):

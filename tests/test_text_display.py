@@ -81,6 +81,7 @@ def running_job(name, progress):
         state=progress.state,
         done=lambda: False,
         _display_pending=threading.Event,
+        _output_since=lambda mark: ([], 0, mark),
     )
 
 

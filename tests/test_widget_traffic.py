@@ -6,6 +6,7 @@ import time
 from types import SimpleNamespace
 
 from celerynb._display import WidgetRenderer
+from celerynb._output_log import OutputTail
 from celerynb._schema import ProgressSnapshot
 
 
@@ -17,6 +18,7 @@ class StandInJob:
         self.state, self.elapsed, self.sent_at = "PENDING", 0.0, time.time()
         self.progress = ProgressSnapshot()
         self.finished, self.remote_traceback = False, None
+        self.output = OutputTail()  # what the task printed: nothing here
 
     def done(self) -> bool:
         return self.finished

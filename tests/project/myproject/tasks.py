@@ -2,7 +2,7 @@
 
 import time
 
-from celerynb import tqdm
+from celerynb import capture_output, tqdm
 
 from .celery import app
 
@@ -59,3 +59,35 @@ def kills_its_worker():
 
     time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task
+def chatty(n, pause=0.0):
+    """Prints while a celerynb.tqdm reports: its lines go with the progress writes."""
+    for i in tqdm(range(n), desc="chatty"):
+        print(f"step {i}")
+        time.sleep(pause)
+    return n
+
+
+@app.task
+@capture_output
+def talks(release_path):
+    """Opted in: prints and logs reach the notebook live, with no progress reported."""
+    import logging
+    import os
+
+    print("hello from my app")
+    logging.getLogger("myproject").warning("careful")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("bye")
+    return "talked"
+
+
+@app.task
+def silent_printer():
+    """Neither reports progress nor opts in: its prints stay in the worker's log."""
+    print("only in the worker log")
+    return 0
