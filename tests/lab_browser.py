@@ -71,11 +71,13 @@ def api(base: str, token: str, path: str, method: str = "GET") -> Any:
 
 
 class Lab:
-    """``jupyter lab --no-browser`` serving ``root`` on a free 127.0.0.1 port, token auth,
-    with its config, runtime, settings and job store kept under ``root``'s parent."""
+    """``jupyter lab --no-browser`` (or ``app="notebook"``: Notebook 7) serving ``root`` on
+    a free 127.0.0.1 port, token auth, with its config, runtime, settings and job store
+    kept under ``root``'s parent."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, app: str = "lab") -> None:
         self.root = root
+        self.app = app
         self.port = free_port()
         self.token = secrets.token_hex(24)
         self.base = f"http://127.0.0.1:{self.port}"
@@ -84,7 +86,8 @@ class Lab:
         self.seen: dict[int, psutil.Process] = {}
 
     def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}"
+        where = "lab/tree" if self.app == "lab" else "notebooks"
+        return f"{self.base}/{where}/{notebook}?token={self.token}"
 
     def start(self) -> None:
         home = self.root.parent
@@ -102,12 +105,15 @@ class Lab:
             CELERYNB_STORE=str(home / "jobs.sqlite3"),
         )
         command = [
-            str(JUPYTER), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+            str(JUPYTER), self.app, "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
             "--port-retries=0", f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.root}",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            "--LabApp.news_url=None", "--LabApp.extension_manager=readonly",
         ]  # fmt: skip
+        if self.app == "lab":
+            command += [
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.news_url=None", "--LabApp.extension_manager=readonly",
+            ]  # fmt: skip
         if os.geteuid() == 0:
             command.append("--allow-root")
         with open(self.log_path, "wb") as log_file:
@@ -178,9 +184,10 @@ class Lab:
 
 
 @contextlib.contextmanager
-def serving(root: Path) -> Iterator[Lab]:
-    """A started ``Lab`` on ``root``; stopped after, failing if it left a process behind."""
-    server = Lab(root)
+def serving(root: Path, app: str = "lab") -> Iterator[Lab]:
+    """A started ``Lab`` (or Notebook 7: ``app="notebook"``) on ``root``; stopped after,
+    failing if it left a process behind."""
+    server = Lab(root, app)
     server.start()
     try:
         yield server

@@ -1,0 +1,112 @@
+"""Live output and the dashboard in a real browser, in JupyterLab and in Notebook 7:
+lines a running job prints appear under its widget while it runs, and the dashboard
+renders the worker and updates. Screenshots in ``$CELERYNB_SCREENSHOTS``."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import nbformat
+import pytest
+from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, KERNEL_IDLE_JS, log, serving
+
+# The browser tests' marks (a server, chromium, a long timeout) and helpers.
+from test_browser import (  # noqa: F401 - pytestmark applies to this module's tests too
+    CHROMIUM,
+    MINUTE_MS,
+    SHOTS,
+    VIEWPORT,
+    cell,
+    pytestmark,
+    run_from_menu,
+    sync_api,
+)
+
+JOB_CELL = "job = celerynb.submit(talk, 60)"
+DASHBOARD_CELL = "celerynb.dashboard()"
+CELLS = [
+    "import celerynb\ncluster = celerynb.LocalCluster(processes=2)\ncelerynb.connect(cluster)",
+    "def talk(lines):\n"
+    "    import time\n"
+    "    for i in range(lines):\n"
+    "        print(f'line {i} from the worker <b>not bold</b>')\n"
+    "        time.sleep(0.5)\n"
+    "    return lines\n\n"
+    f"{JOB_CELL}\njob",
+    DASHBOARD_CELL,
+]
+APPS = [
+    "lab",
+    pytest.param(
+        "notebook",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("notebook") is None,
+            reason="no Notebook 7 (pip install -e '.[lab]')",
+        ),
+    ),
+]
+
+
+def output_html_js(source: str) -> str:
+    """A JS function returning the output HTML of the cell holding ``source``."""
+    return f"""() => {{
+        const cells = [...document.querySelectorAll('.jp-CodeCell')];
+        const found = cells.find(c => (c.querySelector('.jp-InputArea') || c).textContent
+                                      .includes({source!r}));
+        const out = found && found.querySelector('.jp-OutputArea');
+        return out ? out.innerHTML : null;
+    }}"""
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_streamed_lines_and_the_dashboard_show_in_the_browser(tmp_path, app):
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, root / "live.ipynb")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with serving(root, app=app) as server, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        try:
+            page.on("pageerror", lambda error: log(f"page error: {error}"))
+            page.goto(server.url("live.ipynb"), timeout=MINUTE_MS)
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=MINUTE_MS)
+            page.locator(".jp-Notebook .jp-CodeCell", has_text=DASHBOARD_CELL).wait_for(
+                timeout=MINUTE_MS
+            )
+            if app == "lab":  # Notebook 7 has no status bar; its menu waits for the kernel
+                page.wait_for_function(KERNEL_IDLE_JS, timeout=MINUTE_MS)
+            run_from_menu(page, "Run All Cells")
+            job = output_html_js(JOB_CELL)
+            # A line printed on the worker, escaped, under the widget of a job still running.
+            page.wait_for_function(
+                f"() => {{ const h = ({job})(); return h && h.includes('line 3 from the worker')"
+                " && h.includes('&lt;b&gt;not bold&lt;/b&gt;') && !h.includes('SUCCESS'); }",
+                timeout=3 * MINUTE_MS,
+            )
+            server.note_processes()
+            cell(page, JOB_CELL).locator(".jp-OutputArea").first.screenshot(
+                path=str(SHOTS / f"live-output-{app}.png")
+            )
+            board = output_html_js(DASHBOARD_CELL)
+            page.wait_for_function(
+                f"() => {{ const h = ({board})(); return h && h.includes('prefork'); }}",
+                timeout=2 * MINUTE_MS,
+            )
+            before = page.evaluate(board)
+            page.wait_for_function(
+                f"() => {{ const h = ({board})(); return h && h !== {before!r}; }}", timeout=30_000
+            )
+            cell(page, DASHBOARD_CELL).locator(".jp-OutputArea").first.screenshot(
+                path=str(SHOTS / f"dashboard-{app}.png")
+            )
+            assert page.locator(f"text={BAD_TEXT}").count() == 0
+            assert "<b>not bold</b>" not in page.evaluate(job)
+        except BaseException:
+            page.screenshot(path=str(SHOTS / f"live-failure-{app}.png"))
+            raise
+        finally:
+            browser.close()
