@@ -1,14 +1,14 @@
-"""The dashboard in a real JupyterLab, in a real (headless) Chromium: it renders (no
-"Error displaying widget"), shows the worker and a queue's depth, updates, opens as a
-view of its own ("Create New View for Cell Output", as the README says to dock it), and its
-dropdown and Cancel button cancel a running job. Screenshots in ``$CELERYNB_SCREENSHOTS``
-(default ``tests/artifacts/browser``)."""
+"""The dashboard in a real JupyterLab and in Notebook 7, in a real (headless) Chromium: it
+renders (no "Error displaying widget"), shows the worker and a queue's depth, updates,
+opens as a view of its own in JupyterLab ("Create New View for Cell Output", as the README
+says to dock it), and its dropdown and Cancel button cancel a running job. Screenshots
+in ``$CELERYNB_SCREENSHOTS`` (default ``tests/artifacts/browser``)."""
 
 from __future__ import annotations
 
 import nbformat
 import pytest
-from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, KERNEL_IDLE_JS, log, serving
+from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, log, serving
 
 # The browser tests' marks (a server, chromium, a long timeout) and helpers.
 from test_browser import (  # noqa: F401 - pytestmark applies to this module's tests too
@@ -21,6 +21,7 @@ from test_browser import (  # noqa: F401 - pytestmark applies to this module's t
     run_from_menu,
     sync_api,
 )
+from test_browser_live import APPS, run_all_cells
 
 QUEUE = "nobody-consumes-this"
 CELLS = [
@@ -49,19 +50,19 @@ def dashboard_js(scope: str) -> str:
     }}"""
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(params=APPS)
+def lab(tmp_path, request):
     root = tmp_path / "notebooks"
     root.mkdir()
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nbformat.write(notebook, root / "dashboard.ipynb")
-    with serving(root) as server:
+    with serving(root, app=request.param) as server:
         yield server
 
 
-def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab(lab):
+def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab_and_notebook_7(lab):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -69,10 +70,12 @@ def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab(lab):
         try:
             page.on("pageerror", lambda error: log(f"page error: {error}"))
             page.goto(lab.url("dashboard.ipynb"), timeout=MINUTE_MS)
-            page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=MINUTE_MS)
-            page.wait_for_function(KERNEL_IDLE_JS, timeout=MINUTE_MS)
-            run_from_menu(page, "Run All Cells")
-            read = dashboard_js(".jp-NotebookPanel")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=MINUTE_MS)
+            page.locator(".jp-Notebook .jp-CodeCell", has_text=DASHBOARD_CELL).wait_for(
+                timeout=MINUTE_MS
+            )
+            run_all_cells(page, lab.app)
+            read = dashboard_js(".jp-Notebook")
 
             def shown(predicate_js: str, timeout_ms: int = 2 * MINUTE_MS) -> str:
                 page.wait_for_function(
@@ -89,35 +92,23 @@ def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab(lab):
             html = shown("h.includes('<rect class=\"run\"') && h.includes('PROGRESS')")
             shown(f"h !== {html!r}", 30_000)  # it updates by itself
             dashboard = cell(page, DASHBOARD_CELL)
-            dashboard.locator(".jp-OutputArea-output").first.screenshot(
-                path=str(SHOTS / "dashboard.png")
-            )
-
-            # Docked as the README says: a view of its own, the same live widget.
-            dashboard.locator(".jp-OutputArea-output").first.click(button="right")
-            # "Create New View for Cell Output" (JupyterLab 4), "... for Output" before it.
-            item = page.locator(".lm-Menu-item", has_text="Create New View for").first
-            item.wait_for(state="visible", timeout=10_000)
-            item.click()
-            linked = dashboard_js(".jp-LinkedOutputView")
-            page.wait_for_function(
-                f"() => {{ const h = ({linked})(); return h && h.includes('prefork'); }}",
-                timeout=MINUTE_MS,
-            )
-            before = page.evaluate(linked)
-            page.wait_for_function(
-                f"() => {{ const h = ({linked})(); return h && h !== {before!r}; }}",
-                timeout=30_000,
-            )
-
+            shot = "dashboard.png" if lab.app == "lab" else f"dashboard-{lab.app}.png"
+            dashboard.locator(".jp-OutputArea-output").first.screenshot(path=str(SHOTS / shot))
+            if lab.app == "lab":  # Notebook 7 has no side area to dock it in
+                dock(page)
             # Cancel the long job: choose it in the dropdown, click Cancel job.
             select = dashboard.locator(".celerynb-dashboard select").first
-            label = next(
-                text
-                for text in select.locator("option").all_inner_texts()
-                if text.startswith("slow") and "PROGRESS" in text
-            )
-            select.select_option(label=label)
+            for _attempt in range(5):  # a redraw may replace the options between read and pick
+                label = next(
+                    text
+                    for text in select.locator("option").all_inner_texts()
+                    if text.startswith("slow") and "PROGRESS" in text
+                )
+                try:
+                    select.select_option(label=label, timeout=5_000)
+                    break
+                except sync_api.TimeoutError:
+                    log(f"option {label!r} went away: reading the options again")
             dashboard.locator(".celerynb-dashboard button", has_text="Cancel job").click()
             job_id = label.split("·")[1].strip()  # the page shows spaces as no-break spaces
             html = shown(f"h.includes('cancel sent for job ' + {job_id!r})", 30_000)
@@ -128,8 +119,27 @@ def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab(lab):
             )
             assert page.locator(f"text={BAD_TEXT}").count() == 0
         except BaseException:
-            page.screenshot(path=str(SHOTS / "dashboard-failure.png"))
-            log(f"the dashboard showed: {page.evaluate(dashboard_js('.jp-NotebookPanel'))}")
+            page.screenshot(path=str(SHOTS / f"dashboard-failure-{lab.app}.png"))
+            log(f"the dashboard showed: {page.evaluate(dashboard_js('.jp-Notebook'))}")
             raise
         finally:
             browser.close()
+
+
+def dock(page):
+    """Docked as the README says (JupyterLab): a view of its own, the same live widget."""
+    cell(page, DASHBOARD_CELL).locator(".jp-OutputArea-output").first.click(button="right")
+    # "Create New View for Cell Output" (JupyterLab 4), "... for Output" before it.
+    item = page.locator(".lm-Menu-item", has_text="Create New View for").first
+    item.wait_for(state="visible", timeout=10_000)
+    item.click()
+    linked = dashboard_js(".jp-LinkedOutputView")
+    page.wait_for_function(
+        f"() => {{ const h = ({linked})(); return h && h.includes('prefork'); }}",
+        timeout=MINUTE_MS,
+    )
+    before = page.evaluate(linked)
+    page.wait_for_function(
+        f"() => {{ const h = ({linked})(); return h && h !== {before!r}; }}",
+        timeout=30_000,
+    )
