@@ -6,22 +6,18 @@ in ``$CELERYNB_SCREENSHOTS`` (default ``tests/artifacts/browser``)."""
 
 from __future__ import annotations
 
-import nbformat
 import pytest
-from lab_browser import BAD_TEXT, CHROMIUM_FLAGS, log, serving
+from lab_browser import BAD_TEXT, log, serving
 
 # The browser tests' marks (a server, chromium, a long timeout) and helpers.
 from test_browser import (  # noqa: F401 - pytestmark applies to this module's tests too
-    CHROMIUM,
     MINUTE_MS,
     SHOTS,
-    VIEWPORT,
     cell,
     pytestmark,
-    run_from_menu,
     sync_api,
 )
-from test_browser_live import APPS, run_all_cells
+from test_browser_live import APPS, running_notebook, write_notebook
 
 QUEUE = "nobody-consumes-this"
 CELLS = [
@@ -54,27 +50,15 @@ def dashboard_js(scope: str) -> str:
 def lab(tmp_path, request):
     root = tmp_path / "notebooks"
     root.mkdir()
-    notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    nbformat.write(notebook, root / "dashboard.ipynb")
+    write_notebook(root, "dashboard.ipynb", CELLS)
     with serving(root, app=request.param) as server:
         yield server
 
 
 def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab_and_notebook_7(lab):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_context(viewport=VIEWPORT).new_page()
+    with running_notebook(lab, "dashboard.ipynb", DASHBOARD_CELL) as page:
         try:
-            page.on("pageerror", lambda error: log(f"page error: {error}"))
-            page.goto(lab.url("dashboard.ipynb"), timeout=MINUTE_MS)
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=MINUTE_MS)
-            page.locator(".jp-Notebook .jp-CodeCell", has_text=DASHBOARD_CELL).wait_for(
-                timeout=MINUTE_MS
-            )
-            run_all_cells(page, lab.app)
             read = dashboard_js(".jp-Notebook")
 
             def shown(predicate_js: str, timeout_ms: int = 2 * MINUTE_MS) -> str:
@@ -122,8 +106,6 @@ def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab_and_noteb
             page.screenshot(path=str(SHOTS / f"dashboard-failure-{lab.app}.png"))
             log(f"the dashboard showed: {page.evaluate(dashboard_js('.jp-Notebook'))}")
             raise
-        finally:
-            browser.close()
 
 
 def dock(page):

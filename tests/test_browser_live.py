@@ -1,10 +1,15 @@
-"""Live output and the dashboard in a real browser, in JupyterLab and in Notebook 7:
-lines a running job prints appear under its widget while it runs, and the dashboard
-renders the worker and updates. Screenshots in ``$CELERYNB_SCREENSHOTS``."""
+"""Live output in a real browser, in JupyterLab and in Notebook 7: lines a running job
+prints appear, escaped, under its widget while it runs. Screenshots in
+``$CELERYNB_SCREENSHOTS``. Also what the browser tests of both apps share: opening a
+notebook and running its cells (``running_notebook``)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -23,7 +28,6 @@ from test_browser import (  # noqa: F401 - pytestmark applies to this module's t
 )
 
 JOB_CELL = "job = celerynb.submit(talk, 60)"
-DASHBOARD_CELL = "celerynb.dashboard()"
 CELLS = [
     "import celerynb\ncluster = celerynb.LocalCluster(processes=2)\ncelerynb.connect(cluster)",
     "def talk(lines):\n"
@@ -33,7 +37,6 @@ CELLS = [
     "        time.sleep(0.5)\n"
     "    return lines\n\n"
     f"{JOB_CELL}\njob",
-    DASHBOARD_CELL,
 ]
 APPS = [
     "lab",
@@ -79,26 +82,41 @@ def output_html_js(source: str) -> str:
     }}"""
 
 
-@pytest.mark.parametrize("app", APPS)
-def test_streamed_lines_and_the_dashboard_show_in_the_browser(tmp_path, app):
-    root = tmp_path / "notebooks"
-    root.mkdir()
+def write_notebook(root: Path, name: str, cells: list[str]) -> None:
+    """A notebook of ``cells`` (sources) under ``root``, for the python3 kernel."""
     notebook = nbformat.v4.new_notebook()
-    notebook.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    nbformat.write(notebook, root / "live.ipynb")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with serving(root, app=app) as server, sync_api.sync_playwright() as playwright:
+    nbformat.write(notebook, root / name)
+
+
+@contextlib.contextmanager
+def running_notebook(server: Any, name: str, last_cell: str) -> Iterator[Any]:
+    """A headless Chromium page on notebook ``name`` of ``server``, once its cells (up to
+    the one holding ``last_cell``) are shown and asked to run; closed after."""
+    with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_context(viewport=VIEWPORT).new_page()
         try:
+            page = browser.new_context(viewport=VIEWPORT).new_page()
             page.on("pageerror", lambda error: log(f"page error: {error}"))
-            page.goto(server.url("live.ipynb"), timeout=MINUTE_MS)
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=MINUTE_MS)
-            page.locator(".jp-Notebook .jp-CodeCell", has_text=DASHBOARD_CELL).wait_for(
+            page.goto(server.url(name), timeout=MINUTE_MS)
+            page.locator(".jp-Notebook .jp-CodeCell", has_text=last_cell).wait_for(
                 timeout=MINUTE_MS
             )
-            run_all_cells(page, app)
+            run_all_cells(page, server.app)
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_streamed_lines_show_under_a_running_job_in_the_browser(tmp_path, app):
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    write_notebook(root, "live.ipynb", CELLS)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with serving(root, app=app) as server, running_notebook(server, "live.ipynb", JOB_CELL) as page:
+        try:
             job = output_html_js(JOB_CELL)
             # A line printed on the worker, escaped, under the widget of a job still running.
             page.wait_for_function(
@@ -110,22 +128,8 @@ def test_streamed_lines_and_the_dashboard_show_in_the_browser(tmp_path, app):
             cell(page, JOB_CELL).locator(".jp-OutputArea").first.screenshot(
                 path=str(SHOTS / f"live-output-{app}.png")
             )
-            board = output_html_js(DASHBOARD_CELL)
-            page.wait_for_function(
-                f"() => {{ const h = ({board})(); return h && h.includes('prefork'); }}",
-                timeout=2 * MINUTE_MS,
-            )
-            before = page.evaluate(board)
-            page.wait_for_function(
-                f"() => {{ const h = ({board})(); return h && h !== {before!r}; }}", timeout=30_000
-            )
-            cell(page, DASHBOARD_CELL).locator(".jp-OutputArea").first.screenshot(
-                path=str(SHOTS / f"dashboard-{app}.png")
-            )
             assert page.locator(f"text={BAD_TEXT}").count() == 0
             assert "<b>not bold</b>" not in page.evaluate(job)
         except BaseException:
             page.screenshot(path=str(SHOTS / f"live-failure-{app}.png"))
             raise
-        finally:
-            browser.close()
