@@ -201,9 +201,9 @@ class LocalCluster:
     ) -> None:
         processes = _processes_argument(processes, workers)
         self.processes = processes
-        self._memory_limit_asked = memory_limit
-        self.memory_limit = memory_limit_bytes(memory_limit, processes)
         self.pool = pool
+        self._memory_limit_asked = memory_limit
+        self.memory_limit = self._memory_limit_for(processes)
         self.queues = queues
         self.secret = secrets.token_hex(32)
         self._redis_path = None if broker else (redis_server or find_redis_server())
@@ -318,6 +318,18 @@ class LocalCluster:
         2.0 GB per process`` (or why it has no worker)."""
         return f"{self._state()}; {self._limit_text()}"
 
+    def _memory_limit_for(self, processes: int) -> int | None:
+        """The limit per pool process, in bytes. Only prefork pool processes are limited
+        (each sets it as it starts): another pool gets none, and asking for one is refused."""
+        if self.pool == "prefork":
+            return memory_limit_bytes(self._memory_limit_asked, processes)
+        if self._memory_limit_asked not in (None, "auto"):
+            raise ValueError(
+                f"memory_limit bounds prefork pool processes; pool={self.pool!r} has none "
+                "(use memory_limit=None or the prefork pool)"
+            )
+        return None
+
     def _limit_text(self) -> str:
         if self.memory_limit is None:
             return "no memory limit"
@@ -340,7 +352,7 @@ class LocalCluster:
         with self._lock:
             old, self._worker = self._worker, None
             self.processes = processes
-            self.memory_limit = memory_limit_bytes(self._memory_limit_asked, processes)
+            self.memory_limit = self._memory_limit_for(processes)
             self._start_next_worker()
         self._wait_for_worker(timeout)
         if old is not None and old.poll() is None:
@@ -504,7 +516,7 @@ class LocalCluster:
         ]
         if self.queues:
             command += ["-Q", ",".join(self.queues)]
-        if self.memory_limit is not None and self.pool == "prefork":
+        if self.memory_limit is not None:
             # Celery replaces a process still this big after a task (a leak, say).
             command.append(f"--max-memory-per-child={self.memory_limit // 1024}")
         if self._generation == 0:  # a restarted worker's lines follow its predecessor's

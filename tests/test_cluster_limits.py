@@ -28,6 +28,12 @@ def test_memory_limits_are_read_as_sizes():
     assert line.endswith("Unable to allocate 8 GiB")
 
 
+def test_a_memory_limit_is_refused_for_a_pool_that_cannot_have_one():
+    for pool in ("threads", "solo"):  # no pool process starts: nothing would set it
+        with pytest.raises(ValueError, match=f"pool='{pool}' has none"):
+            celerynb.LocalCluster(pool=pool, memory_limit="1GB")
+
+
 def allocate(megabytes):
     import numpy as np
 

@@ -67,6 +67,7 @@ def test_a_worker_that_died_before_this_kernel_heard_it_leaves_its_job_lost(own_
 
 def test_a_solo_worker_busy_without_heartbeats_is_not_lost(own_cluster):
     local, session = own_cluster(pool="solo")
+    assert local.memory_limit is None and "no memory limit" in local.summary()
     # Silent for half as long again as the heartbeat limit, and long enough to be probed.
     job = session.submit(quiet, (LOST_AFTER * 1.5,))
     seen = states_seen(job, 60)
