@@ -58,6 +58,8 @@ class WatchedFuture(Future):
         super().__init__()
         self._every_callback: list[Callable[[Any], Any]] = []
         self._submitted_at = time.monotonic()
+        # Kept, not derived from the monotonic clock: derived, it would jitter across a
+        # second and redraw a waiting job's widget ("sent 12:03:04") for nothing.
         self._sent_at = time.time()
         self._finished_at: float | None = None
         self._counted_from_store = False  # submitted by an earlier kernel (see _count_from)
