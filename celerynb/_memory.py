@@ -10,6 +10,7 @@ stays above the limit after a task (a leak).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -49,16 +50,20 @@ def memory_limit_bytes(value: str | int | float | None, processes: int) -> int |
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
         return physical_memory() // max(processes, 1)
+    not_a_size = ValueError(f"memory_limit must be a size such as '2GB', got {value!r}")
     if isinstance(value, bool):
-        raise ValueError(f"memory_limit must be a size such as '2GB', got {value!r}")
+        raise not_a_size
     if isinstance(value, int | float):
-        size = int(value)
+        number = value
     else:
         match = _SIZE.fullmatch(str(value))
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
-            raise ValueError(f"memory_limit must be a size such as '2GB', got {value!r}")
-        size = int(float(match.group(1)) * _UNITS[unit])
+            raise not_a_size
+        number = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(number):  # inf, nan: 1e400GB
+        raise not_a_size
+    size = int(number)
     if size < 64 * 2**20:
         raise ValueError(f"memory_limit {value!r} is under 64 MiB: no worker process runs in that")
     return size

@@ -19,7 +19,7 @@ def test_memory_limits_are_read_as_sizes():
     assert memory_limit_bytes(None, 4) is None
     auto = memory_limit_bytes("auto", 4)
     assert auto is not None and 0 < auto * 4 <= psutil.virtual_memory().total
-    for bad in ("lots", "2 parsecs", "-1GB", True, "10MB"):
+    for bad in ("lots", "2 parsecs", "-1GB", True, "10MB", "1e400GB", float("inf"), float("nan")):
         with pytest.raises(ValueError, match="memory_limit"):
             memory_limit_bytes(bad, 1)
     assert readable_size(2 * 10**9) == "2.0 GB"
