@@ -134,6 +134,7 @@ class JobGroup(WatchedFuture):
         self._code = code
         # Open ended: tasks come later (``_grow``) and the group ends after ``_close``.
         self._open = open_ended
+        self._expected: int | None = None  # items an open group will hold in all, if known
         # A map's call, to re-run failed items (set by map): (fn, items, star, make_call).
         self._items_call: tuple[Any, Any, bool, Any] | None = None
         self._rerun_offsets: dict[int, list[int]] = {}  # position -> offsets run again
@@ -314,12 +315,19 @@ class JobGroup(WatchedFuture):
     @property
     def progress(self) -> ProgressSnapshot:
         """The aggregated bar: items that ran (done or failed, including in-task
-        progress) of all; cancelled items are counted in the text, not the bar."""
+        progress) of all; cancelled items are counted in the text, not the bar.
+
+        An open-ended group whose final size is not known has no total (a count and
+        a rate, no ETA): the items sent so far are not the total, and a bar over them
+        would look nearly full all along (joblib sends only a few batches ahead)."""
         counts = self.counts
         processed = counts.done + counts.failed
         elapsed = self.elapsed
         rate = processed / elapsed if processed and elapsed > 0 else None
-        bar = BarSnapshot(processed, self._total, self.name, "it", rate, elapsed, counts.text())
+        total: int | None = self._total
+        if self._open:
+            total = None if self._expected is None else max(self._expected, self._total)
+        bar = BarSnapshot(processed, total, self.name, "it", rate, elapsed, counts.text())
         return ProgressSnapshot(self.state, (bar,))
 
     def cancel(self) -> bool:
@@ -466,6 +474,12 @@ class JobGroup(WatchedFuture):
             job.add_listener(self._on_job_change)
             self._take_output_of(job)
             job.add_done_callback(functools.partial(self._on_job_done, position))
+        self._notify()
+
+    def _expect(self, total: int) -> None:
+        """The open group will hold ``total`` items in all (a joblib call over a list):
+        its bar has a total, and so an ETA, before its last task is sent."""
+        self._expected = total
         self._notify()
 
     def _close(self) -> None:

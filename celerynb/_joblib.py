@@ -139,6 +139,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             open_ended=True,
             keep_values=False,
         )
+        calls = getattr(getattr(self, "parallel", None), "n_tasks", None)  # None: a generator
+        if isinstance(calls, int) and calls > 0:
+            self._group._expect(calls)
         if self.show:
             _show(self._group)
 

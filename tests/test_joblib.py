@@ -97,6 +97,38 @@ def test_one_live_bar_per_call_moves_while_the_kernel_is_free(session, shown):
     assert len({n for n in seen if 0 < n < 40}) >= 3, f"the bar did not move: {seen}"
 
 
+def test_the_bar_has_a_total_when_joblib_knows_how_many_calls(session, shown):
+    bars = []
+    with joblib.parallel_config(backend="celerynb"):
+        calls = [delayed(nap_then)(i, 0.05) for i in range(20)]  # a list: 20 calls, known
+        parallel = Parallel(n_jobs=-1, batch_size=1, return_as="generator")
+        out = parallel(calls)
+        (group,) = shown
+        group.add_listener(lambda g: bars.append(g.progress.bars[0]))
+        assert group.progress.total == 20, "the total is known before the calls are done"
+        assert list(out) == list(range(20))
+    assert wait_for(lambda: group.done())
+    assert {bar.total for bar in bars} == {20}
+    eta_while_running = [bar.eta for bar in bars if 0 < bar.n < 20 and bar.rate]
+    assert eta_while_running and all(eta is not None for eta in eta_while_running)
+
+
+def test_over_a_generator_the_bar_counts_calls_without_a_total_until_the_end(session, shown):
+    bars = []
+    with joblib.parallel_config(backend="celerynb"):
+        parallel = Parallel(n_jobs=-1, batch_size=1, return_as="generator")
+        out = parallel(delayed(nap_then)(i, 0.05) for i in range(20))  # how many: unknown
+        (group,) = shown
+        group.add_listener(lambda g: bars.append(g.progress.bars[0]))
+        assert list(out) == list(range(20))
+    assert wait_for(lambda: group.done())
+    counted = [bar for bar in bars if 0 < bar.n < 20]
+    # Not "n of the calls sent so far": joblib sends only a few ahead, so that bar
+    # would look nearly full all along and its ETA would be wrong.
+    assert counted and all(bar.total is None and bar.eta is None for bar in counted), counted
+    assert group.progress.total == 20 and group.progress.n == 20
+
+
 def test_generators_ordered_and_unordered(session, shown):
     with joblib.parallel_config(backend="celerynb"):
         ordered = Parallel(n_jobs=-1, return_as="generator")(delayed(square)(i) for i in range(50))
