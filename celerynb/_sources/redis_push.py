@@ -7,6 +7,8 @@ gone after such a restart (``data_lost``).
 
 from __future__ import annotations
 
+import select
+import socket
 import uuid
 from typing import Any
 
@@ -26,13 +28,19 @@ class RedisPushSource:
 
     def __init__(self, app: Any) -> None:
         self._app = app
-        self._wake_channel = f"celerynb-wake-{uuid.uuid4().hex}"
+        # A channel of its own keeps the connection subscribed while no job is watched.
+        self._own_channel = f"celerynb-wake-{uuid.uuid4().hex}"
         self._channel_to_id: dict[bytes, str] = {}
         self._pubsub: Any = None
         self._sentinel = f"celerynb-sentinel-{uuid.uuid4().hex}"
         self.data_lost = False  # the last resync found the server without its data
         self.restarted = False  # ... or found another server process (a restart)
         self._run_id: str | None = None
+        # A local wake (a byte on a socket pair) instead of a PUBLISH: no round trip to
+        # Redis for every job sent, and the watcher wakes without a trip through it.
+        self._woken, self._waker = socket.socketpair()
+        self._woken.setblocking(False)
+        self._waker.setblocking(False)
 
     @property
     def broker_shares_server(self) -> bool:
@@ -60,7 +68,7 @@ class RedisPushSource:
         if self._pubsub is None:
             client = self._backend.client
             self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(self._wake_channel, *self._channel_to_id)
+            self._pubsub.subscribe(self._own_channel, *self._channel_to_id)
             client.set(self._sentinel, b"1", ex=SENTINEL_SECONDS)
             run_id = self._server_run_id()
             self.restarted = None not in (run_id, self._run_id) and run_id != self._run_id
@@ -92,7 +100,11 @@ class RedisPushSource:
     def poll(self, timeout: float) -> list[Update]:
         pubsub = self._ensure_pubsub()
         updates: list[Update] = []
-        message = pubsub.get_message(timeout=timeout)
+        message = pubsub.get_message(timeout=0)
+        if message is None and not self._take_wakes():
+            self._wait(pubsub, timeout)
+            self._take_wakes()
+            message = pubsub.get_message(timeout=0)
         while message is not None:
             update = self._decode(message)
             if update is not None:
@@ -117,7 +129,30 @@ class RedisPushSource:
         return self._catch_up(list(self._channel_to_id))
 
     def wake(self) -> None:
-        self._backend.client.publish(self._wake_channel, b"")
+        try:
+            self._waker.send(b"\0")
+        except (BlockingIOError, OSError):  # full: a wake is pending already; closed: stopped
+            pass
+
+    def _take_wakes(self) -> bool:
+        """Whether a wake came (all of them are taken)."""
+        woken = False
+        try:
+            while self._woken.recv(4096):
+                woken = True
+        except (BlockingIOError, OSError):
+            pass
+        return woken
+
+    def _wait(self, pubsub: Any, timeout: float) -> None:
+        """Until the server sends something, a wake comes, or ``timeout`` passes.
+        Called once ``get_message`` found nothing buffered (hiredis's or TLS's)."""
+        connection = pubsub.connection
+        sock = getattr(connection, "_sock", None) if connection is not None else None
+        if sock is None:  # not connected: get_message connects (and raises if it cannot)
+            pubsub.get_message(timeout=min(timeout, 0.05))
+            return
+        select.select([sock, self._woken], [], [], timeout)
 
     def close(self) -> None:
         try:
@@ -127,6 +162,8 @@ class RedisPushSource:
         if self._pubsub is not None:
             self._pubsub.close()
             self._pubsub = None
+        self._woken.close()
+        self._waker.close()
 
     def _key(self, task_id: str) -> bytes:
         key = self._backend.get_key_for_task(task_id)
