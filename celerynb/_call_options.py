@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from kombu.utils.json import dumps as json_dumps
+
 from ._validation import check_queue
 
 # Message headers Celery itself writes: a user's ``headers`` must not replace them.
@@ -33,7 +35,7 @@ class CallOptions:
 
     queue: str | None = None
     countdown: float | None = None  # seconds from now
-    eta: datetime | None = None  # an aware datetime (naive ones are taken as UTC)
+    eta: datetime | None = None  # an aware datetime (naive ones are taken as local time)
     expires: datetime | None = None  # absolute: the same instant on every chunk
     priority: int | None = None
     time_limit: float | None = None
@@ -174,11 +176,18 @@ def waiting_note(
 
 
 def time_limit_note(options: CallOptions | None, error: BaseException | None) -> str | None:
-    """The note of a call Celery stopped at its hard limit: "time limit 2 s exceeded"."""
-    if error is None or "TimeLimitExceeded" not in f"{type(error).__name__} {error}":
+    """The note of a call stopped at a limit: "time limit 2 s exceeded" (Celery's
+    ``TimeLimitExceeded``), "soft time limit 1 s exceeded" (``SoftTimeLimitExceeded``
+    the call let out)."""
+    if error is None:
         return None
-    limit = options.time_limit if options is not None else None
-    return f"time limit {limit:g} s exceeded" if limit else "its time limit was exceeded"
+    text = f"{type(error).__name__} {error}"
+    soft = "SoftTimeLimitExceeded" in text
+    if not soft and "TimeLimitExceeded" not in text:
+        return None
+    what = "soft time limit" if soft else "time limit"
+    limit = None if options is None else options.soft_time_limit if soft else options.time_limit
+    return f"{what} {limit:g} s exceeded" if limit else f"its {what} was exceeded"
 
 
 def _clock(moment: datetime) -> str:
@@ -198,7 +207,9 @@ def _seconds(name: str, value: Any, *, zero_ok: bool = False) -> float | None:
 def _aware(name: str, value: Any) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{name} takes a datetime, got {type(value).__name__}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    # A naive datetime is this machine's local time, as datetime.now() gives it (and
+    # as the widget shows times), not UTC: eta=datetime.now() + timedelta(minutes=5).
+    return value if value.tzinfo is not None else value.astimezone()
 
 
 def _headers(headers: Any) -> dict[str, Any]:
@@ -209,4 +220,12 @@ def _headers(headers: Any) -> dict[str, Any]:
     clash = sorted(set(headers) & RESERVED_HEADERS)
     if clash:
         raise ValueError(f"headers may not set Celery's own {', '.join(clash)}")
+    for key, value in headers.items():
+        try:  # the message travels as (kombu's) JSON: fail here, not as a send error
+            json_dumps(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"headers[{key!r}] must be JSON data (str, number, bool, None, list, dict...), "
+                f"got {type(value).__name__}"
+            ) from None
     return dict(headers)

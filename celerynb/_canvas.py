@@ -18,33 +18,43 @@ from celery.result import ResultSet
 
 from ._group import JobGroup
 from ._job import Job
-from ._schema import ProgressSnapshot
+from ._schema import LOST, ProgressSnapshot
 
 Step = list[str]  # the task ids of one step (one task, or a group / chord header)
+FAILED_STATES = frozenset({states.FAILURE, LOST})
 
 
 def canvas_steps(result: Any) -> list[Step] | None:
     """The steps ending in ``result``, first step first; None when it has no parent."""
-    steps = [[r.id for r in results] for results in _step_results(result)]
+    steps = [[r.id for r in results] for results, _ in _step_results(result)]
     return steps if len(steps) > 1 else None
+
+
+def canvas_kind(result: Any) -> str:
+    """``chord`` for a group's results followed by one step (a chord's header and body,
+    however many tasks its header has), else ``chain``."""
+    steps = _step_results(result)
+    return "chord" if len(steps) == 2 and steps[0][1] else "chain"
 
 
 def canvas_names(result: Any) -> list[str | None]:
     """The task name of every task of the steps, in their order (None: not known here)."""
     names = []
-    for results in _step_results(result):
+    for results, _ in _step_results(result):
         for r in results:
             name = getattr(r, "name", None)
             names.append(name if isinstance(name, str) and name else None)
     return names
 
 
-def _step_results(result: Any) -> list[list[Any]]:
-    steps: list[list[Any]] = []
+def _step_results(result: Any) -> list[tuple[list[Any], bool]]:
+    """Each step's results, first step first, and whether the step is a group."""
+    steps: list[tuple[list[Any], bool]] = []
     node, seen = result, set()
     while node is not None and id(node) not in seen:
         seen.add(id(node))
-        steps.append(list(node.results) if isinstance(node, ResultSet) else [node])
+        group = isinstance(node, ResultSet)
+        steps.append((list(node.results) if group else [node], group))
         node = getattr(node, "parent", None)
     return steps[::-1]
 
@@ -58,27 +68,57 @@ def current_step(step_states: Sequence[Sequence[str]]) -> int:
     return max(len(step_states) - 1, 0)
 
 
+def failed_step(step_states: Sequence[Sequence[str]]) -> int | None:
+    """The 0-based step that failed first (Celery fails the steps after it too), or
+    None. Pure."""
+    for number, step in enumerate(step_states):
+        if any(state in FAILED_STATES for state in step):
+            return number
+    return None
+
+
 class CanvasGroup(JobGroup):
     """A chain or chord as one job: its bar counts tasks and names the running step;
     its result is the last step's value (a list for a group as last step)."""
 
-    def __init__(self, jobs: Sequence[Job], steps: list[Step], *, name: str, session: Any):
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        steps: list[Step],
+        *,
+        name: str,
+        session: Any,
+        kind: str | None = None,
+    ):
         self._steps = steps
-        kind = "chord" if len(steps) == 2 and len(steps[0]) > 1 else "chain"
+        kind = kind or ("chord" if len(steps) == 2 and len(steps[0]) > 1 else "chain")
         super().__init__(jobs, name=name or kind, call_repr=name or kind, session=session)
         self.kind = kind
 
     @property
     def stage(self) -> str:
-        """``step 2 of 3: tasks.train`` (a chord: ``header, 7 tasks`` / ``body``)."""
+        """``step 2 of 3: tasks.train`` (a chord: ``header, 7 tasks`` / ``body``); once a
+        step failed, that one: ``step 2 of 3 failed: tasks.train``."""
         by_id = {job.id: job for job in self.jobs}
         step_jobs = [[by_id[task_id] for task_id in step] for step in self._steps]
-        number = current_step([[job.state for job in step] for step in step_jobs])
-        running = step_jobs[number]
-        what = running[0].name if len(running) == 1 else f"{len(running)} tasks"
+        step_states = [[job.state for job in step] for step in step_jobs]
+        failed = failed_step(step_states)
+        number = current_step(step_states) if failed is None else failed
+        shown = step_jobs[number]
+        if len(shown) == 1:
+            what = shown[0].name
+        elif failed is not None:
+            bad = sum(state in FAILED_STATES for state in step_states[number])
+            what = f"{bad} of {len(shown)} tasks"
+        else:
+            what = f"{len(shown)} tasks"
         if self.kind == "chord":
+            where = "header" if number == 0 else "body"
+            if failed is not None:
+                return f"{where} failed: {what}"
             return f"header, {what}" if number == 0 else f"body: {what}"
-        return f"step {number + 1} of {len(self._steps)}: {what}"
+        failed_word = " failed" if failed is not None else ""
+        return f"step {number + 1} of {len(self._steps)}{failed_word}: {what}"
 
     @property
     def progress(self) -> ProgressSnapshot:

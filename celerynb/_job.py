@@ -277,6 +277,12 @@ class Job(WatchedFuture):
             self._learn_name(meta.get("name"))
         if self._shipped is True:
             self._take_signed_run(meta.get("result"))
+        if state == states.RETRY and self._shipped is True and not self._signed_error(meta):
+            # A retry says the call failed and runs again: for a shipped job, only on its
+            # worker's signed word
+            what = _short.repr(str(meta.get("result")))
+            self._ignore(f"an unsigned {state} ({what})")
+            return
         outcome: tuple[str, Any] | None = None
         if state in states.READY_STATES:
             try:
@@ -492,6 +498,16 @@ class Job(WatchedFuture):
             raise _Unverified(f"an unsigned {state} ({what}: {exc})") from None
         except Exception as exc:  # verified, but cannot be opened here
             return ("error", exc)
+
+    def _signed_error(self, meta: dict[str, Any]) -> bool:
+        """Whether ``meta`` carries an error its worker signed for this task."""
+        result = meta.get("result")
+        envelope = result.envelope if isinstance(result, ShippedTaskError) else None
+        try:
+            open_envelope(envelope, secret=self._session.secret, purpose="error", task_id=self.id)
+        except Exception:
+            return False
+        return True
 
     def _settle(self, kind: str, value: Any, done_at: Any = None) -> None:
         if kind == "fetch":

@@ -209,7 +209,7 @@ class CeleryMagics(Magics):
     @argument("-q", "--queue", help="send to this Celery queue")
     @argument("--countdown", type=float, metavar="S", help="start no sooner than S seconds")
     @argument("--expires", type=float, metavar="S", help="drop it unrun if not started in S s")
-    @argument("--priority", type=int, metavar="N", help="message priority (0-9 on Redis)")
+    @argument("--priority", type=int, metavar="N", help="message priority (Redis: 0-9, 0 first)")
     @argument("--time-limit", type=float, metavar="S", help="stop it after S seconds")
     @argument("--soft-time-limit", type=float, metavar="S", help="warn it after S seconds")
     @argument("call", nargs="*", help="the call to run, e.g. simulate(10_000)")

@@ -14,7 +14,7 @@ from celery.result import AsyncResult, ResultSet
 
 from ._call_options import call_options
 from ._calls import display_name
-from ._canvas import CanvasGroup, Step, canvas_names, canvas_steps
+from ._canvas import CanvasGroup, Step, canvas_kind, canvas_names, canvas_steps
 from ._chunks import run_chunk
 from ._group import JobGroup
 from ._job import Job
@@ -135,7 +135,7 @@ def attach(target: Any, *, name: str | None = None) -> Job | JobGroup:
         return session.attach(target, name)
     steps = canvas_steps(target) if isinstance(target, AsyncResult | ResultSet) else None
     if steps is not None:  # a chain or a chord, by its final result
-        return _attach_canvas(session, steps, canvas_names(target), name)
+        return _attach_canvas(session, steps, canvas_names(target), name, canvas_kind(target))
     if isinstance(target, ResultSet):
         return _attach_group(session, [r.id for r in target.results], name or _group_name(target))
     if isinstance(target, AsyncResult):
@@ -216,9 +216,10 @@ def _attach_canvas(
     steps: builtins.list[Step],
     names: builtins.list[str | None],
     name: str | None,
+    kind: str,
 ) -> JobGroup:
     jobs = session.attach_many([task_id for step in steps for task_id in step], names)
-    group = CanvasGroup(jobs, steps, name=name or "", session=session)
+    group = CanvasGroup(jobs, steps, name=name or "", session=session, kind=kind)
     registry.add(group)
     return group
 

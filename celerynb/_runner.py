@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import states
@@ -30,6 +31,7 @@ from ._config import max_call_age, secret_from_env
 from ._datastore import REDIS_SPEC, DataStore, Progress, data_store, no_store_line
 from ._errors import CelerynbError, SerializationError
 from ._memory import beyond_the_limit
+from ._outcomes import expiry_instant
 from ._payload import dumps, loads, size_of
 from ._remote_errors import sealed_error
 from ._reporting import last_bars, progress_for
@@ -67,6 +69,14 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
             task_id,
             attempt,
             allowed,
+        )
+        raise Ignore()
+    if _expired_under_another_header(body, task.request):
+        log.warning(
+            "celerynb: refused to run task %s: its signed expiry %s has passed and its "
+            "message carries another (a replay with a changed expires header)",
+            task_id,
+            body.get("expires"),
         )
         raise Ignore()
     claims = store_for(task.app)
@@ -171,6 +181,22 @@ def signed_retries(body: Opened) -> int:
     """How many times the (verified) call may run again after it fails."""
     retries = body.get("retries")
     return retries if isinstance(retries, int) and retries > 0 else 0
+
+
+def _expired_under_another_header(body: Opened, request: Any) -> bool:
+    """Whether the call's signed expiry has passed while its message's ``expires`` header
+    is another one or none. (Under the signed one, Celery's own check decides: it drops
+    an expired message before it runs and the worker signs that.)"""
+    signed = body.get("expires")
+    if not isinstance(signed, str):
+        return False
+    expires = expiry_instant(signed)  # the kernel's isoformat(), signed
+    try:
+        if request.expires is not None and expiry_instant(request.expires) == expires:
+            return False
+    except Exception:  # an unreadable header is not the signed one
+        pass
+    return bool(datetime.now(timezone.utc) >= expires)
 
 
 def _retry(task: Any, error: BaseException, body: Opened) -> None:

@@ -654,8 +654,8 @@ def apply_async(
 ) -> Job:
     """Like ``submit``, with Celery's calling convention and options.
 
-    ``countdown`` (seconds) or ``eta`` (a datetime) delay the start; after
-    ``expires`` (seconds from now, or a datetime) the workers drop the call unrun
+    ``countdown`` (seconds) or ``eta`` (a datetime; naive: local time) delay the
+    start; after ``expires`` (seconds from now, or a datetime) the workers drop the call unrun
     and the job ends cancelled; ``time_limit`` / ``soft_time_limit`` (seconds) stop
     it (``TimeLimitExceeded``) or warn it (``SoftTimeLimitExceeded`` raised inside);
     ``priority`` and ``headers`` go on the message. The widget tells a delayed job's

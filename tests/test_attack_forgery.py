@@ -140,6 +140,19 @@ def test_an_unsigned_final_state_never_finishes_a_shipped_job(session, tmp_path,
     assert job.result(timeout=30) == "real"  # the real, signed result still wins
 
 
+def test_an_unsigned_retry_does_not_move_a_shipped_job(session, tmp_path):
+    gate = tmp_path / "gate"
+    job = celerynb.submit(gated, str(gate), "real")
+    assert wait_for(lambda: job.state == "STARTED", timeout=30), job.state
+    failure = {"exc_type": "ValueError", "exc_message": [XSS], "exc_module": "builtins"}
+    forge(session, job.id, {"status": "RETRY", "result": failure, "traceback": XSS})
+    assert wait_for(lambda: job.note is not None, timeout=10), job.status_line()
+    assert job.state == "STARTED" and "ignored an unsigned RETRY" in job.note
+    assert "<img" not in widget_html(job)
+    gate.touch()
+    assert job.result(timeout=30) == "real"
+
+
 def test_a_cancel_stores_a_revoked_that_another_kernel_accepts(session, tmp_path):
     job = celerynb.submit(gated, str(tmp_path / "never"), "never")
     assert wait_for(lambda: job.state == "STARTED", timeout=30)

@@ -5,6 +5,7 @@ import os
 import signal
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from conftest import start_worker, wait_for
 
@@ -104,6 +105,30 @@ def test_a_retry_nobody_asked_for_runs_nothing_even_while_the_call_runs(session,
     gate.touch()
     assert celerynb.attach(task_id).result(timeout=30) == "once"
     assert runs_of(runs) == ["once"]
+
+
+def test_a_call_past_its_signed_expiry_runs_nothing_under_a_changed_expires_header(
+    session, cluster, tmp_path
+):
+    runs = tmp_path / "runs"
+    signed_at = datetime.now(timezone.utc)
+    for label, expires, header in [
+        ("no header", signed_at - timedelta(seconds=1), None),  # the header was removed
+        ("later header", signed_at - timedelta(seconds=1), signed_at + timedelta(hours=1)),
+        ("not expired", signed_at + timedelta(hours=1), None),
+    ]:
+        task_id = str(uuid.uuid4())
+        sealed = seal(pickle_call(record_run, (str(runs), label), {}), secret=session.secret,
+                      purpose="call", task_id=task_id,
+                      extra={"expires": expires.isoformat()})  # fmt: skip
+        publish(session, task_id, sealed.tobytes(), expires=header)
+        if label == "not expired":
+            assert celerynb.attach(task_id).result(timeout=30) == label
+        else:
+            assert wait_for(lambda t=task_id: refusals(cluster, t) == 1, timeout=30), label
+            text = cluster.log_path.read_text(errors="replace")
+            assert f"refused to run task {task_id}: its signed expiry" in text
+    assert runs_of(runs) == ["not expired"]
 
 
 def test_a_replay_while_the_call_runs_is_refused_and_the_run_goes_on(session, cluster, tmp_path):

@@ -8,7 +8,7 @@ from conftest import wait_for
 from shipped import fails_first_times, gated
 
 import celerynb
-from celerynb._call_options import CallOptions, waiting_note
+from celerynb._call_options import CallOptions, time_limit_note, waiting_note
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -32,6 +32,38 @@ def test_options_become_send_task_options_and_expires_an_instant():
     assert CallOptions.of(eta=naive).eta == naive.replace(tzinfo=timezone.utc)
 
 
+@pytest.fixture
+def new_york(monkeypatch):
+    """This machine's local time is New York's (UTC-5 in winter) for the test."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_naive_datetime_is_local_time_as_datetime_now_gives_it(new_york):
+    local_eight = datetime(2026, 12, 1, 8, 0)  # 8:00 in New York is 13:00 UTC
+    options = CallOptions.of(eta=local_eight, expires=local_eight + timedelta(minutes=5))
+    assert options.eta == datetime(2026, 12, 1, 13, 0, tzinfo=timezone.utc)
+    assert options.expires == datetime(2026, 12, 1, 13, 5, tzinfo=timezone.utc)
+    soon = CallOptions.of(eta=datetime.now() + timedelta(seconds=30))
+    now = datetime.now(timezone.utc)
+    assert waiting_note(soon, now, now).startswith(("starts in 30 s", "starts in 29 s"))
+
+
+def test_a_soft_limit_the_call_let_out_is_told_apart_from_the_hard_one():
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    both = CallOptions.of(soft_time_limit=1, time_limit=5)
+    assert time_limit_note(both, SoftTimeLimitExceeded()) == "soft time limit 1 s exceeded"
+    assert time_limit_note(both, TimeLimitExceeded(5.0)) == "time limit 5 s exceeded"
+    soft = CallOptions.of(soft_time_limit=2)
+    assert time_limit_note(soft, SoftTimeLimitExceeded()) == "soft time limit 2 s exceeded"
+    assert time_limit_note(None, SoftTimeLimitExceeded()) == "its soft time limit was exceeded"
+    assert time_limit_note(both, ValueError("no")) is None
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
@@ -46,6 +78,7 @@ def test_options_become_send_task_options_and_expires_an_instant():
         ({"time_limit": 2, "soft_time_limit": 2}, ValueError, "must be less than time_limit"),
         ({"headers": {"task": "evil"}}, ValueError, "may not set Celery's own task"),
         ({"headers": ["x"]}, TypeError, "headers takes a dict"),
+        ({"headers": {"x": object()}}, TypeError, r"headers\['x'\] must be JSON data"),
         ({"queue": " padded"}, ValueError, "queue"),
     ],
 )
@@ -105,6 +138,28 @@ def test_a_time_limit_stops_a_long_call_with_celerys_error_in_the_widget(session
     assert "TimeLimitExceeded" in type(info.value).__name__ + str(info.value)
     assert job.state == "FAILURE" and "TimeLimitExceeded" in job.short_result_repr()
     assert "time limit 2 s exceeded" in job.note
+
+
+def naps_unless_told(seconds):
+    import time
+
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "told"
+    return "slept"
+
+
+def test_a_soft_time_limit_alone_warns_the_call_which_may_catch_it(session):
+    caught = celerynb.apply_async(naps_unless_told, (60,), soft_time_limit=1)
+    let_out = celerynb.apply_async(sleepy, (60,), soft_time_limit=1)
+    assert caught.result(timeout=30) == "told"
+    with pytest.raises(Exception, match="SoftTimeLimitExceeded") as info:
+        let_out.result(timeout=30)
+    assert type(info.value).__name__ == "SoftTimeLimitExceeded"
+    assert let_out.note == "soft time limit 1 s exceeded"
 
 
 def test_an_expired_call_is_dropped_unrun_and_the_job_says_so(session, cluster, tmp_path):
