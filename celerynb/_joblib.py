@@ -23,10 +23,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
+from joblib.parallel import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    register_parallel_backend,
+)
 
 from ._byref import inline_limit
 from ._calls import display_name
@@ -79,9 +86,44 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
         self._scattered: dict[int, tuple[Any, Any]] = {}  # id(arg) -> (arg, its reference)
         self._processes: int | None = None
+        self._claim = threading.Lock()
+        self._user: weakref.ref[Any] | None = None  # the Parallel this backend serves
 
     def __reduce__(self) -> tuple[Any, ...]:  # a batch may carry it: never the session
         return (CelerynbBackend, (self.queue, self.show))
+
+    # -- one backend per Parallel --------------------------------------------------
+    def configure(self, n_jobs: int = 1, parallel: Any = None, **kwargs: Any) -> int:
+        """Serve ``parallel``; one backend in use by another ``Parallel`` hands it a
+        backend of its own instead.
+
+        Every ``Parallel`` of a ``parallel_config`` block shares its backend, and two
+        of them can be running at once (a generator not consumed yet, a ``Parallel``
+        in the loop over another one's results, threads): a call's bar, batches and
+        callback thread are the backend's, and a second call would take them over.
+        """
+        with self._claim:
+            user = self._user() if self._user is not None else None
+            if user is not None and user is not parallel:
+                raise FallbackToBackend(self._twin())
+            self._user = weakref.ref(parallel) if parallel is not None else None
+        return super().configure(n_jobs, parallel, **kwargs)
+
+    def terminate(self) -> None:
+        """The ``Parallel`` is done with this backend (joblib calls it at the end)."""
+        with self._claim:
+            self._user = None
+
+    def _twin(self) -> CelerynbBackend:
+        twin = CelerynbBackend(
+            self.queue,
+            self.show,
+            nesting_level=self.nesting_level,
+            inner_max_num_threads=self.inner_max_num_threads,
+            **self.backend_kwargs,
+        )
+        twin._processes = self._processes  # the workers were asked already
+        return twin
 
     # -- sizing ------------------------------------------------------------------
     def effective_n_jobs(self, n_jobs: int | None) -> int:

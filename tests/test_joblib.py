@@ -1,6 +1,7 @@
 """joblib's Parallel (and scikit-learn through it) on real Celery workers: backend "celerynb"."""
 
 import os
+import threading
 import time
 
 import joblib
@@ -185,3 +186,62 @@ def test_grid_search_on_the_workers_finds_what_a_local_run_finds(session, shown)
     assert remote.best_score_ == pytest.approx(local.best_score_)
     (group,) = shown
     assert group.state == "SUCCESS" and group.progress.n == 36  # 12 points x 3 folds
+
+
+def in_thread(body, timeout=90.0):
+    """Run ``body()`` in a thread; fail (instead of hanging the suite) if it is not done
+    within ``timeout`` seconds; return its result or raise its exception."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = body()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s: a call hangs"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_parallel_inside_the_loop_over_another_ones_generator_gets_its_own_bar(session, shown):
+    # Both calls use the one backend of the parallel_config block, both in flight at once.
+    def body():
+        with joblib.parallel_config(backend="celerynb"):
+            outer = Parallel(n_jobs=-1, batch_size=1, return_as="generator")(
+                delayed(nap_then)(i, 0.01) for i in range(12)
+            )
+            return [(x, Parallel(n_jobs=-1)(delayed(square)(j) for j in range(3))) for x in outer]
+
+    assert in_thread(body) == [(x, [0, 1, 4]) for x in range(12)]
+    outer_bar, *inner_bars = shown
+    assert len(inner_bars) == 12
+    assert outer_bar.state == "SUCCESS" and outer_bar.progress.n == 12 == len(outer_bar)
+    assert all(bar.state == "SUCCESS" and len(bar) == 3 for bar in inner_bars)
+
+
+def test_two_threads_sharing_one_backend_each_get_their_own_bar(session, shown):
+    with joblib.parallel_config(backend="celerynb"):
+        backend, _ = joblib.parallel.get_active_backend()
+    results: dict[int, list] = {}
+
+    def call(k):
+        results[k] = Parallel(n_jobs=-1, backend=backend, batch_size=1)(
+            delayed(nap_then)(100 * k + i, 0.01) for i in range(30)
+        )
+
+    def body():
+        threads = [threading.Thread(target=call, args=(k,)) for k in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    in_thread(body)
+    assert results == {k: [100 * k + i for i in range(30)] for k in (1, 2)}
+    assert wait_for(lambda: all(bar.done() for bar in shown))
+    assert sorted((bar.state, len(bar)) for bar in shown) == [("SUCCESS", 30), ("SUCCESS", 30)]
