@@ -13,7 +13,7 @@ from celery import states
 from ._call_options import call_options
 from ._group import JobGroup
 from ._job import Job
-from ._many import map as map_items
+from ._many import map_on
 from ._session import Session, current_session
 
 
@@ -73,7 +73,8 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
         deadline = None if timeout is None else time.monotonic() + timeout
-        group = map_items(
+        group = map_on(
+            self._session,
             fn,
             *iterables,
             chunksize=chunksize,

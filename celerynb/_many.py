@@ -59,6 +59,19 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     calling options as ``apply_async`` takes them (``countdown``, ``expires``,
     ``time_limit``...), for every chunk.
     """
+    return map_on(None, fn, *iterables, chunksize=chunksize, queue=queue, **options)
+
+
+def map_on(
+    session: Session | None,
+    fn: Any,
+    *iterables: Iterable[Any],
+    chunksize: int | None = None,
+    queue: str | None = None,
+    **options: Any,
+) -> JobGroup:
+    """``map`` through ``session`` (an Executor's own, whichever connection is current;
+    None: the current one)."""
     sending = call_options("map", queue, **options)
     if not callable(fn):
         raise TypeError(f"map() needs a callable, got {type(fn).__name__}")
@@ -68,7 +81,7 @@ def map(  # noqa: A001 - celerynb.map, as Executor.map / dask Client.map
     items = list(zip(*iterables)) if star else _sliceable(iterables[0])
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
-    session = current_session()
+    session = session or current_session()
     size = chunksize or auto_chunksize(len(items), session.processes_hint or DEFAULT_PROCESSES)
     # retries= re-runs a failed item inside its chunk, not the whole chunk
     item_retries = (sending.retries, sending.retry_delay) if sending.retries else ()

@@ -81,3 +81,13 @@ def test_shutdown_with_cancel_futures_revokes_the_queued_calls_quickly(session, 
         pool.submit(square, 2)
     with pytest.raises(RuntimeError, match="after shutdown"):
         pool.map(square, [1])
+
+
+def test_an_executor_given_a_session_sends_its_maps_there_too(session, monkeypatch):
+    import celerynb._session
+
+    monkeypatch.setattr(celerynb._session, "_current", None)  # no current connection
+    pool = celerynb.Executor(session=session)
+    assert pool.submit(square, 3).result(timeout=60) == 9
+    assert list(pool.map(square, range(10), timeout=60)) == [i * i for i in range(10)]
+    pool.shutdown()
