@@ -55,7 +55,9 @@ def inspect_workers(
         WorkerInfo(
             name=node,
             pool=_pool_name(stats[node]),
-            concurrency=(stats[node].get("pool") or {}).get("max-concurrency"),
+            concurrency=_positive_int_or_none(
+                (stats[node].get("pool") or {}).get("max-concurrency")
+            ),
             queues=tuple(q.get("name", "?") for q in queues.get(node) or ()),
             active=_tasks(active.get(node)),
             reserved=_tasks(reserved.get(node)),
@@ -95,6 +97,13 @@ def _running(entries: Any) -> tuple[RunningTask, ...]:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _positive_int_or_none(value: Any) -> int | None:
+    """A count a worker reported (any answer to ``inspect`` may be forged: a string or a
+    negative number would break or shrink the sums made of it)."""
+    number = _int_or_none(value)
+    return number if number is not None and number > 0 else None
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -1,5 +1,6 @@
 """joblib's Parallel (and scikit-learn through it) on real Celery workers: backend "celerynb"."""
 
+import contextlib
 import os
 import threading
 import time
@@ -245,3 +246,54 @@ def test_two_threads_sharing_one_backend_each_get_their_own_bar(session, shown):
     assert results == {k: [100 * k + i for i in range(30)] for k in (1, 2)}
     assert wait_for(lambda: all(bar.done() for bar in shown))
     assert sorted((bar.state, len(bar)) for bar in shown) == [("SUCCESS", 30), ("SUCCESS", 30)]
+
+
+@contextlib.contextmanager
+def forged_worker(session, stats, queue):
+    """A "worker" on the real broker that answers ``inspect`` with ``stats`` (anyone
+    who reaches the broker can): a pidbox node of that name, no Celery worker."""
+    name = "forged@nowhere"
+    handlers = {
+        "stats": lambda state, **kw: stats,
+        "active_queues": lambda state, **kw: [{"name": queue}],
+        "active": lambda state, **kw: [],
+        "reserved": lambda state, **kw: [],
+    }
+    stop = threading.Event()
+    listening = threading.Event()
+
+    def serve():
+        connection = session.app.connection_for_write()
+        try:
+            node = session.app.control.mailbox(connection).Node(name, handlers=handlers)
+            node.listen(channel=connection.default_channel)
+            listening.set()
+            while not stop.is_set():
+                try:
+                    connection.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+        finally:
+            connection.release()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert listening.wait(10)
+    try:
+        yield name
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("concurrency", ["lots", -1000, 2.5, True, [1]])
+def test_n_jobs_minus_one_ignores_a_worker_that_answers_a_nonsense_concurrency(
+    session, cluster, concurrency
+):
+    queue = session.app.conf.task_default_queue
+    stats = {"pool": {"max-concurrency": concurrency, "implementation": "x:TaskPool"}}
+    backend = CelerynbBackend(queue=queue)  # a named queue: the workers are asked
+    with forged_worker(session, stats, queue) as name:
+        # (its subscription is made by its first wait for a message: ask until it answers)
+        assert wait_for(lambda: name in {w.name for w in session.workers()}), "no answer"
+        assert backend.effective_n_jobs(-1) == cluster.processes
