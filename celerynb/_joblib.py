@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 BACKEND_NAME = "celerynb"
 _SMALL = frozenset({int, float, bool, str, type(None), complex})  # never scattered
+_SPARSE_ARRAYS = ("data", "indices", "indptr", "row", "col", "offsets")  # csr, coo, dia...
 FAST_RAMP = 8  # batches this many times under joblib's ideal duration grow this many times
 
 
@@ -268,6 +270,10 @@ def _size_of(arg: Any) -> int:
     nbytes = getattr(arg, "nbytes", None)  # numpy arrays, pandas frames' values
     if isinstance(nbytes, int):
         return nbytes
+    sparse = sys.modules.get("scipy.sparse")  # a sparse matrix has no nbytes: its arrays'
+    if sparse is not None and sparse.issparse(arg):
+        sizes = (getattr(getattr(arg, name, None), "nbytes", None) for name in _SPARSE_ARRAYS)
+        return sum(size for size in sizes if isinstance(size, int))
     memory_usage = getattr(arg, "memory_usage", None)  # pandas DataFrame / Series
     if callable(memory_usage) and "pandas" in type(arg).__module__:
         try:

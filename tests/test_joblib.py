@@ -297,3 +297,15 @@ def test_n_jobs_minus_one_ignores_a_worker_that_answers_a_nonsense_concurrency(
         # (its subscription is made by its first wait for a message: ask until it answers)
         assert wait_for(lambda: name in {w.name for w in session.workers()}), "no answer"
         assert backend.effective_n_jobs(-1) == cluster.processes
+
+
+def test_a_big_sparse_argument_is_scattered_once_per_call(session, shown, monkeypatch):
+    sparse = pytest.importorskip("scipy.sparse")
+    scattered = []
+    scatter = session.scatter
+    monkeypatch.setattr(session, "scatter", lambda obj: scattered.append(obj) or scatter(obj))
+    matrix = sparse.random(2_000, 2_000, density=0.01, format="csr", random_state=0)  # ~0.5 MB
+    with joblib.parallel_config(backend="celerynb"):
+        out = Parallel(n_jobs=-1, batch_size=1)(delayed(total_of)(matrix, i) for i in range(10))
+    assert out == pytest.approx([float(matrix.sum()) + i for i in range(10)])
+    assert len(scattered) == 1 and scattered[0] is matrix
