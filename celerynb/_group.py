@@ -181,7 +181,9 @@ class JobGroup(WatchedFuture):
                 job = self.jobs[position]
                 remaining = max(deadline - time.monotonic(), 0)
                 if not concurrent.futures.wait([job], timeout=remaining).done:
-                    raise TimeoutError(f"{self.call_repr}: items {start} to {stop - 1} not ready")
+                    raise concurrent.futures.TimeoutError(  # builtin's only from 3.11 on
+                        f"{self.call_repr}: items {start} to {stop - 1} not ready"
+                    )
             self._wait_stored(position)
             if self._all_succeeded(position):
                 yield from self._values[start:stop]
@@ -609,7 +611,9 @@ class JobGroup(WatchedFuture):
         with self._settled:
             # done callbacks run right after a job is done: this wait is short
             if not self._settled.wait_for(lambda: self._stored[position], timeout=10):
-                raise TimeoutError(f"task {job.id} finished but its items were not stored")
+                raise concurrent.futures.TimeoutError(
+                    f"task {job.id} finished but its items were not stored"
+                )
 
     def _all_succeeded(self, position: int) -> bool:
         """Whether every item of the (stored) task at ``position`` has its value."""
