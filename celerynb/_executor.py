@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,8 @@ class Executor(concurrent.futures.Executor):
         self._session = session
         self._lock = threading.Lock()
         self._shutdown = False
+        self._sends = 0  # submit/map calls sending now: shutdown waits for them
+        self._sends_done = threading.Condition(self._lock)
         self._pending: set[Job | JobGroup] = set()  # futures not done yet
 
     @property
@@ -46,12 +49,10 @@ class Executor(concurrent.futures.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
         """Run ``fn(*args, **kwargs)`` on a worker; return its Job at once."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-        sending = call_options("Executor", self.queue, **self._options)
-        job = self.session.submit(fn, args, kwargs, call_options=sending)
-        self._track(job)
+        with self._sending():
+            sending = call_options("Executor", self.queue, **self._options)
+            job = self.session.submit(fn, args, kwargs, call_options=sending)
+            self._track(job)
         return job
 
     def map(
@@ -69,19 +70,17 @@ class Executor(concurrent.futures.Executor):
         result is not ready ``timeout`` seconds after ``map`` was called. Closing
         it early cancels what has not run.
         """
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
         deadline = None if timeout is None else time.monotonic() + timeout
-        group = map_on(
-            self._session,
-            fn,
-            *iterables,
-            chunksize=chunksize,
-            queue=self.queue,
-            **self._options,
-        )
-        self._track(group)
+        with self._sending():
+            group = map_on(
+                self._session,
+                fn,
+                *iterables,
+                chunksize=chunksize,
+                queue=self.queue,
+                **self._options,
+            )
+            self._track(group)
         return _in_order(group, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -89,12 +88,27 @@ class Executor(concurrent.futures.Executor):
         ``wait`` waits for the others."""
         with self._lock:
             self._shutdown = True
+            self._sends_done.wait_for(lambda: self._sends == 0)  # what they send counts too
             pending = list(self._pending)
         if cancel_futures:
             for job in _not_started(pending):
                 job.cancel()
         if wait:
             concurrent.futures.wait(pending)
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """A submit or map sending its calls; refused after shutdown."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._sends += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sends -= 1
+                self._sends_done.notify_all()
 
     def _track(self, future: Job | JobGroup) -> None:
         with self._lock:

@@ -1,6 +1,7 @@
 """celerynb.Executor: a concurrent.futures.Executor on real Celery workers."""
 
 import concurrent.futures
+import threading
 import time
 
 import pytest
@@ -91,3 +92,28 @@ def test_an_executor_given_a_session_sends_its_maps_there_too(session, monkeypat
     assert pool.submit(square, 3).result(timeout=60) == 9
     assert list(pool.map(square, range(10), timeout=60)) == [i * i for i in range(10)]
     pool.shutdown()
+
+
+def test_shutdown_waits_for_every_call_a_submit_racing_it_sent(session):
+    pool = celerynb.Executor()
+    sent: list = []
+    refused = threading.Event()
+
+    def keep_submitting():
+        while not refused.is_set():
+            try:
+                sent.append(pool.submit(square, len(sent)))
+            except RuntimeError:
+                refused.set()
+
+    submitter = threading.Thread(target=keep_submitting)
+    submitter.start()
+    assert wait_for(lambda: len(sent) >= 20)
+    pool.shutdown(wait=True)
+    undone = [f for f in sent if not f.done()]
+    refused.set()
+    submitter.join(30)
+    # shutdown refuses new calls, and waits for each call it did not refuse
+    assert not undone, f"{len(undone)} calls sent during shutdown were not waited for"
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(square, 1)
