@@ -200,6 +200,7 @@ class Dashboard:
                     if self._stop.is_set():
                         return
                     connection.ensure_connection(max_retries=1)
+                    self._ask_for_task_events()
                     with self._lock:
                         self._cluster.listening_since = time.time()
                         self._notes.pop("events", None)
@@ -292,7 +293,17 @@ class Dashboard:
                 self._notes.pop(name, None)
         self._mark()
 
+    def _ask_for_task_events(self) -> None:
+        """Ask every worker to send task events (Celery's ``enable_events`` broadcast, as
+        Flower does): workers send none by default, and one started since the last round
+        is asked too. They keep sending them until restarted or ``disable_events``."""
+        try:
+            self._app.control.enable_events()
+        except Exception as exc:  # the stream then comes from inspect rounds
+            log.debug("celerynb: cannot ask the workers for task events: %s", exc)
+
     def _poll_inspect(self) -> None:
+        self._ask_for_task_events()
         now = time.time()
         with self._lock:
             expected = sum(1 for row in self._cluster.worker_rows(now) if not row.gone)

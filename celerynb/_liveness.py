@@ -243,6 +243,9 @@ class WorkerMonitor:
                 with self._app.connection_for_read() as connection:
                     receiver = self._app.events.Receiver(
                         connection,
+                        # worker-* events only: task events (one or more per task, when
+                        # workers send them) would cost this kernel a decode each, for nothing.
+                        routing_key="worker.#",
                         handlers={
                             "worker-heartbeat": self._heard,
                             "worker-online": self._heard,
