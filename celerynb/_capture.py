@@ -30,6 +30,7 @@ from celery.signals import task_postrun, task_prerun
 from ._output import OutputBuffer
 
 FLUSH_SECONDS = 0.25  # how often the flusher looks for lines to send
+IDLE_SECONDS = 30.0  # the flusher thread ends after this long without a captured task
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,9 @@ def _stop_capturing(task_id: str | None = None, **_: Any) -> None:
 
 class _Flusher:
     """One thread per process that sends the lines of tasks in ``capture_output()``
-    every ``FLUSH_SECONDS`` (within their throttle); it ends when none is left."""
+    every ``FLUSH_SECONDS`` (within their throttle); it ends once none has come for
+    ``IDLE_SECONDS``, not at once: starting a thread for each of many short tasks (a
+    map's chunks, joblib's batches) cost a pool process several percent of its time."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
@@ -211,6 +214,7 @@ class _Flusher:
     def add(self, output: TaskOutput) -> None:
         with self._cv:
             self._outputs.add(output)
+            self._cv.notify()  # an idle thread starts its rounds again
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="celerynb-output", daemon=True
@@ -225,7 +229,7 @@ class _Flusher:
     def _run(self) -> None:
         while True:
             with self._cv:
-                if not self._outputs:
+                if not self._cv.wait_for(lambda: self._outputs, IDLE_SECONDS):
                     self._thread = None
                     return
                 self._cv.wait(FLUSH_SECONDS)

@@ -335,6 +335,20 @@ def test_the_flusher_writes_within_the_throttle_and_never_after_the_close(captur
     assert len(task.metas) == writes  # the task's outcome is stored now: no PROGRESS after it
 
 
+def test_one_flusher_thread_serves_short_tasks_one_after_another_then_ends(captured, monkeypatch):
+    monkeypatch.setattr(_capture, "_flusher", _capture._Flusher())
+    monkeypatch.setattr(_capture, "IDLE_SECONDS", 2.0, raising=False)
+    threads = []
+    for _ in range(5):  # a map's chunks, joblib's batches: each a short captured task
+        with _capture.capture_output():
+            threads.append(_capture._flusher._thread)
+        threads[-1].join(0.2)  # a thread that ends with its task ends now (it is told)
+    assert threads[0] is not None and threads[0].is_alive()
+    assert all(thread is threads[0] for thread in threads), "a thread started per task"
+    threads[0].join(5)  # none comes for IDLE_SECONDS: it ends
+    assert not threads[0].is_alive() and _capture._flusher._thread is None
+
+
 def test_a_tasks_streams_and_logging_records_are_captured_in_its_thread(captured):
     task, output = captured
     _capture._install()
