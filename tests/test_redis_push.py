@@ -79,3 +79,17 @@ def test_a_dropped_connection_ends_a_waiting_poll_with_an_error(source):
     thread.join(10)
     assert "error" in got and got["seconds"] < 5, got  # the watcher then resyncs
     assert source.resync() == []
+
+
+def test_a_state_read_along_with_a_subscriptions_confirmation_is_not_kept_waiting(source):
+    task_id = str(uuid.uuid4())
+    assert source.watch([task_id]) == []  # its confirmation is on its way
+    Celery(backend=source._app.conf.result_backend).backend.store_result(
+        task_id, 7, states.SUCCESS
+    )  # published by then: both sit on the socket, read together by the first poll
+    started = time.monotonic()
+    updates = []
+    while not updates and time.monotonic() - started < 30:
+        updates = source.poll(timeout=10)
+    assert [seen_id for seen_id, _ in updates] == [task_id]
+    assert time.monotonic() - started < 5, "the state waited for the poll's timeout"

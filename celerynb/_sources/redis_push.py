@@ -145,13 +145,14 @@ class RedisPushSource:
         return woken
 
     def _wait(self, pubsub: Any, timeout: float) -> None:
-        """Until the server sends something, a wake comes, or ``timeout`` passes.
-        Called once ``get_message`` found nothing buffered (hiredis's or TLS's)."""
+        """Until the server sends something, a wake comes, or ``timeout`` passes."""
         connection = pubsub.connection
         sock = getattr(connection, "_sock", None) if connection is not None else None
         if sock is None:  # not connected: get_message connects (and raises if it cannot)
             pubsub.get_message(timeout=min(timeout, 0.05))
             return
+        if connection.can_read(timeout=0):  # read already, behind a message get_message
+            return  # skipped (a subscription's confirmation): not on the socket any more
         select.select([sock, self._woken], [], [], timeout)
 
     def close(self) -> None:
