@@ -29,6 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Imported now, in the importing thread: left to its first use, it is imported by the
+# listener thread while the thread sending the first job imports it through Celery too,
+# and two threads importing a package and its submodule at once can fail with
+# "_DeadlockError: deadlock detected by _ModuleLock('celery.events.receiver')".
+import celery.events  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 LOST_AFTER = 6.0  # seconds without a heartbeat: three missed beats of Celery's 2 s

@@ -64,6 +64,16 @@ def test_worker_side_imports_no_notebook_code():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def test_celery_events_is_imported_with_celerynb_not_first_by_its_threads():
+    """A first import of celery.events from the heartbeat listener thread while the
+    thread sending the first job imports it too failed once with _DeadlockError."""
+    code = "import sys, celerynb\nprint('celery.events.receiver' in sys.modules)\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "True", out.stdout
+
+
 def test_the_notebook_series_is_committed_without_outputs():
     import nbformat
 
