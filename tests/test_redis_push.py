@@ -75,7 +75,9 @@ def test_a_state_pushed_by_the_server_ends_a_waiting_poll(source):
 def test_a_dropped_connection_ends_a_waiting_poll_with_an_error(source):
     got, thread = poll_in_thread(source, timeout=20)
     time.sleep(0.2)
-    source._backend.client.client_kill_filter(_type="pubsub")
+    # Only this source's connection: the server is the suite's, its other clients go on.
+    host, port = source._pubsub.connection._sock.getsockname()[:2]
+    assert source._backend.client.client_kill_filter(addr=f"{host}:{port}") == 1
     thread.join(10)
     assert "error" in got and got["seconds"] < 5, got  # the watcher then resyncs
     assert source.resync() == []
