@@ -9,8 +9,10 @@ meta it writes anyway (key ``"output"``, see ``_schema``)::
 
 ``seq`` numbers the first line; ``run`` tells one run of the task from another (a retry
 numbers its lines from 0 again). A ``dropped`` entry stands where lines were dropped
-(its text is how many). The kernel merges batches by number (``_output_log``), so a
-batch seen twice or late adds nothing twice, and keeps the last ``KEEP_LINES``.
+(its text is how many). ``through`` counts the lines written so far that are accounted
+for, sent or dropped: a kernel that missed a batch (subscribed late, reconnected) still
+counts every line. The kernel merges batches by number (``_output_log``), so a batch
+seen twice or late adds nothing twice, and keeps the last ``KEEP_LINES``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class OutputBuffer:
         self._dropped = 0  # dropped before the first line waiting: sent as a ``dropped`` entry
         self.dropped_total = 0
         self._next_seq = 0
+        self._through = 0  # lines sent or counted in a ``dropped`` entry sent
         self._sent: deque[tuple[float, list[str]]] = deque()  # (when, line), the latest sent
         self._sent_chars = 0
 
@@ -152,8 +155,14 @@ class OutputBuffer:
         if not final:
             self._tokens -= spent
         repeated = [line for when, line in self._sent if when >= now - again] if again else []
-        batch = {"run": self.run, "seq": self._next_seq - len(repeated), "lines": repeated + lines}
         self._next_seq += len(lines)
+        self._through += sum(int(text) if stream == DROPPED else 1 for stream, text in lines)
+        batch = {
+            "run": self.run,
+            "seq": self._next_seq - len(lines) - len(repeated),
+            "lines": repeated + lines,
+            "through": self._through,
+        }
         for line in lines:
             self._sent.append((now, line))
             self._sent_chars += len(line[1]) + LINE_COST
@@ -167,7 +176,8 @@ class OutputBuffer:
         if not self._sent:
             return None
         lines = [line for _, line in self._sent]
-        return {"run": self.run, "seq": self._next_seq - len(lines), "lines": lines}
+        seq = self._next_seq - len(lines)
+        return {"run": self.run, "seq": seq, "lines": lines, "through": self._through}
 
 
 def _last_version(line: str) -> str:

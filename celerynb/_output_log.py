@@ -72,6 +72,8 @@ class OutputLog:
         self._old_runs: set[str] = set()
         self._extra_dropped = 0  # lines lost before they reached this log
         self._trimmed = 0  # lines no longer kept (a ``dropped`` entry: its count)
+        self._through: dict[str, int] = {}  # per run: lines its task accounted for (sent
+        # or dropped), the most a batch said: missed batches count too
         self.received = 0  # lines accepted so far, and the latest of them in arrival order:
         self._arrived: deque[Entry] = deque(maxlen=keep)  # for readers that follow along
 
@@ -92,6 +94,9 @@ class OutputLog:
                 if len(self._old_runs) > 100:
                     self._old_runs.pop()
             self._run, self._base = run, self._high
+        through = _count(batch.get("through"))
+        if through is not None and (len(self._through) < 100 or run in self._through):
+            self._through[run] = max(self._through.get(run, 0), through)
         added = []
         for offset, raw in enumerate(lines[:MAX_BATCH_LINES_READ]):
             entry = _entry(raw)
@@ -139,8 +144,18 @@ class OutputLog:
     def tail(self) -> OutputTail:
         """What is kept now."""
         lines = tuple(self._lines[number] for number in self._order)
-        never_received = self._high - self.received
-        return OutputTail(lines, never_received + self._trimmed + self._extra_dropped)
+        missing = self._high - self.received + self._trimmed  # a missed ``dropped``: 1
+        if self._through:  # the tasks said how many lines they had: all of them count
+            kept = sum(int(text) if stream == DROPPED else 1 for stream, text in lines)
+            missing = max(missing, sum(self._through.values()) - kept)
+        return OutputTail(lines, missing + self._extra_dropped)
+
+
+def _count(raw: Any) -> int | None:
+    """A batch's ``through`` count, checked (None: absent or not a count)."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**53:
+        return raw
+    return None
 
 
 def _entry(raw: Any) -> Entry | None:

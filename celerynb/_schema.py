@@ -11,11 +11,13 @@ A task reporting progress stores Celery state ``PROGRESS`` with this meta::
       "current": 450, "percent": 45.0, "description": "simulate",   # celery-progress keys
       "updated": 1764000000.123, "hostname": "celery@host", "pid": 4242,
       "output": {"run": "1f2e-3a4b5c6d", "seq": 120,                # optional: new lines
-                 "lines": [["stdout", "epoch 3"], ["log", "WARNING fit: slow"], ...]}
+                 "lines": [["stdout", "epoch 3"], ["log", "WARNING fit: slow"], ...],
+                 "through": 5123}
     }
 
 ``output`` carries the task's stdout, stderr and logging lines written since the last
-write, numbered from ``seq`` (see ``_output``).
+write, numbered from ``seq``, and ``through``: how many lines the task has accounted for
+so far, sent or dropped (see ``_output``).
 
 The top-level bar fields repeat the outermost open bar. ``current``, ``total``,
 ``percent`` and ``description`` are the keys celery-progress writes, so either tool

@@ -150,6 +150,26 @@ def test_a_batch_stays_within_its_size_and_the_defaults_bound_the_rate():
     assert sent <= BURST_CHARS + 10 * RATE_CHARS_PER_SECOND + MAX_BATCH_CHARS
 
 
+def test_a_batch_the_kernel_missed_still_counts_every_line_it_stood_for():
+    """Subscribed late, or reconnected: a PROGRESS carrying "5000 lines dropped" missed
+    must not count as one missing line."""
+    clock = FakeClock()
+    buffer = OutputBuffer("r", clock=clock, max_pending_lines=10)
+    log = OutputLog(keep=20)
+    written = 0
+    for batch_number in range(6):
+        for _ in range(1000):  # a flood: most of each thousand are dropped on the worker
+            buffer.write("stdout", f"{written}\n")
+            written += 1
+        batch = buffer.take(final=True)
+        assert batch["lines"][0] == [DROPPED, "990"]
+        if batch_number not in (1, 3):  # two batches never reach this kernel
+            log.merge(batch)
+    tail = log.tail()
+    kept = sum(int(text) if stream == DROPPED else 1 for stream, text in tail.lines)
+    assert kept + tail.dropped == written == 6000
+
+
 def test_a_write_for_a_polling_kernel_repeats_the_lines_of_the_last_seconds():
     clock = FakeClock()
     buffer = OutputBuffer("r", clock=clock)
@@ -167,6 +187,7 @@ def test_a_write_for_a_polling_kernel_repeats_the_lines_of_the_last_seconds():
         "run": "r",
         "seq": 0,
         "lines": [["stdout", str(i)] for i in range(6)],
+        "through": 6,
     }
 
 
