@@ -95,3 +95,31 @@ def test_a_state_read_along_with_a_subscriptions_confirmation_is_not_kept_waitin
         updates = source.poll(timeout=10)
     assert [seen_id for seen_id, _ in updates] == [task_id]
     assert time.monotonic() - started < 5, "the state waited for the poll's timeout"
+
+
+def test_a_kernel_with_more_than_1024_files_open_still_polls(cluster):
+    """select() cannot watch a descriptor numbered 1024 or more; a kernel may hold that many."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this machine allows {hard} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        held.append(null)
+        while held[-1] < 1030:
+            held.append(os.dup(null))
+        watched = RedisPushSource(Celery(broker=cluster.broker_url, backend=cluster.backend_url))
+        try:
+            watched.watch([])
+            assert watched._woken.fileno() >= 1024
+            assert watched.poll(timeout=0.2) == []  # waited, not a ValueError from select()
+        finally:
+            watched.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -153,7 +153,7 @@ class RedisPushSource:
             return
         if connection.can_read(timeout=0):  # read already, behind a message get_message
             return  # skipped (a subscription's confirmation): not on the socket any more
-        select.select([sock, self._woken], [], [], timeout)
+        _wait_readable([sock, self._woken], timeout)
 
     def close(self) -> None:
         try:
@@ -196,3 +196,16 @@ class RedisPushSource:
 
     def _decode_raw(self, task_id: str, raw: Any) -> dict[str, Any]:
         return decoded(task_id, lambda: self._backend.decode_result(raw))
+
+
+def _wait_readable(sockets: list[Any], timeout: float) -> None:
+    """Until one of ``sockets`` is readable or ``timeout`` seconds pass. ``poll`` where
+    there is one: ``select`` cannot watch a descriptor numbered 1024 or more, which a
+    kernel with many files open may give."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        for sock in sockets:
+            poller.register(sock, select.POLLIN)
+        poller.poll(max(timeout, 0) * 1000)
+    else:
+        select.select(sockets, [], [], timeout)
