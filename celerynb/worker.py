@@ -37,10 +37,10 @@ WORKER_DEFAULTS: dict[str, Any] = {
     # Shipped calls come in celerynb's own binary content type (see _wire).
     "accept_content": ["json", CONTENT_TYPE],
     "task_track_started": True,
-    # No task-received/started/succeeded events unless a dashboard asks for them
-    # (enable_events, as Flower does): three messages per task from the worker's main
-    # process cost tiny calls about 5% of their throughput when nobody listens.
-    "worker_send_task_events": False,
+    # task-received/started/succeeded... events: the dashboard's task stream. Also what
+    # keeps a threads pool consuming: without them its worker stopped fetching messages
+    # after a few hundred short tasks (Celery 5.x, Redis broker; a test holds it).
+    "worker_send_task_events": True,
     # One long task per child at a time; prefetching would starve other workers.
     "worker_prefetch_multiplier": 1,
     # Never copy args (the pickled payload) into every state write.

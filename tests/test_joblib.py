@@ -309,3 +309,13 @@ def test_a_big_sparse_argument_is_scattered_once_per_call(session, shown, monkey
         out = Parallel(n_jobs=-1, batch_size=1)(delayed(total_of)(matrix, i) for i in range(10))
     assert out == pytest.approx([float(matrix.sum()) + i for i in range(10)])
     assert len(scattered) == 1 and scattered[0] is matrix
+
+
+def test_a_threads_pool_keeps_taking_work_through_many_short_tasks(own_cluster):
+    """Without task events, a threads-pool worker stopped fetching messages after a few
+    hundred short tasks (the joblib calls below hung with four messages queued)."""
+    _cluster, session = own_cluster(processes=2, pool="threads")
+    with joblib.parallel_config(backend="celerynb", show=False):
+        for _ in range(6):
+            out = Parallel(n_jobs=-1, timeout=60)(delayed(square)(i) for i in range(10_000))
+            assert out == [i * i for i in range(10_000)]
