@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 STREAMS = ("stdout", "stderr", "log")
@@ -34,6 +34,11 @@ LINE_COST = 16  # chars charged per line on top of its text (the JSON around it)
 RECENT_CHARS = 16 * 1024  # lines already sent that a write may carry again (see ``take``)
 
 Entry = tuple[str, str]  # (stream, text)
+
+
+def lines_in(entries: Iterable[Sequence[str]]) -> int:
+    """How many lines ``entries`` stand for (a ``dropped`` entry: the count it says)."""
+    return sum(int(text) if stream == DROPPED else 1 for stream, text in entries)
 
 
 def cut_line(text: str, limit: int = MAX_LINE_CHARS) -> str:
@@ -156,7 +161,7 @@ class OutputBuffer:
             self._tokens -= spent
         repeated = [line for when, line in self._sent if when >= now - again] if again else []
         self._next_seq += len(lines)
-        self._through += sum(int(text) if stream == DROPPED else 1 for stream, text in lines)
+        self._through += lines_in(lines)
         batch = {
             "run": self.run,
             "seq": self._next_seq - len(lines) - len(repeated),

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._output import DROPPED, STREAMS, Entry, cut_line
+from ._output import DROPPED, STREAMS, Entry, cut_line, lines_in
 
 KEEP_LINES = 1000  # lines a job keeps; older ones count as dropped
 KEEP_CHARS = 256 * 1024  # and their text at most
@@ -81,8 +81,8 @@ class OutputLog:
         """Take a batch ``{"run", "seq", "lines"}``; return the lines it added."""
         if not isinstance(batch, Mapping):
             return []
-        run, seq, lines = batch.get("run"), batch.get("seq"), batch.get("lines")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**53:
+        run, seq, lines = batch.get("run"), _count(batch.get("seq")), batch.get("lines")
+        if seq is None:
             return []
         if not isinstance(lines, list) or not isinstance(run, str) or len(run) > 64:
             return []
@@ -127,7 +127,7 @@ class OutputLog:
         ):
             stream, text = self._lines.pop(self._order.pop(0))
             self._chars -= len(text)
-            self._trimmed += int(text) if stream == DROPPED else 1
+            self._trimmed += lines_in([(stream, text)])
         self._high = max(self._high, number + 1)
         self.received += 1
         self._arrived.append(entry)
@@ -146,13 +146,12 @@ class OutputLog:
         lines = tuple(self._lines[number] for number in self._order)
         missing = self._high - self.received + self._trimmed  # a missed ``dropped``: 1
         if self._through:  # the tasks said how many lines they had: all of them count
-            kept = sum(int(text) if stream == DROPPED else 1 for stream, text in lines)
-            missing = max(missing, sum(self._through.values()) - kept)
+            missing = max(missing, sum(self._through.values()) - lines_in(lines))
         return OutputTail(lines, missing + self._extra_dropped)
 
 
 def _count(raw: Any) -> int | None:
-    """A batch's ``through`` count, checked (None: absent or not a count)."""
+    """A batch's ``seq`` or ``through``, checked (None: absent or not a count)."""
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**53:
         return raw
     return None

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from ._cell import captured_output
-from ._output import DROPPED, Entry
+from ._output import DROPPED, Entry, lines_in
 from ._output_log import dropped_text
 
 MAX_SHOWN_OUTPUT_CHARS = 64 * 1024  # of a job's output lines, in a widget or text
@@ -41,7 +41,7 @@ def latest_within(entries: list[Entry], limit: int) -> list[Entry]:
         kept.append((stream, text))
     left_out = entries[: len(entries) - len(kept)]
     if left_out:
-        count = sum(int(text) if stream == DROPPED else 1 for stream, text in left_out)
+        count = lines_in(left_out)
         if kept and kept[-1][0] == DROPPED:
             count += int(kept.pop()[1])
         kept.append((DROPPED, str(count)))
