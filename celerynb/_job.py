@@ -488,8 +488,7 @@ class Job(WatchedFuture):
                     return ("fetch", opened)
                 with resolving(secret, self._session.store_for):
                     return ("value", loads(opened.segments))
-            envelope = result.envelope if isinstance(result, ShippedTaskError) else None
-            opened = open_envelope(envelope, secret=secret, purpose="error", task_id=self.id)
+            opened = self._open_error(result)
             if state == states.REVOKED:
                 return ("cancel", None)
             return ("error", exception_from_info(opened.segments[0], self._code))
@@ -499,12 +498,17 @@ class Job(WatchedFuture):
         except Exception as exc:  # verified, but cannot be opened here
             return ("error", exc)
 
+    def _open_error(self, result: Any) -> Any:
+        """The error envelope ``result`` carries, opened: signed for this task by its
+        worker (raises ``UntrustedResultError`` otherwise)."""
+        envelope = result.envelope if isinstance(result, ShippedTaskError) else None
+        secret = self._session.secret
+        return open_envelope(envelope, secret=secret, purpose="error", task_id=self.id)
+
     def _signed_error(self, meta: dict[str, Any]) -> bool:
         """Whether ``meta`` carries an error its worker signed for this task."""
-        result = meta.get("result")
-        envelope = result.envelope if isinstance(result, ShippedTaskError) else None
         try:
-            open_envelope(envelope, secret=self._session.secret, purpose="error", task_id=self.id)
+            self._open_error(meta.get("result"))
         except Exception:
             return False
         return True
