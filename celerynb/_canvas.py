@@ -88,10 +88,9 @@ class CanvasGroup(JobGroup):
         *,
         name: str,
         session: Any,
-        kind: str | None = None,
+        kind: str = "chain",  # or "chord" (``canvas_kind`` tells them apart)
     ):
         self._steps = steps
-        kind = kind or ("chord" if len(steps) == 2 and len(steps[0]) > 1 else "chain")
         super().__init__(jobs, name=name or kind, call_repr=name or kind, session=session)
         self.kind = kind
 
