@@ -53,7 +53,8 @@ def private_redis(tmp_path, monkeypatch):
     assert wait_for(lambda: pings(client), timeout=20)
 
     def kill():
-        _stop_process(servers[-1], grace=0)
+        _stop_process(servers[-1], grace=0)  # returns once signalled, not once gone:
+        servers[-1].wait(timeout=20)  # a restart before its socket closes cannot bind
 
     def restart():
         servers.append(start_redis(tmp_path, port, "--logfile", str(tmp_path / "redis.log")))
