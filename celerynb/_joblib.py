@@ -78,6 +78,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
     # A Celery round trip costs milliseconds: batches of at least 0.2 s hide it (as dask's).
     MIN_IDEAL_BATCH_DURATION = 0.2
     MAX_IDEAL_BATCH_DURATION = 1.0
+    _effective_batch_size: int  # joblib's AutoBatchingMixin: the batch size now
 
     def __init__(self, queue: str | None = None, show: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -90,6 +91,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._processes: int | None = None
         self._claim = threading.Lock()
         self._user: weakref.ref[Any] | None = None  # the Parallel this backend serves
+        self._learned_batch_size = self._DEFAULT_EFFECTIVE_BATCH_SIZE  # by earlier calls
 
     def __reduce__(self) -> tuple[Any, ...]:  # a batch may carry it: never the session
         return (CelerynbBackend, (self.queue, self.show))
@@ -156,11 +158,31 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
                 )
         return self._processes
 
+    def begin_batching(self) -> None:
+        """A new ``Parallel`` call: its first calls go one per batch, then the size learned.
+
+        joblib sends the first ``pre_dispatch`` calls (2 x n_jobs) at once, and one batch
+        more each time a batch comes back. Cut into batches of the size learned by an
+        earlier call, those first calls made only n_jobs batches, so each worker process
+        had nothing queued behind the batch it ran: every batch then waited a whole round
+        trip (kernel, broker, worker and back) before it could start. One per batch, as
+        joblib's local backends start every call, two batches per process are in flight.
+        """
+        self._learned_batch_size = max(self._effective_batch_size, self._learned_batch_size)
+        self._effective_batch_size = self._DEFAULT_EFFECTIVE_BATCH_SIZE
+        self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+
     def compute_batch_size(self) -> int:
         """joblib's auto batch size, growing faster while batches are far too short:
         a Celery round trip costs milliseconds, and doubling from 1 to the thousands a
-        run of tiny calls needs took most of such a run."""
-        duration: float = getattr(self, "_smoothed_batch_duration", 0.0)
+        run of tiny calls needs took most of such a run. Once the first batch of a call
+        is back, the size an earlier call learned applies at once."""
+        duration: float = self._smoothed_batch_duration
+        if duration > 0 and self._learned_batch_size > self._effective_batch_size:
+            self._effective_batch_size = self._learned_batch_size
+            self._learned_batch_size = self._DEFAULT_EFFECTIVE_BATCH_SIZE
+            self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+            return self._effective_batch_size
         if 0 < duration < self.MIN_IDEAL_BATCH_DURATION / FAST_RAMP:
             self._effective_batch_size *= FAST_RAMP
             self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
@@ -171,6 +193,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
     def start_call(self) -> None:
         self._session = current_session()
         self._scattered = {}
+        self.begin_batching()
         self._callbacks = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="celerynb-joblib"
         )
