@@ -147,6 +147,10 @@ class RedisClaimStore:
     def finish(self, key: str, keep: float) -> None:
         self._client.set(key, DONE, px=_ms(keep))
 
+    def uses(self, client: Any) -> bool:
+        """Whether this store's claims live on ``client``'s connection pool."""
+        return client is self._client
+
 
 class LocalClaimStore:
     """Claims in this process's memory: the fallback without a shared Redis."""
@@ -227,6 +231,53 @@ def holding_claim(task_id: str, run: dict[str, Any]) -> Iterator[None]:
 def signed_run(task_id: str) -> dict[str, Any] | None:
     """The signed run of ``task_id`` when this thread holds its claim, else None."""
     return getattr(_claimed, "runs", {}).get(task_id)
+
+
+@dataclass
+class Closing:
+    """A claim whose run returned: closed (marked done) with the write of its outcome,
+    in the same round trip where the store is the result backend's Redis."""
+
+    task_id: str
+    store: ClaimStore
+    key: str
+    keep: float
+    closed: bool = False
+
+    def lives_on(self, client: Any) -> bool:
+        """Whether the claim is a key of the Redis that ``client`` talks to."""
+        return isinstance(self.store, RedisClaimStore) and self.store.uses(client)
+
+    def close_in(self, pipe: Any) -> None:
+        """Mark the claim done as one more command of ``pipe`` (a pipeline of the client
+        the claim lives on); ``closed`` once ``pipe`` has run."""
+        pipe.set(self.key, DONE, px=_ms(self.keep))
+
+    def close(self) -> None:
+        """Mark the claim done now, unless the outcome's write did (a failure to is
+        logged: the claim's lease then runs out)."""
+        if self.closed:
+            return
+        try:
+            self.store.finish(self.key, keep=self.keep)
+            self.closed = True
+        except Exception as exc:
+            log.warning("celerynb: could not close the claim of task %s: %s", self.task_id, exc)
+
+
+def close_with_outcome(closing: Closing) -> None:
+    """This thread's run returned: its claim closes when its outcome is written."""
+    _claimed.closing = closing
+
+
+def take_closing(task_id: str) -> Closing | None:
+    """The claim of ``task_id`` waiting for its outcome's write in this thread, if any
+    (handed over once: whoever takes it closes it)."""
+    closing = getattr(_claimed, "closing", None)
+    if closing is None or closing.task_id != task_id:
+        return None
+    _claimed.closing = None
+    return closing
 
 
 class Refused(Exception):

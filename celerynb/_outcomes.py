@@ -32,7 +32,16 @@ from celery import Task, states
 from celery.exceptions import TaskRevokedError
 from celery.worker.request import Request
 
-from ._claims import DONE, Holder, claim_key, run_attempt, signed_run, store_for
+from ._claims import (
+    DONE,
+    Closing,
+    Holder,
+    claim_key,
+    run_attempt,
+    signed_run,
+    store_for,
+    take_closing,
+)
 from ._config import max_call_age, secret_from_env
 from ._errors import ShippedTaskError
 from ._remote_errors import sealed_error
@@ -59,7 +68,8 @@ def _acting_for(request: Any) -> Any:
     return _thread_setting(_acting, "request", request)
 
 
-_this_thread = threading.local()  # .small: publish small; .known: {task id: stored state}
+# .small: publish small; .known: {task id: stored state}; .closing: a claim to close
+_this_thread = threading.local()
 
 
 @contextmanager
@@ -93,16 +103,19 @@ def _install_hooks(backend: Any) -> None:
 
     def store_and_publish_small(key: Any, value: Any, expires: Any = None) -> None:
         assert store_and_publish is not None  # installed only over a Redis backend's
-        if not getattr(_this_thread, "small", False) or len(value) <= PUBLISH_LIMIT:
+        small = getattr(_this_thread, "small", False) and len(value) > PUBLISH_LIMIT
+        closing: Closing | None = getattr(_this_thread, "closing", None)
+        if not small and closing is None:
             return store_and_publish(key, value, expires)
         expires = backend.expires if expires is None else expires
-        with backend.client.pipeline() as pipe:
-            if expires:
-                pipe.setex(key, expires, value)
-            else:
-                pipe.set(key, value)
-            pipe.publish(key, STORED_MARKER)
+        with backend.client.pipeline() as pipe:  # MULTI ... EXEC: all of it or nothing
+            pipe.set(key, value, ex=expires or None)
+            pipe.publish(key, STORED_MARKER if small else value)
+            if closing is not None:
+                closing.close_in(pipe)
             pipe.execute()
+        if closing is not None:
+            closing.closed = True
         return None
 
     backend._get_task_meta_for = read_unless_known
@@ -112,12 +125,26 @@ def _install_hooks(backend: Any) -> None:
 
 
 # The state Celery's guard is told the task is in while the run holding its claim writes
-# STARTED or PROGRESS. Every write of a key-value backend first reads the task's state,
-# to never overwrite a SUCCESS (a duplicate run's late write); a shipped call runs once
-# (its claim), and that run writes its final state after these, from the same thread.
-# A SUCCESS there before them is forged: overwriting it is right. One round trip saved
+# STARTED, PROGRESS or its SUCCESS. Every write of a key-value backend first reads the
+# task's state, to never overwrite a SUCCESS (a duplicate run's late write); a shipped
+# call runs once (its claim), and only that run writes these, from the same thread. A
+# SUCCESS there before them is forged: overwriting it is right. One round trip saved
 # per write.
 RUNNING = {"status": states.STARTED, "result": None}
+
+
+@contextmanager
+def closing_in_the_same_write(backend: Any, closing: Closing) -> Iterator[None]:
+    """Within it, this thread's store of a state to a Redis backend also closes
+    ``closing``'s claim, in one MULTI/EXEC, when the claims live on that Redis."""
+    from celery.backends.redis import RedisBackend
+
+    if not isinstance(backend, RedisBackend) or not closing.lives_on(backend.client):
+        yield
+        return
+    _install_hooks(backend)
+    with _thread_setting(_this_thread, "closing", closing):
+        yield
 
 
 @contextmanager
@@ -211,9 +238,22 @@ class ShippedTaskBackend:
         return self.backend.store_result(task_id, result, state, *args, **kwargs)
 
     def mark_as_done(self, task_id: str, result: Any, *args: Any, **kwargs: Any) -> Any:
-        stored = self._drop_forged_success(task_id)
-        with publishing_small(self.backend), knowing_state(self.backend, task_id, stored):
-            return self.backend.mark_as_done(task_id, result, *args, **kwargs)
+        closing = take_closing(task_id)
+        if closing is None:
+            stored = self._drop_forged_success(task_id)
+            with publishing_small(self.backend), knowing_state(self.backend, task_id, stored):
+                return self.backend.mark_as_done(task_id, result, *args, **kwargs)
+        # The run holding the claim returned: its outcome is the only true one (a SUCCESS
+        # stored before it is forged: overwritten unread), and its write closes the claim.
+        try:
+            with (
+                publishing_small(self.backend),
+                knowing_state(self.backend, task_id, RUNNING),
+                closing_in_the_same_write(self.backend, closing),
+            ):
+                return self.backend.mark_as_done(task_id, result, *args, **kwargs)
+        finally:
+            closing.close()  # where the write could not carry it (or failed)
 
     def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any):
         if not (isinstance(exc, ShippedTaskError) and exc.envelope):
@@ -327,3 +367,11 @@ class ShippedTask(Task):
     @backend.setter
     def backend(self, value: Any) -> None:  # Celery may set it; the app's backend is used
         pass
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """A run's claim that no outcome's write closed (Celery stored none) closes here."""
+        closing = take_closing(task_id)
+        if closing is not None:
+            closing.close()

@@ -17,11 +17,13 @@ from celery.exceptions import Ignore
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
 from ._capture import capture_output, output_of
 from ._claims import (
+    Closing,
     Holder,
     LeaseKeeper,
     Refused,
     claim_key,
     claim_run,
+    close_with_outcome,
     grant_retry,
     holding_claim,
     run_attempt,
@@ -88,16 +90,17 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     except Refused as why:
         log.warning("celerynb: refused to run task %s: %s", task_id, why)
         raise Ignore() from None  # no state written: the real run's states stand
+    closing = Closing(task_id, claims, claim, keep=age_limit + CLOCK_SKEW)
     try:
         run = _signed_run(task, key)
         with LeaseKeeper(claims, claim, me, key), holding_claim(task_id, run):
             _announce_started(task, run)
-            return _call(task, body, key)
-    finally:
-        try:  # a later run is opened only by a grant (see _call): nothing else to close
-            claims.finish(claim, keep=age_limit + CLOCK_SKEW)
-        except Exception as exc:
-            log.warning("celerynb: could not close the claim of task %s: %s", task_id, exc)
+            value = _call(task, body, key)
+        close_with_outcome(closing)  # the SUCCESS write closes it (see ShippedTaskBackend)
+        return value
+    except BaseException:
+        closing.close()  # a later run is opened only by a grant (see _call): nothing else
+        raise
 
 
 def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:

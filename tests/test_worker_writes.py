@@ -2,7 +2,8 @@
 
 Every state a key-value backend stores is preceded by a read of the stored state
 (Celery's guard: never overwrite a SUCCESS). The run holding a shipped call's claim
-skips that read for its STARTED and PROGRESS writes, and its outcome reads once (the
+skips that read for its STARTED, PROGRESS and SUCCESS writes, and its SUCCESS closes its
+claim in the same MULTI/EXEC; an outcome written by anyone else reads once (the
 forged-SUCCESS check and the guard share the read). Against the cluster's real Redis.
 """
 
@@ -11,8 +12,8 @@ import uuid
 import pytest
 from celery import states
 
-from celerynb._claims import holding_claim
-from celerynb._outcomes import ShippedTaskBackend
+from celerynb._claims import DONE, Closing, close_with_outcome, holding_claim, store_for
+from celerynb._outcomes import ShippedTask, ShippedTaskBackend
 from celerynb._signing import as_json, seal
 
 
@@ -72,3 +73,66 @@ def test_a_known_state_is_this_threads_and_this_tasks_only(session, reads):
     reads.clear()
     backend._get_task_meta_for("known-task")  # outside: read again
     assert reads
+
+
+@pytest.fixture
+def transactions(session, monkeypatch):
+    """How many MULTI/EXEC pipelines this thread's result backend client runs."""
+    client = session.app.backend.client
+    made = []
+    real_pipeline = client.pipeline
+
+    def counting_pipeline(*args, **kwargs):
+        made.append(1)
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "pipeline", counting_pipeline)
+    return made
+
+
+def a_returned_run(session, task_id):
+    """What run_shipped leaves when its call returned: the claim, to close on SUCCESS."""
+    claims = store_for(session.app)
+    key = f"celerynb-claim-test-{task_id}"
+    assert claims.try_claim(key, "holder", lease=10)
+    closing = Closing(task_id, claims, key, keep=60)
+    close_with_outcome(closing)
+    return claims, key
+
+
+def test_the_runs_success_reads_nothing_and_closes_its_claim_in_the_same_transaction(
+    session, reads, transactions, monkeypatch
+):
+    backend = ShippedTaskBackend(session.app, lambda: session.secret)
+    task_id = str(uuid.uuid4())
+    session.app.backend.client.set(session.app.backend.get_key_for_task(task_id), b"{forged")
+    claims, key = a_returned_run(session, task_id)
+    monkeypatch.setattr(claims, "finish", lambda *a, **k: pytest.fail("a round trip more"))
+    result = as_json(seal(b"\x80\x05K\x07.", secret=session.secret, purpose="result",
+                          task_id=task_id))  # fmt: skip
+    backend.mark_as_done(task_id, result)
+    assert reads == [], "the claim holder's SUCCESS reads nothing (a forged entry is overwritten)"
+    assert len(transactions) == 1, "SUCCESS, its publication and the claim: one MULTI/EXEC"
+    assert claims.current(key) == DONE
+    assert session.app.backend.get_task_meta(task_id)["status"] == states.SUCCESS
+
+
+def test_a_claim_whose_success_could_not_be_stored_is_closed_all_the_same(session, monkeypatch):
+    backend = ShippedTaskBackend(session.app, lambda: session.secret)
+    task_id = str(uuid.uuid4())
+    claims, key = a_returned_run(session, task_id)
+
+    def refused(*args, **kwargs):
+        raise ValueError("value too large")
+
+    monkeypatch.setattr(session.app.backend, "_set", refused)
+    with pytest.raises(ValueError):
+        backend.mark_as_done(task_id, {"big": "result"})
+    assert claims.current(key) == DONE, "a replay must still be refused"
+
+
+def test_a_claim_no_outcome_was_written_for_closes_when_the_task_returns(session):
+    task_id = str(uuid.uuid4())
+    claims, key = a_returned_run(session, task_id)
+    ShippedTask().after_return(states.SUCCESS, None, task_id, (), {}, None)  # Celery's hook
+    assert claims.current(key) == DONE
