@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
-from celery.signals import worker_process_init
+from celery import Celery, concurrency
+from celery.signals import celeryd_init, worker_process_init
 
 from ._config import (
     BACKEND_ENV,
@@ -37,10 +37,11 @@ WORKER_DEFAULTS: dict[str, Any] = {
     # Shipped calls come in celerynb's own binary content type (see _wire).
     "accept_content": ["json", CONTENT_TYPE],
     "task_track_started": True,
-    # task-received/started/succeeded... events: the dashboard's task stream. Also what
-    # keeps a threads pool consuming: without them its worker stopped fetching messages
-    # after a few hundred short tasks (Celery 5.x, Redis broker; a test holds it).
-    "worker_send_task_events": True,
+    # task-received/started/succeeded... events feed the dashboard's task stream, and an
+    # open dashboard turns them on (enable_events). Off until then: a prefork worker's
+    # main process spent 40% of its time publishing them, three per task, on tiny tasks
+    # (bench_joblib). Other pools keep them on (see _task_events_unless_prefork).
+    "worker_send_task_events": False,
     # One long task per child at a time; prefetching would starve other workers.
     "worker_prefetch_multiplier": 1,
     # Never copy args (the pickled payload) into every state write.
@@ -110,3 +111,20 @@ register(app)
 def _limit_memory(**_: Any) -> None:
     """A LocalCluster's memory limit, in each pool process as it starts."""
     limit_this_process()
+
+
+@celeryd_init.connect(weak=False)
+def _task_events_unless_prefork(
+    instance: Any = None, conf: Any = None, options: Any = None, **_: Any
+) -> None:
+    """A worker of this app with a pool other than prefork sends task events from the
+    start: without them a threads-pool worker stalled between short tasks (it fetched
+    the next message only when something else woke its event loop; a test holds it)."""
+    if getattr(instance, "app", None) is not app or conf is None:
+        return
+    options = options or {}
+    pool = options.get("pool") or options.get("pool_cls") or conf.worker_pool  # as Celery
+    if isinstance(pool, str):
+        pool = concurrency.get_implementation(pool)
+    if pool is not concurrency.get_implementation("prefork"):
+        conf.worker_send_task_events = True

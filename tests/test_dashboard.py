@@ -157,7 +157,7 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
         # The job's row moves, and its run is on the task stream, by its name.
         assert wait_for(lambda: job.id[:8] in board.html and "<rect class='run'" in board.html)
         assert wait_for(lambda: f"slow {job.id[:8]} RUNNING" in board.html, timeout=10)
-        assert board._cluster.task_events  # celerynb's workers send task events
+        assert board._cluster.task_events  # the board asked the workers for them
         assert "(task events)" in board.html
         # Newest first: the job sent last heads the table.
         ours = lambda: [r.id for r in board._jobs if r.id in (job.id, waiting.id)]  # noqa: E731

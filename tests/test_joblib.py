@@ -338,10 +338,23 @@ def test_a_big_sparse_argument_is_scattered_once_per_call(session, shown, monkey
     assert len(scattered) == 1 and scattered[0] is matrix
 
 
+def worker_setting(session, local, name):
+    """A setting as the cluster's running worker has it (Celery's ``inspect conf``)."""
+    replies = session.app.control.inspect([local.worker_name], timeout=10).conf(True)
+    return (replies or {})[local.worker_name][name]
+
+
+def test_a_prefork_worker_publishes_no_task_events_until_asked(session, cluster):
+    """Three events per task took 40% of a prefork worker's main process on tiny tasks;
+    a dashboard asks for them when it opens (see test_dashboard)."""
+    assert worker_setting(session, cluster, "worker_send_task_events") is False
+
+
 def test_a_threads_pool_keeps_taking_work_through_many_short_tasks(own_cluster):
     """Without task events, a threads-pool worker stopped fetching messages after a few
     hundred short tasks (the joblib calls below hung with four messages queued)."""
-    _cluster, session = own_cluster(processes=2, pool="threads")
+    local, session = own_cluster(processes=2, pool="threads")
+    assert worker_setting(session, local, "worker_send_task_events") is True
     with joblib.parallel_config(backend="celerynb", show=False):
         for _ in range(6):
             out = Parallel(n_jobs=-1, timeout=60)(delayed(square)(i) for i in range(10_000))
