@@ -269,6 +269,8 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
                 fn, args, kwargs = item
             except (TypeError, ValueError):
                 return  # not joblib's (func, args, kwargs): leave the batch as it is
+            if not kwargs and _SMALL.issuperset(map(type, args)):
+                continue  # most calls of a run of tiny ones: nothing to look up or rebuild
             args = [self._reference(session, a, limit) for a in args]
             kwargs = {k: self._reference(session, v, limit) for k, v in kwargs.items()}
             items[position] = (fn, tuple(args), kwargs)
