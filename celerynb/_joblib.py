@@ -52,6 +52,7 @@ BACKEND_NAME = "celerynb"
 _SMALL = frozenset({int, float, bool, str, type(None), complex})  # never scattered
 _SPARSE_ARRAYS = ("data", "indices", "indptr", "row", "col", "offsets")  # csr, coo, dia...
 FAST_RAMP = 8  # batches this many times under joblib's ideal duration grow this many times
+LEARNED_FUNCTIONS = 64  # batch sizes remembered, one per function, for their next calls
 
 
 class NoWorkersError(CelerynbError):
@@ -91,7 +92,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._processes: int | None = None
         self._claim = threading.Lock()
         self._user: weakref.ref[Any] | None = None  # the Parallel this backend serves
-        self._learned_batch_size = self._DEFAULT_EFFECTIVE_BATCH_SIZE  # by earlier calls
+        self._learned: dict[str, int] = {}  # function -> batch size its last call ended with
+        self._calling: str | None = None  # the function of the call being made
+        self._size_to_resume = 0  # its learned size, applied once a batch is back
 
     def __reduce__(self) -> tuple[Any, ...]:  # a batch may carry it: never the session
         return (CelerynbBackend, (self.queue, self.show))
@@ -159,30 +162,50 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         return self._processes
 
     def begin_batching(self) -> None:
-        """A new ``Parallel`` call: its first calls go one per batch, then the size learned.
+        """A new ``Parallel`` call: its first calls go one per batch.
 
         joblib sends the first ``pre_dispatch`` calls (2 x n_jobs) at once, and one batch
-        more each time a batch comes back. Cut into batches of the size learned by an
-        earlier call, those first calls made only n_jobs batches, so each worker process
-        had nothing queued behind the batch it ran: every batch then waited a whole round
-        trip (kernel, broker, worker and back) before it could start. One per batch, as
-        joblib's local backends start every call, two batches per process are in flight.
+        more each time a batch comes back. Cut into bigger batches, those first calls
+        made only n_jobs batches, so each worker process had nothing queued behind the
+        batch it ran: every batch then waited a whole round trip (kernel, broker, worker
+        and back) before it could start. One per batch, as joblib's local backends start
+        every call, two batches per process are in flight.
         """
-        self._learned_batch_size = max(self._effective_batch_size, self._learned_batch_size)
         self._effective_batch_size = self._DEFAULT_EFFECTIVE_BATCH_SIZE
         self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+        self._calling = None
+        self._size_to_resume = 0
+
+    def batching_for(self, function: Any) -> None:
+        """The call's function (its first batch's): once a batch is back, the batch size
+        an earlier call of the same function ended with applies at once, instead of a
+        ramp from 1 (that function's calls took as long then; another function's may
+        not: a size learned on tiny calls would cut a grid search's fits into a few
+        big batches, and leave one worker alone with the last)."""
+        self._calling = _function_key(function)
+        self._size_to_resume = self._learned.get(self._calling, 0)
+
+    def end_batching(self) -> None:
+        """Remember the batch size this call ended with, for its function's next call."""
+        if self._calling is not None:
+            self._learned.pop(self._calling, None)
+            self._learned[self._calling] = self._effective_batch_size
+            while len(self._learned) > LEARNED_FUNCTIONS:
+                self._learned.pop(next(iter(self._learned)))  # the oldest
+        self._calling = None
 
     def compute_batch_size(self) -> int:
         """joblib's auto batch size, growing faster while batches are far too short:
         a Celery round trip costs milliseconds, and doubling from 1 to the thousands a
         run of tiny calls needs took most of such a run. Once the first batch of a call
-        is back, the size an earlier call learned applies at once."""
+        is back, the size its function's last call ended with applies at once."""
         duration: float = self._smoothed_batch_duration
-        if duration > 0 and self._learned_batch_size > self._effective_batch_size:
-            self._effective_batch_size = self._learned_batch_size
-            self._learned_batch_size = self._DEFAULT_EFFECTIVE_BATCH_SIZE
-            self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
-            return self._effective_batch_size
+        if duration > 0 and self._size_to_resume:  # the call's first batch is back
+            resume, self._size_to_resume = self._size_to_resume, 0
+            if resume > self._effective_batch_size:
+                self._effective_batch_size = resume
+                self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
+                return resume
         if 0 < duration < self.MIN_IDEAL_BATCH_DURATION / FAST_RAMP:
             self._effective_batch_size *= FAST_RAMP
             self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
@@ -213,6 +236,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             _show(self._group)
 
     def stop_call(self) -> None:
+        self.end_batching()
         group, self._group = self._group, None
         if group is not None:
             group._close()
@@ -230,6 +254,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         size = len(func) if hasattr(func, "__len__") else 1
         if group is not None and not group.jobs:
             _name_after_first_call(group, func)
+            function = _first_function(func)
+            if function is not None:
+                self.batching_for(function)
         job = session.submit(
             run_batch,
             (func,),
@@ -317,11 +344,26 @@ def _show(group: JobGroup) -> None:
         log.debug("celerynb: cannot show the joblib bar: %s", exc)
 
 
-def _name_after_first_call(group: JobGroup, batch: Any) -> None:
-    """The bar takes the name of the function the batches call (e.g. _fit_and_score)."""
+def _first_function(batch: Any) -> Any:
+    """The function a joblib batch's first call calls (None: not joblib's batch)."""
     items = getattr(batch, "items", None)
     if isinstance(items, list) and items and isinstance(items[0], tuple) and items[0]:
-        group.name = display_name(items[0][0])
+        return items[0][0]
+    return None
+
+
+def _function_key(function: Any) -> str:
+    """A function's name, the same for every ``delayed(f)`` of it in this kernel."""
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{name}"
+
+
+def _name_after_first_call(group: JobGroup, batch: Any) -> None:
+    """The bar takes the name of the function the batches call (e.g. _fit_and_score)."""
+    function = _first_function(batch)
+    if function is not None:
+        group.name = display_name(function)
         group.call_repr = f"joblib.Parallel({group.name})"
 
 

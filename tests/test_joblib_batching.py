@@ -2,50 +2,74 @@
 
 from types import SimpleNamespace
 
-from celerynb._joblib import FAST_RAMP, CelerynbBackend
+from celerynb._joblib import FAST_RAMP, LEARNED_FUNCTIONS, CelerynbBackend
 
 
-def a_backend_that_learned(size: int) -> CelerynbBackend:
+def tiny(i):
+    return i
+
+
+def fit(i):
+    return i
+
+
+def a_backend() -> CelerynbBackend:
     backend = CelerynbBackend()
     backend.parallel = SimpleNamespace(verbose=0)  # what joblib's configure() sets
-    backend._effective_batch_size = size  # what an earlier Parallel call ended with
     return backend
 
 
-def test_a_first_call_ramps_up_fast_while_batches_are_far_too_short():
-    backend = a_backend_that_learned(1)
+def a_call(backend: CelerynbBackend, function, sizes_back: list[tuple[int, float]]) -> list[int]:
+    """One Parallel call as joblib drives it: the batch sizes asked for before the first
+    batch is sent and after each batch that comes back (size, seconds it took)."""
     backend.begin_batching()
-    assert backend.compute_batch_size() == 1
-    backend.batch_completed(1, 0.001)  # far under MIN_IDEAL_BATCH_DURATION / FAST_RAMP
-    assert backend.compute_batch_size() == FAST_RAMP
-    backend.batch_completed(FAST_RAMP, 0.001)
-    assert backend.compute_batch_size() == FAST_RAMP**2
+    asked = [backend.compute_batch_size()]
+    backend.batching_for(function)  # the first batch is sent
+    for size, seconds in sizes_back:
+        backend.batch_completed(size, seconds)
+        asked.append(backend.compute_batch_size())
+    backend.end_batching()
+    return asked
 
 
-def test_a_new_call_sends_single_calls_until_a_batch_is_back_then_the_learned_size():
-    backend = a_backend_that_learned(4096)
+def test_a_first_call_ramps_up_fast_while_batches_are_far_too_short():
+    backend = a_backend()
+    assert a_call(backend, tiny, [(1, 0.001), (FAST_RAMP, 0.001)]) == [1, FAST_RAMP, FAST_RAMP**2]
+
+
+def test_a_later_call_of_the_same_function_starts_one_per_batch_then_resumes_its_size():
+    backend = a_backend()
+    backend._effective_batch_size = 4096
+    backend.batching_for(tiny)
+    backend.end_batching()  # an earlier call of tiny ended at 4096
     backend.begin_batching()
     # joblib's pre-dispatch: 2 x n_jobs calls, one per batch (two per worker in flight)
     assert [backend.compute_batch_size() for _ in range(4)] == [1, 1, 1, 1]
+    backend.batching_for(tiny)
     backend.batch_completed(1, 0.02)
     assert backend.compute_batch_size() == 4096  # no ramp from 1 again
     backend.batch_completed(4096, 0.5)  # within joblib's ideal duration: kept
     assert backend.compute_batch_size() == 4096
 
 
-def test_the_learned_size_survives_a_call_that_ended_before_any_batch_came_back():
-    backend = a_backend_that_learned(512)
-    backend.begin_batching()
-    assert backend.compute_batch_size() == 1  # e.g. a call of two items: all sent
-    backend.begin_batching()  # the next call
-    backend.batch_completed(1, 0.02)
-    assert backend.compute_batch_size() == 512
+def test_a_size_learned_on_one_function_is_not_applied_to_another():
+    backend = a_backend()
+    a_call(backend, tiny, [(1, 0.001), (8, 0.001), (64, 0.001)])  # tiny ends at 512
+    assert a_call(backend, fit, [(1, 0.3), (1, 0.3)]) == [1, 1, 1]  # fits take long enough
+    assert a_call(backend, tiny, [(1, 0.01)]) == [1, 512]
 
 
-def test_a_learned_size_that_proves_too_big_shrinks_as_joblib_would():
-    backend = a_backend_that_learned(1000)
-    backend.begin_batching()
-    backend.batch_completed(1, 0.02)
-    assert backend.compute_batch_size() == 1000
-    backend.batch_completed(1000, 10.0)  # far over MAX_IDEAL_BATCH_DURATION
-    assert backend.compute_batch_size() < 1000
+def test_a_resumed_size_that_proves_too_big_shrinks_as_joblib_would():
+    backend = a_backend()
+    a_call(backend, fit, [(1, 0.001), (8, 0.001)])  # ends at 64
+    asked = a_call(backend, fit, [(1, 0.02), (64, 10.0)])  # now each call takes long
+    assert asked[:2] == [1, 64] and asked[2] < 64
+
+
+def test_batch_sizes_are_remembered_for_a_bounded_number_of_functions():
+    backend = a_backend()
+    for n in range(LEARNED_FUNCTIONS + 10):
+        backend.begin_batching()
+        backend.batching_for(SimpleNamespace(__module__="m", __qualname__=f"f{n}"))
+        backend.end_batching()
+    assert len(backend._learned) == LEARNED_FUNCTIONS
