@@ -235,14 +235,26 @@ def signed_run(task_id: str) -> dict[str, Any] | None:
 
 @dataclass
 class Closing:
-    """A claim whose run returned: closed (marked done) with the write of its outcome,
-    in the same round trip where the store is the result backend's Redis."""
+    """The claim of a run, to close (mark done) once its outcome is written: with that
+    write, in the same round trip, where the store is the result backend's Redis. Its
+    lease is renewed until then, however long the write takes: a claim left to expire
+    would let a replay run the call again."""
 
     task_id: str
     store: ClaimStore
     key: str
     keep: float
+    lease: LeaseKeeper | None = None  # renewing the claim until it is closed
     closed: bool = False
+
+    def closed_by_write(self) -> None:
+        """The outcome's write marked the claim done (``close_in``'s pipeline ran)."""
+        self.closed = True
+        self._stop_renewing()
+
+    def _stop_renewing(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
 
     def lives_on(self, client: Any) -> bool:
         """Whether the claim is a key of the Redis that ``client`` talks to."""
@@ -263,6 +275,8 @@ class Closing:
             self.closed = True
         except Exception as exc:
             log.warning("celerynb: could not close the claim of task %s: %s", self.task_id, exc)
+        finally:
+            self._stop_renewing()
 
 
 def close_with_outcome(closing: Closing) -> None:
@@ -270,11 +284,11 @@ def close_with_outcome(closing: Closing) -> None:
     _claimed.closing = closing
 
 
-def take_closing(task_id: str) -> Closing | None:
-    """The claim of ``task_id`` waiting for its outcome's write in this thread, if any
-    (handed over once: whoever takes it closes it)."""
+def take_closing(task_id: str | None = None) -> Closing | None:
+    """The claim of ``task_id`` (None: of any task) waiting for its outcome's write in
+    this thread, if any (handed over once: whoever takes it closes it)."""
     closing = getattr(_claimed, "closing", None)
-    if closing is None or closing.task_id != task_id:
+    if closing is None or (task_id is not None and closing.task_id != task_id):
         return None
     _claimed.closing = None
     return closing
@@ -350,7 +364,8 @@ class LeaseKeeper:
     ):
         self._entry = (id(store), key), (store, me.encode(key, secret), lease)
 
-    def __enter__(self) -> LeaseKeeper:
+    def hold(self) -> LeaseKeeper:
+        """Renew the claim from now on, until ``release()``."""
         cls = type(self)
         with cls._lock:
             cls._held[self._entry[0]] = self._entry[1]
@@ -362,9 +377,16 @@ class LeaseKeeper:
                 cls._thread.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def release(self) -> None:
+        """Stop renewing the claim (closed, or left to its lease)."""
         with type(self)._lock:
             type(self)._held.pop(self._entry[0], None)
+
+    def __enter__(self) -> LeaseKeeper:
+        return self.hold()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
 
     @classmethod
     def _renew_forever(cls) -> None:
@@ -380,9 +402,10 @@ class LeaseKeeper:
         for entry, (store, value, lease) in held:
             try:
                 if not store.renew(entry[1], value, lease):
-                    log.warning("celerynb: lost the claim %s (its lease expired)", entry[1])
                     with cls._lock:
                         cls._held.pop(entry, None)
+                    if store.current(entry[1]) != DONE:  # done: closed as this round ran
+                        log.warning("celerynb: lost the claim %s (its lease expired)", entry[1])
             except Exception as exc:  # a store outage: the next round tries again
                 log.debug("celerynb: renewing %s failed: %s", entry[1], exc)
 

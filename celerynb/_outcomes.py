@@ -115,7 +115,7 @@ def _install_hooks(backend: Any) -> None:
                 closing.close_in(pipe)
             pipe.execute()
         if closing is not None:
-            closing.closed = True
+            closing.closed_by_write()
         return None
 
     backend._get_task_meta_for = read_unless_known
@@ -255,6 +255,17 @@ class ShippedTaskBackend:
         finally:
             closing.close()  # where the write could not carry it (or failed)
 
+    def process_cleanup(self) -> None:
+        """Celery calls it after every task, whatever happened (its tracer's ``finally``):
+        a run's claim that no SUCCESS write closed closes here (Celery wrote a FAILURE
+        after the call returned: a link that could not be sent, say, or it stored none)."""
+        closing = take_closing()
+        try:
+            if closing is not None:
+                closing.close()
+        finally:
+            self.backend.process_cleanup()
+
     def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any):
         if not (isinstance(exc, ShippedTaskError) and exc.envelope):
             exc = self._vouched(task_id, exc) or exc
@@ -367,11 +378,3 @@ class ShippedTask(Task):
     @backend.setter
     def backend(self, value: Any) -> None:  # Celery may set it; the app's backend is used
         pass
-
-    def after_return(
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        """A run's claim that no outcome's write closed (Celery stored none) closes here."""
-        closing = take_closing(task_id)
-        if closing is not None:
-            closing.close()

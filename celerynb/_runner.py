@@ -90,13 +90,16 @@ def run_shipped(task: Any, envelope: Any, secret: bytes | None = None) -> dict[s
     except Refused as why:
         log.warning("celerynb: refused to run task %s: %s", task_id, why)
         raise Ignore() from None  # no state written: the real run's states stand
-    closing = Closing(task_id, claims, claim, keep=age_limit + CLOCK_SKEW)
+    lease = LeaseKeeper(claims, claim, me, key).hold()
+    closing = Closing(task_id, claims, claim, keep=age_limit + CLOCK_SKEW, lease=lease)
     try:
         run = _signed_run(task, key)
-        with LeaseKeeper(claims, claim, me, key), holding_claim(task_id, run):
+        with holding_claim(task_id, run):
             _announce_started(task, run)
             value = _call(task, body, key)
-        close_with_outcome(closing)  # the SUCCESS write closes it (see ShippedTaskBackend)
+        # Closed by the SUCCESS write (ShippedTaskBackend), else once the task is over
+        # whatever Celery wrote (its process_cleanup); renewed until then.
+        close_with_outcome(closing)
         return value
     except BaseException:
         closing.close()  # a later run is opened only by a grant (see _call): nothing else

@@ -69,6 +69,25 @@ def test_a_replay_of_a_call_that_ran_runs_nothing_and_writes_nothing(session, cl
     assert session.app.backend.get_task_meta(task_id, cache=False) == stored  # untouched
 
 
+BAD_LINK = {"task": "anything", "args": 5, "kwargs": {}, "options": {},
+            "subtask_type": None, "immutable": False}  # fmt: skip
+
+
+def test_a_replay_after_a_delivery_whose_link_failed_runs_nothing(session, cluster, tmp_path):
+    """The link header is not signed: a copy published with a malformed one runs the
+    call, then Celery fails sending the link and writes FAILURE (no SUCCESS write closes
+    the claim). The claim must still be closed: a replay later must not run again."""
+    runs = tmp_path / "runs"
+    task_id, envelope = signed_call(session, record_run, (str(runs), "once"))
+    publish(session, task_id, envelope, link=BAD_LINK)
+    state = lambda: session.app.backend.get_task_meta(task_id, cache=False)["status"]  # noqa: E731
+    assert wait_for(lambda: state() == "FAILURE", timeout=30), state()
+    assert runs_of(runs) == ["once"]
+    publish(session, task_id, envelope)  # the captured message, as it was
+    assert wait_for(lambda: refusals(cluster, task_id) == 1, timeout=30), runs_of(runs)
+    assert runs_of(runs) == ["once"]
+
+
 def test_a_replay_under_a_forged_retry_count_runs_nothing(session, cluster, tmp_path):
     runs = tmp_path / "runs"
     task_id, envelope = signed_call(session, record_run, (str(runs), "once"))  # no retries

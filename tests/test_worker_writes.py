@@ -12,8 +12,16 @@ import uuid
 import pytest
 from celery import states
 
-from celerynb._claims import DONE, Closing, close_with_outcome, holding_claim, store_for
-from celerynb._outcomes import ShippedTask, ShippedTaskBackend
+from celerynb._claims import (
+    DONE,
+    Closing,
+    Holder,
+    LeaseKeeper,
+    close_with_outcome,
+    holding_claim,
+    store_for,
+)
+from celerynb._outcomes import ShippedTaskBackend
 from celerynb._signing import as_json, seal
 
 
@@ -131,8 +139,30 @@ def test_a_claim_whose_success_could_not_be_stored_is_closed_all_the_same(sessio
     assert claims.current(key) == DONE, "a replay must still be refused"
 
 
-def test_a_claim_no_outcome_was_written_for_closes_when_the_task_returns(session):
+def test_a_claim_no_success_write_closed_closes_when_celery_cleans_up_after_the_task(session):
     task_id = str(uuid.uuid4())
     claims, key = a_returned_run(session, task_id)
-    ShippedTask().after_return(states.SUCCESS, None, task_id, (), {}, None)  # Celery's hook
+    ShippedTaskBackend(session.app, lambda: session.secret).process_cleanup()  # Celery's
     assert claims.current(key) == DONE
+
+
+def test_a_returned_runs_claim_is_renewed_until_its_outcome_closes_it(session, caplog):
+    """A slow outcome write (a backend retrying) must not let the claim expire: a replay
+    would then take it and run the call again."""
+    claims = store_for(session.app)
+    task_id = str(uuid.uuid4())
+    key = f"celerynb-claim-test-{task_id}"
+    me = Holder.this_process()
+    assert claims.try_claim(key, me.encode(key, session.secret), lease=1)
+    lease = LeaseKeeper(claims, key, me, session.secret, lease=30).hold()
+    close_with_outcome(Closing(task_id, claims, key, keep=60, lease=lease))
+    LeaseKeeper.renew_all()  # a round of the renewing thread, while the write waits
+    assert session.app.backend.client.pttl(key) > 10_000, "renewed, not left to expire"
+    backend = ShippedTaskBackend(session.app, lambda: session.secret)
+    result = as_json(seal(b"\x80\x05K\x07.", secret=session.secret, purpose="result",
+                          task_id=task_id))  # fmt: skip
+    backend.mark_as_done(task_id, result)
+    assert claims.current(key) == DONE
+    LeaseKeeper.renew_all()  # closed: no longer renewed, and no "lost the claim" warning
+    assert claims.current(key) == DONE
+    assert "lost the claim" not in caplog.text
