@@ -22,6 +22,7 @@ bar would wait for it.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import sys
 import threading
@@ -198,11 +199,13 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         """joblib's auto batch size, growing faster while batches are far too short:
         a Celery round trip costs milliseconds, and doubling from 1 to the thousands a
         run of tiny calls needs took most of such a run. Once the first batch of a call
-        is back, the size its function's last call ended with applies at once."""
+        is back, and quick, the size its function's last call ended with applies at once."""
         duration: float = self._smoothed_batch_duration
         if duration > 0 and self._size_to_resume:  # the call's first batch is back
             resume, self._size_to_resume = self._size_to_resume, 0
-            if resume > self._effective_batch_size:
+            # Only where its calls are as quick as before: a batch of one under joblib's
+            # ideal duration (the same function may take far longer on other data).
+            if resume > self._effective_batch_size and duration < self.MIN_IDEAL_BATCH_DURATION:
                 self._effective_batch_size = resume
                 self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
                 return resume
@@ -353,10 +356,15 @@ def _first_function(batch: Any) -> Any:
 
 
 def _function_key(function: Any) -> str:
-    """A function's name, the same for every ``delayed(f)`` of it in this kernel."""
+    """A function's name and where it is defined, the same for every ``delayed(f)`` of
+    it in this kernel (a partial: its function's; two lambdas: two lines)."""
+    while isinstance(function, functools.partial):
+        function = function.func
     module = getattr(function, "__module__", None)
     name = getattr(function, "__qualname__", None) or type(function).__qualname__
-    return f"{module}.{name}"
+    code = getattr(function, "__code__", None)
+    where = f"@{code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    return f"{module}.{name}{where}"
 
 
 def _name_after_first_call(group: JobGroup, batch: Any) -> None:

@@ -1,5 +1,6 @@
 """The joblib backend's batch sizes (pure: no workers; joblib calls these as it dispatches)."""
 
+import functools
 from types import SimpleNamespace
 
 from celerynb._joblib import FAST_RAMP, LEARNED_FUNCTIONS, CelerynbBackend
@@ -73,3 +74,19 @@ def test_batch_sizes_are_remembered_for_a_bounded_number_of_functions():
         backend.batching_for(SimpleNamespace(__module__="m", __qualname__=f"f{n}"))
         backend.end_batching()
     assert len(backend._learned) == LEARNED_FUNCTIONS
+
+
+def test_a_learned_size_is_not_resumed_when_the_calls_now_take_long():
+    """The same function on bigger data: batches of one already take joblib's ideal."""
+    backend = a_backend()
+    a_call(backend, fit, [(1, 0.001), (8, 0.001)])  # ends at 64
+    assert a_call(backend, fit, [(1, 5.0), (1, 5.0)]) == [1, 1, 1]
+
+
+def test_functions_of_the_same_name_learn_apart():
+    backend = a_backend()
+    first = lambda i: i  # noqa: E731 (both named "<lambda>", in this module)
+    second = lambda i: -i  # noqa: E731
+    a_call(backend, first, [(1, 0.001), (8, 0.001)])
+    assert a_call(backend, second, [(1, 0.01)]) == [1, FAST_RAMP]  # a ramp, not first's 64
+    assert a_call(backend, functools.partial(first), [(1, 0.01)]) == [1, 64]
