@@ -136,15 +136,21 @@ RUNNING = {"status": states.STARTED, "result": None}
 @contextmanager
 def closing_in_the_same_write(backend: Any, closing: Closing) -> Iterator[None]:
     """Within it, this thread's store of a state to a Redis backend also closes
-    ``closing``'s claim, in one MULTI/EXEC, when the claims live on that Redis."""
-    from celery.backends.redis import RedisBackend
-
-    if not isinstance(backend, RedisBackend) or not closing.lives_on(backend.client):
+    ``closing``'s claim, in one MULTI/EXEC (see ``closes_with_a_write``)."""
+    if not closes_with_a_write(backend, closing):
         yield
         return
     _install_hooks(backend)
     with _thread_setting(_this_thread, "closing", closing):
         yield
+
+
+def closes_with_a_write(backend: Any, closing: Closing) -> bool:
+    """Whether a state stored to ``backend`` can close ``closing``'s claim in the same
+    transaction: the backend is Redis and the claims live on it."""
+    from celery.backends.redis import RedisBackend
+
+    return isinstance(backend, RedisBackend) and closing.lives_on(backend.client)
 
 
 @contextmanager
@@ -245,6 +251,10 @@ class ShippedTaskBackend:
                 return self.backend.mark_as_done(task_id, result, *args, **kwargs)
         # The run holding the claim returned: its outcome is the only true one (a SUCCESS
         # stored before it is forged: overwritten unread), and its write closes the claim.
+        # Where it cannot (claims elsewhere), the claim closes first: a process killed
+        # between the two must leave it closed, or a replay would run the call again.
+        if not closes_with_a_write(self.backend, closing):
+            closing.close()
         try:
             with (
                 publishing_small(self.backend),

@@ -17,6 +17,7 @@ from celerynb._claims import (
     Closing,
     Holder,
     LeaseKeeper,
+    LocalClaimStore,
     close_with_outcome,
     holding_claim,
     store_for,
@@ -166,3 +167,26 @@ def test_a_returned_runs_claim_is_renewed_until_its_outcome_closes_it(session, c
     LeaseKeeper.renew_all()  # closed: no longer renewed, and no "lost the claim" warning
     assert claims.current(key) == DONE
     assert "lost the claim" not in caplog.text
+
+
+def test_a_claim_kept_elsewhere_closes_before_the_success_is_written(session, monkeypatch):
+    """Claims not on the backend's Redis (rpc://, a database backend): closed first, so a
+    process killed between the two writes leaves no claim a replay could take."""
+    claims = LocalClaimStore()
+    task_id = str(uuid.uuid4())
+    key = f"celerynb-claim-test-{task_id}"
+    assert claims.try_claim(key, "holder", lease=10)
+    close_with_outcome(Closing(task_id, claims, key, keep=60))
+    seen_at_write = []
+    real_set = session.app.backend._set
+
+    def watching_set(*args, **kwargs):
+        seen_at_write.append(claims.current(key))
+        return real_set(*args, **kwargs)
+
+    monkeypatch.setattr(session.app.backend, "_set", watching_set)
+    backend = ShippedTaskBackend(session.app, lambda: session.secret)
+    result = as_json(seal(b"\x80\x05K\x07.", secret=session.secret, purpose="result",
+                          task_id=task_id))  # fmt: skip
+    backend.mark_as_done(task_id, result)
+    assert seen_at_write == [DONE]
