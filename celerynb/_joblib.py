@@ -96,6 +96,8 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._learned: dict[str, int] = {}  # function -> batch size its last call ended with
         self._calling: str | None = None  # the function of the call being made
         self._size_to_resume = 0  # its learned size, applied once a batch is back
+        self._asked_before_any_back = 0  # batch sizes asked for by this call so far
+        self._single_batches = 4  # joblib's pre-dispatch: 2 x n_jobs calls, one each
 
     def __reduce__(self) -> tuple[Any, ...]:  # a batch may carry it: never the session
         return (CelerynbBackend, (self.queue, self.show))
@@ -115,7 +117,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             if user is not None and user is not parallel:
                 raise FallbackToBackend(self._twin())
             self._user = weakref.ref(parallel) if parallel is not None else None
-        return super().configure(n_jobs, parallel, **kwargs)
+        effective: int = super().configure(n_jobs, parallel, **kwargs)
+        self._single_batches = 2 * effective
+        return effective
 
     def terminate(self) -> None:
         """The ``Parallel`` is done with this backend (joblib calls it at the end)."""
@@ -176,6 +180,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._smoothed_batch_duration = self._DEFAULT_SMOOTHED_BATCH_DURATION
         self._calling = None
         self._size_to_resume = 0
+        self._asked_before_any_back = 0
 
     def batching_for(self, function: Any) -> None:
         """The call's function (its first batch's): once a batch is back, the batch size
@@ -201,7 +206,14 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         run of tiny calls needs took most of such a run. Once the first batch of a call
         is back, and quick, the size its function's last call ended with applies at once."""
         duration: float = self._smoothed_batch_duration
-        if duration > 0 and self._size_to_resume:  # the call's first batch is back
+        if duration == 0:
+            self._asked_before_any_back += 1
+        if self._size_to_resume and (
+            duration > 0  # the call's first batch is back
+            # or none is, and joblib sends far more than its pre-dispatch of single calls
+            # (pre_dispatch="all"): the learned size, as before, with nothing to judge by
+            or self._asked_before_any_back > self._single_batches
+        ):
             resume, self._size_to_resume = self._size_to_resume, 0
             # Only where its calls are as quick as before: a batch of one under joblib's
             # ideal duration (the same function may take far longer on other data).

@@ -90,3 +90,14 @@ def test_functions_of_the_same_name_learn_apart():
     a_call(backend, first, [(1, 0.001), (8, 0.001)])
     assert a_call(backend, second, [(1, 0.01)]) == [1, FAST_RAMP]  # a ramp, not first's 64
     assert a_call(backend, functools.partial(first), [(1, 0.01)]) == [1, 64]
+
+
+def test_a_call_sending_everything_at_once_resumes_after_its_single_calls():
+    """pre_dispatch="all": joblib sizes every batch before any comes back."""
+    backend = a_backend()
+    a_call(backend, tiny, [(1, 0.001), (8, 0.001)])  # ends at 64
+    backend.begin_batching()
+    asked = [backend.compute_batch_size()]
+    backend.batching_for(tiny)
+    asked += [backend.compute_batch_size() for _ in range(5)]
+    assert asked == [1, 1, 1, 1, 64, 64]  # 2 x n_jobs (2 processes) single calls first
