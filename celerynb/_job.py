@@ -146,6 +146,7 @@ class Job(WatchedFuture):
         self._vouched_run: tuple[str, int] | None = None  # a shipped call's signed run
         self._vouched_run_mac: str | None = None  # its signature, verified once
         self._receiving = False  # a big result is being read from the data store
+        self._cancel_claimed = False  # a _finish_cancelled call is cancelling it
         self.named = True  # False: shown as ``task 1a2b3c4d`` until its name is found
         self.asked_for_name = False
         self.call_options: CallOptions | None = None  # Celery's options it was sent with
@@ -244,7 +245,7 @@ class Job(WatchedFuture):
         self._snapshot = ProgressSnapshot()
         self._sent_wall = datetime.now(timezone.utc)
         self._runs, self._notes, self._news_at = [], {}, None
-        self._late_outcome = self._receiving = False
+        self._late_outcome = self._receiving = self._cancel_claimed = False
         self._vouched_run = self._vouched_run_mac = None
         self._progress_updates = 0
 
@@ -589,9 +590,15 @@ class Job(WatchedFuture):
         """Cancel here; True for the one call that did (a revoke's REVOKED may arrive
         while a group's cancel runs: whichever comes second is a no-op)."""
         with self._lock:
-            if self.done() or not Future.cancel(self):
+            if self.done() or self._cancel_claimed:
                 return False
-            self.set_running_or_notify_cancel()
+            self._cancel_claimed = True
+        # Not under _lock: cancel() runs the done callbacks, and a group's takes the
+        # group's lock, whose holder may be waiting for this one (_take_output_of).
+        if not Future.cancel(self):  # an outcome was set meanwhile: it stands
+            return False
+        self.set_running_or_notify_cancel()
+        with self._lock:
             self._finished_at = time.monotonic()
             self._snapshot = self._snapshot.with_state(states.REVOKED)
         self._notify()

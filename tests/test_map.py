@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -363,6 +364,28 @@ def test_cancelling_a_map_while_its_chunks_finish_raises_and_logs_nothing(sessio
         or any(task_id in r.getMessage() for task_id in ids)
     ]
     assert not loud, loud[:5]
+
+
+def test_a_task_is_cancelled_without_its_lock_held_while_the_group_takes_its_output():
+    # The watcher tells a group of a task's change holding the group's lock, and asks the
+    # task's lock for its output lines (_take_output_of); the group's done callback asks
+    # the group's lock. Run under the task's lock, that callback deadlocked with the
+    # watcher (the test above hung 1 run in 3).
+    job = Job("a", "a", None, shipped=True)
+    mapped = JobGroup([job], name="one")
+    stuck = []
+
+    def watcher_meanwhile(_job):
+        watcher = threading.Thread(target=mapped._on_job_change, args=(job,))
+        watcher.start()
+        watcher.join(5)
+        stuck.append(watcher.is_alive())
+
+    job.add_done_callback(watcher_meanwhile)
+    assert job._finish_cancelled() is True
+    assert stuck == [False], "the task's lock was held while its done callbacks ran"
+    assert job.cancelled() and job.state == "REVOKED" and mapped.cancelled()
+    assert job._finish_cancelled() is False, "a second cancel is a no-op"
 
 
 def test_a_late_outcome_for_a_job_cancelled_meanwhile_changes_nothing(session, caplog):
