@@ -394,8 +394,12 @@ class Dashboard:
 
 
 def choice_label(row: JobRow) -> str:
-    """A job as the dropdown offers it (plain text, names cut): ``name · id · where · state``."""
-    parts = (row.name, row.id[:8], row.where, row.state)
+    """A job as the dropdown offers it (plain text, names cut): ``name · id · where``.
+
+    No state: new options replace the dropdown's, and a choice made in the page while
+    they were being replaced could come back to the kernel as another job's (a job
+    moving from PENDING to PROGRESS replaced them). Its state is in the table above."""
+    parts = (row.name, row.id[:8], row.where)
     return " · ".join(" ".join(part.split())[:60] for part in parts)
 
 

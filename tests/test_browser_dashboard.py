@@ -6,6 +6,8 @@ in ``$CELERYNB_SCREENSHOTS`` (default ``tests/artifacts/browser``)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from lab_browser import BAD_TEXT, log, serving
 
@@ -82,11 +84,17 @@ def test_the_dashboard_renders_updates_docks_and_cancels_in_jupyterlab_and_noteb
                 dock(page)
             # Cancel the long job: choose it in the dropdown, click Cancel job.
             select = dashboard.locator(".celerynb-dashboard select").first
+            running = re.search(  # the table's row of the slow job in PROGRESS: its id
+                r"<tr class=.celerynb-job-row.><td>slow</td><td><code>(\w+)</code>"
+                r"(?:(?!</tr>).)*PROGRESS",
+                html,
+            )
+            assert running, html
             for _attempt in range(5):  # a redraw may replace the options between read and pick
                 label = next(
                     text
                     for text in select.locator("option").all_inner_texts()
-                    if text.startswith("slow") and "PROGRESS" in text
+                    if text.startswith("slow") and running.group(1) in text
                 )
                 try:
                     select.select_option(label=label, timeout=5_000)

@@ -332,7 +332,13 @@ def test_the_cancel_choices_name_a_job_in_one_short_line():
     row = job_row(name="a\nvery " + "long " * 40 + "name")
     label = choice_label(row)
     assert "\n" not in label and len(label) < 120
-    assert label.endswith(" · id-0000 · this kernel · PROGRESS")
+    assert label.endswith(" · id-0000 · this kernel")
+
+
+def test_the_cancel_choices_stay_the_same_while_a_job_changes_state():
+    """New options replace the page's: a choice made meanwhile could become another job."""
+    labels = {choice_label(job_row(state=state)) for state in ("PENDING", "STARTED", "PROGRESS")}
+    assert len(labels) == 1
 
 
 def test_a_gone_worker_is_marked_and_drawn_faded():
