@@ -296,12 +296,14 @@ def no_process_left_behind() -> Iterator[None]:
 
     gc.collect()
 
+    def lingers(p: psutil.Process) -> bool:
+        try:  # it may exit between any two looks at it
+            return p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     def leftovers() -> list[psutil.Process]:
-        return [
-            p
-            for p in psutil.Process().children(recursive=True)
-            if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        ]
+        return [p for p in psutil.Process().children(recursive=True) if lingers(p)]
 
     wait_for(lambda: not leftovers(), timeout=10)
     assert not leftovers(), f"processes left behind: {[p.cmdline() for p in leftovers()]}"
