@@ -267,10 +267,10 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         session, group = self._session or current_session(), self._group
         self._scatter_big_arguments(session, func)
         size = len(func) if hasattr(func, "__len__") else 1
-        if group is not None and not group.jobs:
-            _name_after_first_call(group, func)
+        if group is not None and not group.jobs:  # the call's first batch
             function = _first_function(func)
             if function is not None:
+                _name_after(group, function)
                 self.batching_for(function)
         job = session.submit(
             run_batch,
@@ -379,12 +379,10 @@ def _function_key(function: Any) -> str:
     return f"{module}.{name}{where}"
 
 
-def _name_after_first_call(group: JobGroup, batch: Any) -> None:
+def _name_after(group: JobGroup, function: Any) -> None:
     """The bar takes the name of the function the batches call (e.g. _fit_and_score)."""
-    function = _first_function(batch)
-    if function is not None:
-        group.name = display_name(function)
-        group.call_repr = f"joblib.Parallel({group.name})"
+    group.name = display_name(function)
+    group.call_repr = f"joblib.Parallel({group.name})"
 
 
 def _logged(callback: Callable[[Any], None], job: Any) -> None:

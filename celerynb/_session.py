@@ -283,11 +283,12 @@ class Session:
             check_within_call_age(call_options)
             with collecting() as carried:
                 segments = pickle_call(fn, args, kwargs)
-            sealed = self._seal_call(task_id, segments, display_name(fn), call_options)
+            name = display_name(fn)
+            sealed = self._seal_call(task_id, segments, name, call_options)
             options["serializer"] = SERIALIZER
             # What Flower, events and worker logs show as the arguments, instead of
             # Celery's repr of the sealed bytes (1 KB of escapes in every message).
-            options["argsrepr"] = f"(<signed call of {display_name(fn)}, {sealed.size} bytes>,)"
+            options["argsrepr"] = f"(<signed call of {name}, {sealed.size} bytes>,)"
             options["kwargsrepr"] = "{}"
             return _Prepared(SHIPPED_TASK_NAME, [sealed], {}, True, options, list(carried))
         raise TypeError(
