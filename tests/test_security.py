@@ -111,3 +111,13 @@ def test_a_forged_progress_entry_is_only_data(session, tmp_path):
     session.app.backend.store_result(job.id, forged, "PROGRESS")
     assert job.result(timeout=30) == "real"  # the real run still wins
     assert not mark.exists(), "something in a progress entry was executed"
+
+
+def test_a_shipped_calls_message_shows_no_repr_of_its_payload(session):
+    """Flower, task events and worker logs show a message's ``argsrepr``: a short line for a
+    shipped call, never Celery's repr of the sealed bytes (its pickled arguments)."""
+    secret_argument = "do-not-show-" + uuid.uuid4().hex
+    call = session._prepare(len, (secret_argument,), {}, str(uuid.uuid4()), None, None)
+    assert call.options["argsrepr"].startswith("(<signed call of len, ")
+    assert call.options["kwargsrepr"] == "{}"
+    assert secret_argument not in call.options["argsrepr"]
