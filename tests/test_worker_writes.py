@@ -10,6 +10,7 @@ forged-SUCCESS check and the guard share the read). Against the cluster's real R
 import uuid
 
 import pytest
+import redis
 from celery import states
 
 from celerynb._claims import (
@@ -131,12 +132,22 @@ def test_a_claim_whose_success_could_not_be_stored_is_closed_all_the_same(sessio
     task_id = str(uuid.uuid4())
     claims, key = a_returned_run(session, task_id)
 
-    def refused(*args, **kwargs):
-        raise ValueError("value too large")
+    real_pipeline = session.app.backend.client.pipeline
 
-    monkeypatch.setattr(session.app.backend, "_set", refused)
-    with pytest.raises(ValueError):
+    def refusing_pipeline(*args, **kwargs):  # Redis refuses the transaction at EXEC
+        pipe = real_pipeline(*args, **kwargs)
+
+        def refused(*args, **kwargs):
+            pipe.reset()
+            raise redis.ResponseError("string exceeds maximum allowed size")
+
+        pipe.execute = refused
+        return pipe
+
+    monkeypatch.setattr(session.app.backend.client, "pipeline", refusing_pipeline)
+    with pytest.raises(redis.ResponseError):
         backend.mark_as_done(task_id, {"big": "result"})
+    monkeypatch.undo()
     assert claims.current(key) == DONE, "a replay must still be refused"
 
 
@@ -178,13 +189,20 @@ def test_a_claim_kept_elsewhere_closes_before_the_success_is_written(session, mo
     assert claims.try_claim(key, "holder", lease=10)
     close_with_outcome(Closing(task_id, claims, key, keep=60))
     seen_at_write = []
-    real_set = session.app.backend._set
+    real_pipeline = session.app.backend.client.pipeline
 
-    def watching_set(*args, **kwargs):
-        seen_at_write.append(claims.current(key))
-        return real_set(*args, **kwargs)
+    def watching_pipeline(*args, **kwargs):  # the backend stores in a MULTI/EXEC
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
 
-    monkeypatch.setattr(session.app.backend, "_set", watching_set)
+        def watched_execute(*args, **kwargs):
+            seen_at_write.append(claims.current(key))
+            return real_execute(*args, **kwargs)
+
+        pipe.execute = watched_execute
+        return pipe
+
+    monkeypatch.setattr(session.app.backend.client, "pipeline", watching_pipeline)
     backend = ShippedTaskBackend(session.app, lambda: session.secret)
     result = as_json(seal(b"\x80\x05K\x07.", secret=session.secret, purpose="result",
                           task_id=task_id))  # fmt: skip
