@@ -7,7 +7,7 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
@@ -338,6 +338,16 @@ class JobGroup(WatchedFuture):
         The items of tasks that finished before keep their results; the others
         count as cancelled, and the group ends cancelled.
         """
+        return self._cancel_unfinished(self._end_cancelled)
+
+    def _abort_after_failure(self) -> bool:
+        """Cancel every unfinished task, as ``cancel``, because an item failed (joblib's
+        rule: an error ends the call): the group ends failed, with its first failed
+        item's error, and the rest counts as cancelled. With no failed item (the caller
+        stopped for another reason), it ends cancelled."""
+        return self._cancel_unfinished(self._end_failed_or_cancelled)
+
+    def _cancel_unfinished(self, end: Callable[[], None]) -> bool:
         with self._lock:
             if self._ended or self._cancelling:
                 return False
@@ -362,7 +372,7 @@ class JobGroup(WatchedFuture):
             # A task finishing in another thread right now may store its items
             # after this: they are its true outcome, and the group stays cancelled.
             if self._claim_end():
-                self._end_cancelled()
+                end()
             self._notify()
             return True
         if last:  # every task had finished meanwhile: nothing was cancelled
@@ -589,16 +599,27 @@ class JobGroup(WatchedFuture):
         if any(self._task_cancelled):
             self._end_cancelled()
         elif self._errors:
-            index = min(self._errors)
-            error = self._errors[index]
-            add_note(error, f"celerynb: item {index} of {self.call_repr}")
-            self.set_exception(error)
+            self._end_failed()
         else:
             self.set_result(self._values if self._keep_values else None)
 
     def _end_cancelled(self) -> None:
         concurrent.futures.Future.cancel(self)
         self.set_running_or_notify_cancel()
+
+    def _end_failed(self) -> None:
+        index = min(self._errors)
+        error = self._errors[index]
+        add_note(error, f"celerynb: item {index} of {self.call_repr}")
+        self.set_exception(error)
+
+    def _end_failed_or_cancelled(self) -> None:
+        with self._lock:
+            failed = bool(self._errors)
+        if failed:
+            self._end_failed()
+        else:
+            self._end_cancelled()
 
     def _positions_by_job(self) -> list[Job]:
         """Each job once (a task given twice is one job)."""

@@ -294,9 +294,10 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         return out.result(timeout=0)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """An error ends the call (joblib's rule): revoke every batch not finished."""
+        """An error ends the call (joblib's rule): revoke every batch not finished; the
+        call's bar ends failed (cancelled where joblib stopped for another reason)."""
         if self._group is not None:
-            self._group.cancel()
+            self._group._abort_after_failure()
 
     # -- big arguments -----------------------------------------------------------
     def _scatter_big_arguments(self, session: Session, batch: Any) -> None:

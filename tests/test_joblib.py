@@ -109,14 +109,19 @@ def test_n_jobs_minus_one_means_the_online_worker_processes(session, cluster):
         CelerynbBackend(queue="nobody-here").effective_n_jobs(-1)
 
 
-def test_one_live_bar_per_call_moves_while_the_kernel_is_free(session, shown):
-    seen = []
+def test_one_live_bar_per_call_moves_while_the_kernel_is_free(session, monkeypatch):
+    seen, shown = [], []
+
+    def show(group):  # watched from its start (a loaded machine may run it all at once)
+        shown.append(group)
+        group.add_listener(lambda g: seen.append(g.progress.n))
+
+    monkeypatch.setattr(celerynb._joblib, "_show", show)
     with joblib.parallel_config(backend="celerynb"):
         parallel = Parallel(n_jobs=-1, batch_size=1, return_as="generator")
         out = parallel(delayed(nap_then)(i, 0.05) for i in range(40))
         first = next(out)  # the call runs; this thread is free between results
         (group,) = shown
-        group.add_listener(lambda g: seen.append(g.progress.n))
         rest = list(out)
     assert [first, *rest] == list(range(40))
     assert wait_for(lambda: group.done())
@@ -178,6 +183,26 @@ def test_an_error_aborts_the_call_and_revokes_the_queued_batches(session, shown)
     assert wait_for(lambda: group.done())
     counts = group.counts
     assert counts.failed >= 1 and counts.cancelled >= 1, counts
+    assert group.state == "FAILURE", "its bar ends failed, not cancelled: an item failed"
+    with pytest.raises(ValueError, match="item zero is bad"):
+        group.result(timeout=0)
+
+
+def test_a_call_stopped_with_no_failed_call_ends_cancelled(session, shown):
+    def calls_until_bad_input():
+        for i in range(30):
+            if i == 6:
+                raise ValueError("input 6 is unreadable")  # joblib stops the call
+            yield delayed(nap_then)(i, 0.5)
+
+    with (
+        joblib.parallel_config(backend="celerynb"),
+        pytest.raises(ValueError, match="input 6"),
+    ):
+        Parallel(n_jobs=-1, batch_size=1)(calls_until_bad_input())
+    (group,) = shown
+    assert wait_for(lambda: group.done())
+    assert group.state == "REVOKED" and group.cancelled(), group.counts
 
 
 def test_a_parallel_inside_a_batch_runs_on_threads(session, shown):
