@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+from ._cancel_choices import PLACEHOLDER, next_choices
 from ._cluster_view import ClusterView
 from ._dashboard_html import MAX_JOB_ROWS, DashboardData, QueueRow, render
 from ._dashboard_jobs import JobRow, JobsReader, row_of_job, state_counts
@@ -40,7 +41,6 @@ RUNNING_REDRAW_SECONDS = 1.0  # the task stream moves while tasks run
 STREAM_REDRAW_SECONDS = 5.0  # ... and slowly while finished spans are still in its window
 MAX_CHOICES = 50  # unfinished jobs offered for cancel
 ACTION_SECONDS = 10.0  # how long "cancel sent ..." stays on top
-_NO_CHOICE = ("no unfinished job", "")
 _URL_PASSWORD = re.compile(r"(://[^/@\s]*?:)[^@/\s]*@")
 _looks: dict[str, Any] = {}
 
@@ -98,7 +98,7 @@ class Dashboard:
         looks = _shared_looks()
         self.view = w.HTML(layout=looks["view"], style=looks["html"])
         self.choice = w.Dropdown(
-            options=[_NO_CHOICE], layout=looks["choice"], style=looks["choice_style"]
+            options=[PLACEHOLDER], layout=looks["choice"], style=looks["choice_style"]
         )
         self.cancel_button = w.Button(
             description="Cancel job",
@@ -112,7 +112,7 @@ class Dashboard:
         self.controls = w.HBox([self.choice, self.cancel_button], layout=looks["box"])
         self.widget = w.VBox([self.view, self.controls], layout=looks["box"])
         self.widget.add_class("celerynb-dashboard")
-        self._choices: tuple[tuple[str, str], ...] = (_NO_CHOICE,)
+        self._choices: tuple[tuple[str, str], ...] = (PLACEHOLDER,)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         bundle = self.widget._repr_mimebundle_(**kwargs)
@@ -336,15 +336,15 @@ class Dashboard:
         rows = self._reader.read()
         with self._lock:
             self._jobs = rows
-        unfinished = [row for row in rows if not row.done][:MAX_CHOICES]
-        choices = tuple((choice_label(row), row.id) for row in unfinished) or (_NO_CHOICE,)
+        unfinished = [row for row in rows if not row.done]
+        choices = next_choices(self._choices, unfinished, MAX_CHOICES)
         if choices != self._choices:
             self._choices = choices
             chosen = self.choice.value
             ids = {value for _, value in choices}
             with self.choice.hold_sync():
                 self.choice.options = choices
-                self.choice.value = chosen if chosen in ids else choices[0][1]
+                self.choice.value = chosen if chosen in ids else PLACEHOLDER[1]
             self.cancel_button.disabled = not unfinished
 
     def _note(self, topic: str, what: str, exc: BaseException) -> None:
@@ -391,16 +391,6 @@ class Dashboard:
             self.html = html
             self.view.value = html
             self.draws += 1
-
-
-def choice_label(row: JobRow) -> str:
-    """A job as the dropdown offers it (plain text, names cut): ``name · id · where``.
-
-    No state: new options replace the dropdown's, and a choice made in the page while
-    they were being replaced could come back to the kernel as another job's (a job
-    moving from PENDING to PROGRESS replaced them). Its state is in the table above."""
-    parts = (row.name, row.id[:8], row.where)
-    return " · ".join(" ".join(part.split())[:60] for part in parts)
 
 
 def _with_live_rows(rows: list[JobRow]) -> list[JobRow]:

@@ -166,6 +166,9 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
         assert wait_for(lambda: board.html != first, timeout=10)
         # Cancel as the button does: the job chosen in the dropdown.
         assert wait_for(lambda: job.id in dict((v, k) for k, v in board.choice.options), timeout=15)
+        assert board.choice.value == "", "no job is chosen until someone picks one"
+        board.cancel_button.click()  # with none chosen: nothing is cancelled
+        assert "cancel sent" not in board.refresh() and not job.done()
         board.choice.value = job.id
         board.cancel_button.click()
         assert wait_for(lambda: job.state == states.REVOKED, timeout=30), job.state

@@ -13,7 +13,7 @@ from celery import states
 from conftest import FakeClock
 
 from celerynb._cluster_view import ENDED, RUNNING, ClusterView, TaskSpan, WorkerRow, WorkerState
-from celerynb._dashboard import MIN_REDRAW_SECONDS, POLL_INTERVALS, choice_label
+from celerynb._dashboard import MIN_REDRAW_SECONDS, POLL_INTERVALS
 from celerynb._dashboard_html import (
     LABEL_WIDTH,
     MAX_DRAWN,
@@ -326,19 +326,6 @@ def test_a_worker_that_sends_no_report_shows_unknown_cpu_and_memory():
     text = render(data(workers=[worker_row()]))
     cells = re.search(r"<tr class='celerynb-worker'>(.*?)</tr>", text).group(1)
     assert re.findall(r"<td>(.*?)</td>", cells)[4:6] == ["<span title=''>?</span>", "?"]
-
-
-def test_the_cancel_choices_name_a_job_in_one_short_line():
-    row = job_row(name="a\nvery " + "long " * 40 + "name")
-    label = choice_label(row)
-    assert "\n" not in label and len(label) < 120
-    assert label.endswith(" · id-0000 · this kernel")
-
-
-def test_the_cancel_choices_stay_the_same_while_a_job_changes_state():
-    """New options replace the page's: a choice made meanwhile could become another job."""
-    labels = {choice_label(job_row(state=state)) for state in ("PENDING", "STARTED", "PROGRESS")}
-    assert len(labels) == 1
 
 
 def test_a_gone_worker_is_marked_and_drawn_faded():
