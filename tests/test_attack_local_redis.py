@@ -19,7 +19,7 @@ import redis
 from conftest import wait_for
 
 import celerynb
-from celerynb._cluster import bundled_redis_server
+from celerynb._redis_server import bundled_redis_server
 
 NOBODY = 65534  # another account: "nobody"
 SYSTEM_SERVER = shutil.which("redis-server")

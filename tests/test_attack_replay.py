@@ -189,7 +189,7 @@ def dies_once(marker):
 def test_a_redelivery_after_a_lost_pool_process_still_runs(cluster, session, lifeline, tmp_path):
     """acks_late + reject_on_worker_lost: the same message comes back after its pool
     process died; the dead run's claim is taken over and the call completes."""
-    from celerynb._cluster import _stop_process
+    from celerynb._processes import _stop_process
 
     name = f"requeue-{uuid.uuid4().hex[:6]}@localhost"
     log = tmp_path / "worker.log"

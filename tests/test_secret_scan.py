@@ -13,7 +13,8 @@ from kernel_helpers import Kernel
 from services import pings, start_redis
 
 import celerynb
-from celerynb._cluster import _stop_process, free_port
+from celerynb._processes import _stop_process
+from celerynb._redis_server import free_port
 
 pytestmark = pytest.mark.needs_server
 
