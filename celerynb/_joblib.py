@@ -141,8 +141,8 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        processes = self._online_processes()  # none: a clear error, not a call that waits
         if n_jobs is None or n_jobs < 0:
-            processes = self._online_processes()
             return max(processes + 1 + (n_jobs if n_jobs is not None else -1), 1)
         return n_jobs
 

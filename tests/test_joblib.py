@@ -109,6 +109,18 @@ def test_n_jobs_minus_one_means_the_online_worker_processes(session, cluster):
         CelerynbBackend(queue="nobody-here").effective_n_jobs(-1)
 
 
+def test_a_call_on_a_queue_no_worker_consumes_fails_at_once_whatever_its_n_jobs(session):
+    """A Parallel call blocks the cell: on a queue nobody consumes it would wait forever."""
+    for n_jobs in (-1, 2):
+        started = time.monotonic()
+        with (
+            joblib.parallel_config(backend="celerynb", queue="nobody-here"),
+            pytest.raises(NoWorkersError, match="no online worker consumes queue 'nobody-here'"),
+        ):
+            Parallel(n_jobs=n_jobs)(delayed(square)(i) for i in range(4))
+        assert time.monotonic() - started < 15, n_jobs
+
+
 def test_one_live_bar_per_call_moves_while_the_kernel_is_free(session, monkeypatch):
     seen, shown = [], []
 
