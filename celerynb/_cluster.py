@@ -111,6 +111,7 @@ class LocalCluster:
         self.restarts = 0  # times a dead worker was replaced
         self.gave_up: str | None = None  # why a dead worker is not replaced any more
         self._stop_supervising = threading.Event()
+        self._scaling = False  # scale() judges the worker it starts: no replacing it
         self._on_close: list[Any] = [self._stop_supervising.set]
         # Big data between the kernel and the workers: a 0700 directory in memory
         # (/dev/shm) where there is one, removed with the cluster (see _localstore).
@@ -236,22 +237,52 @@ class LocalCluster:
 
         Raises:
             ValueError: ``processes`` is not a positive int.
-            ClusterStartError: the new worker did not come up within ``timeout`` s.
+            ClusterStartError: the new worker did not come up within ``timeout`` s: it is
+                stopped, and the cluster goes on as it was (its worker, its size).
         """
         processes = _processes_argument(processes, None)
         if self.closed:
             raise ClusterStartError("this LocalCluster is closed")
         with self._lock:
+            before = (self.processes, self.memory_limit, self.worker_name, self.restarts)
+            running = list(self._processes)
             old, self._worker = self._worker, None
             self.processes = processes
             self.memory_limit = self._memory_limit_for(processes)
+            self._scaling = True
             self._start_next_worker()
-        self._wait_for_worker(timeout)
+        try:
+            self._wait_for_worker(timeout)
+        except ClusterStartError as exc:
+            self._give_up_scaling(old, before, running)
+            raise ClusterStartError(
+                f"could not scale to {processes} processes; still {before[0]}: {exc}"
+            ) from None
+        finally:
+            self._scaling = False
         if old is not None and old.poll() is None:
             old.send_signal(signal.SIGTERM)  # its main process only: the pool finishes
             threading.Thread(
                 target=self._reap, args=(old,), name="celerynb-scale-down", daemon=True
             ).start()
+
+    def _give_up_scaling(
+        self,
+        old: subprocess.Popen[bytes] | None,
+        before: tuple[int, int | None, str, int],
+        running: list[subprocess.Popen[bytes]],
+    ) -> None:
+        """The worker ``scale`` started (or those the supervisor started in its place)
+        did not come up: stop them and go back to ``old`` (unless it died meanwhile: the
+        supervisor then replaces it, at the size it had)."""
+        with self._lock:
+            started = [proc for proc in self._processes if proc not in running]
+            self._worker = old
+            self.processes, self.memory_limit, self.worker_name, self.restarts = before
+            for proc in started:
+                self._forget(proc)
+            self._scaling = False
+        self._check_worker()  # ``old`` died meanwhile: replaced as any dead worker is
 
     def _reap(self, worker: subprocess.Popen[bytes]) -> None:
         """Forget a worker stopped warm once it has exited (its jobs done)."""
@@ -290,7 +321,12 @@ class LocalCluster:
         """Replace a worker that died (the supervisor thread calls this)."""
         with self._lock:
             worker = self._worker
-            if worker is None or self._stop_supervising.is_set() or worker.poll() is None:
+            if (
+                worker is None
+                or self._stop_supervising.is_set()
+                or self._scaling
+                or worker.poll() is None
+            ):
                 return
             ended = how_it_ended(worker.returncode)
             self._forget(worker)

@@ -1,6 +1,7 @@
 """A LocalCluster's size and memory: scale() while a map runs, and a memory limit per
 worker process that fails the task going over it, with a clear error, and nothing else."""
 
+import sys
 import time
 
 import psutil
@@ -8,6 +9,8 @@ import pytest
 from conftest import wait_for
 
 import celerynb
+import celerynb._cluster
+from celerynb import ClusterStartError
 from celerynb._memory import memory_limit_bytes, over_the_limit_line, readable_size
 
 
@@ -81,3 +84,21 @@ def test_scale_up_and_down_while_a_map_runs_finishes_every_item(own_cluster):
     assert cluster.restarts == 0 and "1 worker, 1 process" in repr(cluster)
     with pytest.raises(ValueError, match="processes must be a positive int"):
         cluster.scale(0)
+
+
+def test_a_scale_whose_worker_cannot_start_leaves_the_cluster_as_it_was(own_cluster, monkeypatch):
+    cluster, session = own_cluster()
+    old, name = cluster._worker, cluster.worker_name
+
+    def failing_command(**settings):  # as a worker that cannot start its pool does
+        return [sys.executable, "-c", "import sys; sys.exit('OSError: Too many open files')"]
+
+    monkeypatch.setattr(celerynb._cluster, "worker_command", failing_command)
+    with pytest.raises(ClusterStartError, match=r"could not scale to 64 processes; still 1:") as e:
+        cluster.scale(64, timeout=30)
+    monkeypatch.undo()
+    assert "Too many open files" in str(e.value), "the worker's own words say why"
+    assert (cluster._worker, cluster.worker_name, cluster.processes) == (old, name, 1)
+    assert "restarted" not in repr(cluster) and "1 process" in repr(cluster)
+    assert session.submit(pause_then_square, (3,)).result(timeout=60) == 9
+    assert old.poll() is None and cluster.restarts == 0, "no worker restarted in a loop"
