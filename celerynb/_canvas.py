@@ -128,12 +128,12 @@ class CanvasGroup(JobGroup):
 
     def _finish(self) -> None:
         """Ends as a JobGroup does, but a success is the last step's value."""
-        if self._errors or any(self._task_cancelled):
+        if self._items.errors or any(self._items.cancelled):
             super()._finish()
             return
         if not self._claim_end():
             return
         last = self._steps[-1]
         position = {job.id: number for number, job in enumerate(self.jobs)}
-        values = [self._values[position[task_id]] for task_id in last]
+        values = [self._items.values[position[task_id]] for task_id in last]
         self.set_result(values[0] if len(last) == 1 else values)

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import CancelledError
-from dataclasses import dataclass
 from typing import Any
 
 from celery import states
 
-from ._chunks import ChunkResult
 from ._future import WatchedFuture
+from ._group_items import GroupItems
+from ._group_progress import ItemCounts, Span, count_items, items_bar, tasks_note
+from ._group_updates import close, grow, join, retry_failed, take_output_of
 from ._job import Job
 from ._output import Entry
 from ._output_log import OutputLog, OutputTail
-from ._remote_errors import exception_from_info
-from ._schema import PROGRESS, UNKNOWN, BarSnapshot, ProgressSnapshot
+from ._schema import PROGRESS, UNKNOWN, ProgressSnapshot
 from ._store import JobRecord
-
-Span = tuple[int, int]  # items [start, stop) of one task
 
 
 def add_note(error: BaseException, note: str) -> None:
@@ -32,67 +28,6 @@ def add_note(error: BaseException, note: str) -> None:
         error.add_note(note)
     else:
         error.__notes__ = [*getattr(error, "__notes__", []), note]  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class ItemCounts:
-    """How many items are pending, running, done (without error), failed and cancelled.
-
-    ``done + failed`` items ran to an outcome; ``cancelled`` items never will (their
-    task was revoked, whether or not some of them had run: their results are lost).
-    """
-
-    pending: int = 0
-    running: int = 0
-    done: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-    def text(self) -> str:
-        parts = [f"{self.failed} failed"] if self.failed else []
-        parts += [f"{self.cancelled} cancelled"] if self.cancelled else []
-        parts += [f"{self.running} running"] if self.running else []
-        parts += [f"{self.pending} pending"] if self.pending else []
-        return ", ".join(parts)
-
-
-# States in which a task's own progress counts: running, or finished with its items
-# about to be stored (a done callback runs right after the state arrives).
-_COUNTING_PROGRESS = frozenset({states.STARTED, PROGRESS, states.RETRY}) | states.READY_STATES
-
-
-def count_items(
-    spans: Sequence[Span],
-    job_states: Sequence[str],
-    in_task_done: Sequence[float],
-    *,
-    settled: Sequence[bool],
-    cancelled: Sequence[bool],
-    failed_items: int,
-) -> ItemCounts:
-    """Item counts from each task's span, state, in-task progress and outcome (pure).
-
-    ``settled``: the task's items are stored; ``cancelled``: it was cancelled (its
-    items count as cancelled); ``failed_items``: how many stored items failed.
-    """
-    pending = running = done = revoked = 0
-    for (start, stop), state, partial, is_settled, is_cancelled in zip(
-        spans, job_states, in_task_done, settled, cancelled, strict=True
-    ):
-        size = stop - start
-        if is_cancelled:
-            revoked += size
-        elif is_settled or state == states.SUCCESS:
-            # SUCCESS: every item ran, even while the chunk's values still download (the
-            # job's bar then counts bytes, not items)
-            done += size
-        elif state in _COUNTING_PROGRESS:
-            partial = int(min(max(partial, 0), size))
-            done += partial
-            running += size - partial
-        else:
-            pending += size
-    return ItemCounts(pending, running, done - failed_items, failed_items, revoked)
 
 
 class JobGroup(WatchedFuture):
@@ -128,8 +63,12 @@ class JobGroup(WatchedFuture):
         self.jobs = list(jobs)
         if self.jobs:  # its clock starts with its first task, not once the last one is sent
             self._submitted_at = min(job._submitted_at for job in self.jobs)
-        self._chunked = spans is not None and not open_ended
-        self._spans = list(spans) if spans is not None else [(i, i + 1) for i in range(len(jobs))]
+        self._items = GroupItems(
+            list(spans) if spans is not None else [(i, i + 1) for i in range(len(jobs))],
+            len(self.jobs),
+            chunked=spans is not None and not open_ended,
+            keep_values=keep_values,
+        )
         self._session = session
         self._code = code
         # Open ended: tasks come later (``_grow``) and the group ends after ``_close``.
@@ -137,14 +76,6 @@ class JobGroup(WatchedFuture):
         self._expected: int | None = None  # items an open group will hold in all, if known
         # A map's call, to re-run failed items (set by map): (fn, items, star, make_call).
         self._items_call: tuple[Any, Any, bool, Any] | None = None
-        self._rerun_offsets: dict[int, list[int]] = {}  # position -> offsets run again
-        self._keep_values = keep_values
-        self._total = self._spans[-1][1] if self._spans else 0
-        self._values: list[Any] = [None] * self._total if keep_values else []
-        self._errors: dict[int, BaseException] = {}  # failed items, never cancelled ones
-        self._stored = [False] * len(self.jobs)  # the task's outcome is recorded here
-        self._task_cancelled = [False] * len(self.jobs)
-        self._task_has_failures = [False] * len(self.jobs)  # some of its items failed
         self._remaining = len(self.jobs)
         self._cancelling = False  # cancel() is cancelling the tasks: it ends the group
         self._ended = False  # the group's outcome is decided (set once, under the lock)
@@ -157,16 +88,13 @@ class JobGroup(WatchedFuture):
         for position, job in enumerate(self.jobs):
             self._positions.setdefault(job.id, []).append(position)
         for position, job in enumerate(self.jobs):
-            job._group = self if job._group is None else job._group
-            job.add_listener(self._on_job_change)
-            self._take_output_of(job)
-            job.add_done_callback(functools.partial(self._on_job_done, position))
+            join(self, position, job)
         if not self.jobs and not self._open:
             self._finish()
 
     # -- public ---------------------------------------------------------------
     def __len__(self) -> int:
-        return self._total
+        return self._items.total
 
     def __iter__(self) -> Iterator[Any]:
         """Item results in input order, each as soon as its task is done; a failed
@@ -176,23 +104,19 @@ class JobGroup(WatchedFuture):
     def _in_order(self, deadline: float | None = None) -> Iterator[Any]:
         """``__iter__``, raising TimeoutError when a result is not ready by ``deadline``
         (``time.monotonic()``)."""
-        for position, (start, stop) in enumerate(self._spans):
+
+        def ready(position: int) -> None:
             if deadline is not None:
                 job = self.jobs[position]
                 remaining = max(deadline - time.monotonic(), 0)
                 if not concurrent.futures.wait([job], timeout=remaining).done:
+                    start, stop = self._items.spans[position]
                     raise concurrent.futures.TimeoutError(  # builtin's only from 3.11 on
                         f"{self.call_repr}: items {start} to {stop - 1} not ready"
                     )
             self._wait_stored(position)
-            if self._all_succeeded(position):
-                yield from self._values[start:stop]
-                continue
-            for index in range(start, stop):
-                error = self._item_error(position, index)
-                if error is not None:
-                    raise error
-                yield self._values[index]
+
+        return self._items.in_order(ready, self.call_repr)
 
     def results(
         self, timeout: float | None = None, *, return_exceptions: bool = False
@@ -211,15 +135,7 @@ class JobGroup(WatchedFuture):
         self._wait_or_raise(timeout)
         for position in range(len(self.jobs)):
             self._wait_stored(position)
-        outcomes: list[Any] = []
-        for position, (start, stop) in enumerate(self._spans):
-            if self._all_succeeded(position):  # no per-item work: a map may have millions
-                outcomes += self._values[start:stop]
-                continue
-            for index in range(start, stop):
-                error = self._item_error(position, index)
-                outcomes.append(self._values[index] if error is None else error)
-        return outcomes
+        return self._items.outcomes(self.call_repr)
 
     def as_completed(
         self, timeout: float | None = None
@@ -246,9 +162,7 @@ class JobGroup(WatchedFuture):
         for done in concurrent.futures.as_completed(positions, timeout=timeout):
             for position in positions[done]:
                 self._wait_stored(position)
-                start, stop = self._spans[position]
-                for index in range(start, stop):
-                    yield index, self._item_future(position, index)
+                yield from self._items.item_futures(position)
 
     @property
     def exceptions(self) -> dict[int, BaseException]:
@@ -257,19 +171,19 @@ class JobGroup(WatchedFuture):
         Cancelled items are not failures: ``counts.cancelled`` counts them.
         """
         with self._lock:
-            return dict(sorted(self._errors.items()))
+            return dict(sorted(self._items.errors.items()))
 
     @property
     def counts(self) -> ItemCounts:
         """How many items are pending, running, done, failed and cancelled now."""
-        jobs = self.jobs
+        jobs, items = self.jobs, self._items
         with self._lock:
-            stored = list(self._stored)
-            cancelled = list(self._task_cancelled)
-            failed = len(self._errors)
-        partial = [job.progress.n if self._chunked else 0 for job in jobs]
+            stored = list(items.stored)
+            cancelled = list(items.cancelled)
+            failed = len(items.errors)
+        partial = [job.progress.n if items.chunked else 0 for job in jobs]
         return count_items(
-            self._spans,
+            items.spans,
             [job.state for job in jobs],
             partial,
             settled=stored,
@@ -282,8 +196,8 @@ class JobGroup(WatchedFuture):
         if self.done():
             if self.cancelled():
                 return states.REVOKED
-            return states.FAILURE if self._errors else states.SUCCESS
-        if any(self._stored) or any(j.state in (states.STARTED, PROGRESS) for j in self.jobs):
+            return states.FAILURE if self._items.errors else states.SUCCESS
+        if any(self._items.stored) or any(j.state in (states.STARTED, PROGRESS) for j in self.jobs):
             return PROGRESS
         if self.jobs and all(job.state == UNKNOWN for job in self.jobs):
             return UNKNOWN
@@ -293,14 +207,7 @@ class JobGroup(WatchedFuture):
     def note(self) -> str | None:
         """Its tasks' notes: the first one, and how many tasks it concerns."""
         jobs = self._positions_by_job()
-        notes = [note for note in (job.note for job in jobs) if note]
-        if not notes:
-            return None
-        if len(jobs) == 1:
-            return notes[0]
-        others = len(notes) - notes.count(notes[0])
-        more = f" (and {others} other notes)" if others else ""
-        return f"{notes.count(notes[0])} of {len(jobs)} tasks: {notes[0]}{more}"
+        return tasks_note([note for note in (job.note for job in jobs) if note], len(jobs))
 
     @property
     def output(self) -> OutputTail:
@@ -322,14 +229,10 @@ class JobGroup(WatchedFuture):
         An open-ended group whose final size is not known has no total (a count and
         a rate, no ETA): the items sent so far are not the total, and a bar over them
         would look nearly full all along (joblib sends only a few batches ahead)."""
-        counts = self.counts
-        processed = counts.done + counts.failed
-        elapsed = self.elapsed
-        rate = processed / elapsed if processed and elapsed > 0 else None
-        total: int | None = self._total
+        total: int | None = self._items.total
         if self._open:
-            total = None if self._expected is None else max(self._expected, self._total)
-        bar = BarSnapshot(processed, total, self.name, "it", rate, elapsed, counts.text())
+            total = None if self._expected is None else max(self._expected, self._items.total)
+        bar = items_bar(self.counts, total, self.name, self.elapsed)
         return ProgressSnapshot(self.state, (bar,))
 
     def cancel(self) -> bool:
@@ -382,18 +285,19 @@ class JobGroup(WatchedFuture):
 
     def short_result_repr(self) -> str:
         text = super().short_result_repr()
-        if self.done() and not self.cancelled() and self._errors:
-            index = min(self._errors)
-            text += f" (item {index}; {len(self._errors)} of {self._total} failed)"
+        errors = self._items.errors
+        if self.done() and not self.cancelled() and errors:
+            index = min(errors)
+            text += f" (item {index}; {len(errors)} of {self._items.total} failed)"
         return text
 
     def _record(self) -> JobRecord:
         return JobRecord(  # never call_repr: a name and a shape rebuild it
             self.id,
             self.name,
-            True if self._chunked else None,
+            True if self._items.chunked else None,
             tuple(job.id for job in self.jobs),
-            tuple(self._spans) if self._chunked else None,
+            tuple(self._items.spans) if self._items.chunked else None,
         )
 
     def retry_failed(self) -> JobGroup:
@@ -405,53 +309,7 @@ class JobGroup(WatchedFuture):
             RuntimeError: the group is not finished, nothing failed, or a failed task
                 was not sent by this kernel (its call is not known here).
         """
-        with self._lock:
-            if not self.done() or self._cancelling:
-                raise RuntimeError(f"{self.call_repr} is still running: nothing to retry")
-            failed = sorted({p for p, has in enumerate(self._task_has_failures) if has})
-            if not failed:
-                raise RuntimeError(f"nothing of {self.call_repr} failed")
-            plans = [self._retry_plan(position) for position in failed]
-            for position, (_job, offsets) in zip(failed, plans, strict=True):
-                for index in [self._spans[position][0] + o for o in offsets]:
-                    self._errors.pop(index, None)
-                self._rerun_offsets[position] = offsets
-                self._stored[position] = False
-                self._task_has_failures[position] = False
-            self._remaining += len(failed)
-            self._ended = False
-            self._reopen()
-        first_error = None
-        for job, _offsets in plans:  # each sent, or ended with why: the count balances
-            try:
-                job._rerun()
-            except Exception as exc:
-                first_error = first_error or exc
-        self._notify()
-        if first_error is not None:
-            raise first_error
-        return self
-
-    def _retry_plan(self, position: int) -> tuple[Job, list[int]]:
-        """The job at ``position`` with its call set to run its failed items again, and
-        their offsets in its span (under ``_lock``)."""
-        job = self.jobs[position]
-        start, stop = self._spans[position]
-        failed = [i - start for i in range(start, stop) if i in self._errors]
-        whole = job.cancelled() or job._exception is not None
-        if self._chunked and not whole and self._items_call is not None:
-            fn, items, star, make_call = self._items_call
-            job._call = make_call(fn, [items[start + o] for o in failed], star)
-            return job, failed
-        if job._call is None:
-            carried = any(j._carries_scattered for j in self.jobs)
-            why = (
-                "its calls carried scattered data, let go of when they ended"
-                if carried
-                else (job._no_retry)
-            )
-            raise RuntimeError(f"task {job.id} of {self.call_repr} cannot run again: {why}")
-        return job, self._rerun_offsets.get(position) or list(range(stop - start))
+        return retry_failed(self)
 
     # -- an open-ended group (e.g. a joblib call) --------------------------------
     def _grow(self, jobs: Sequence[Job], sizes: Sequence[int]) -> None:
@@ -460,33 +318,7 @@ class JobGroup(WatchedFuture):
         Raises:
             CancelledError: the group was cancelled (or ended): the tasks are cancelled.
         """
-        with self._lock:
-            ended = self._ended or self._cancelling
-            if not ended:
-                first = len(self.jobs)
-                if not self.jobs:
-                    self._submitted_at = min(job._submitted_at for job in jobs)
-                for job, size in zip(jobs, sizes, strict=True):
-                    self._spans.append((self._total, self._total + size))
-                    self._total += size
-                    self.jobs.append(job)
-                    self._positions.setdefault(job.id, []).append(len(self.jobs) - 1)
-                if self._keep_values:
-                    self._values += [None] * (self._total - len(self._values))
-                self._stored += [False] * len(jobs)
-                self._task_cancelled += [False] * len(jobs)
-                self._task_has_failures += [False] * len(jobs)
-                self._remaining += len(jobs)
-        if ended:
-            for job in jobs:
-                job.cancel()
-            raise CancelledError(f"{self.call_repr} was cancelled")
-        for position, job in enumerate(jobs, first):
-            job._group = self if job._group is None else job._group
-            job.add_listener(self._on_job_change)
-            self._take_output_of(job)
-            job.add_done_callback(functools.partial(self._on_job_done, position))
-        self._notify()
+        grow(self, jobs, sizes)
 
     def _expect(self, total: int) -> None:
         """The open group will hold ``total`` items in all (a joblib call over a list):
@@ -496,87 +328,13 @@ class JobGroup(WatchedFuture):
 
     def _close(self) -> None:
         """No more tasks will come: the group ends once those it has are done."""
-        with self._lock:
-            self._open = False
-            last = self._remaining == 0 and not self._cancelling
-        if last:
-            self._finish()
-        self._notify()
+        close(self)
 
     # -- fed by the jobs (watcher thread) --------------------------------------
-    def _take_output_of(self, job: Job) -> None:
-        """The task's new output lines join the group's, in the order they came (also
-        called when a task joins: it may have printed before the group existed)."""
-        with self._lock:
-            entries, missed, self._output_marks[job.id] = job._output_since(
-                self._output_marks.get(job.id, 0)
-            )
-            self._output.append(entries)
-            self._output.count_dropped(missed)
-
     def _on_job_change(self, job: Job) -> None:
-        self._take_output_of(job)
+        take_output_of(self, job)
         if not self._cancelling:  # cancel() notifies once, not once per task
             self._notify()
-
-    def _on_job_done(self, position: int, job: Job) -> None:
-        with self._lock:
-            if self._stored[position]:  # already counted (a task done twice is one outcome)
-                return
-        start, stop = self._spans[position]
-        cancelled = job.cancelled()
-        errors: dict[int, BaseException] = {}
-        if not cancelled:
-            try:
-                errors = self._collect(job, start, stop)
-            except Exception as exc:  # unexpected: fail its items, never hang
-                errors = dict.fromkeys(range(start, stop), exc)
-        with self._settled:
-            self._errors.update(errors)
-            self._task_cancelled[position] = cancelled
-            self._task_has_failures[position] = bool(errors)
-            self._stored[position] = True
-            self._remaining -= 1
-            quiet = self._cancelling  # cancel() notifies once, not once per task
-            last = self._remaining == 0 and not quiet and not self._open
-            self._settled.notify_all()
-        if last:
-            self._finish()
-        if not quiet:
-            self._notify()
-
-    def _collect(self, job: Job, start: int, stop: int) -> dict[int, BaseException]:
-        """Store a finished task's values; return its failed items."""
-        error = job.exception(timeout=0)
-        if error is not None:  # the whole task failed: none of its items has a result
-            offsets = self._rerun_offsets.get(self._positions[job.id][0])
-            return dict.fromkeys([start + o for o in offsets] if offsets else range(start, stop),
-                                 error)  # fmt: skip
-        value = job.result(timeout=0)
-        if not self._keep_values:
-            return {}
-        if not self._chunked:
-            self._values[start] = value
-            return {}
-        offsets = self._rerun_offsets.get(self._positions[job.id][0])
-        indexes = [start + o for o in offsets] if offsets else range(start, stop)
-        size = len(indexes)
-        if (
-            not isinstance(value, ChunkResult)
-            or len(value.values) != size
-            or not all(isinstance(o, int) and 0 <= o < size for o in value.errors)
-        ):
-            mismatch = TypeError(
-                f"task {job.id} of {self.call_repr} returned {type(value).__name__}, "
-                f"not the results of its items {start} to {stop - 1}"
-            )
-            return dict.fromkeys(indexes, mismatch)
-        for index, item_value in zip(indexes, value.values, strict=True):
-            self._values[index] = item_value
-        return {
-            indexes[offset]: exception_from_info(info, self._code)
-            for offset, info in value.errors.items()
-        }
 
     def _claim_end(self) -> bool:
         """True for the one caller that decides the group's outcome."""
@@ -594,28 +352,29 @@ class JobGroup(WatchedFuture):
         cancelled when a task was cancelled (its items have no values)."""
         if not self._claim_end():
             return
-        if not self._errors or any(job._carries_scattered for job in self.jobs):
+        items = self._items
+        if not items.errors or any(job._carries_scattered for job in self.jobs):
             self._items_call = None  # nothing to run again, or it would hold scattered data
-        if any(self._task_cancelled):
+        if any(items.cancelled):
             self._end_cancelled()
-        elif self._errors:
+        elif items.errors:
             self._end_failed()
         else:
-            self.set_result(self._values if self._keep_values else None)
+            self.set_result(items.values if items.keep_values else None)
 
     def _end_cancelled(self) -> None:
         concurrent.futures.Future.cancel(self)
         self.set_running_or_notify_cancel()
 
     def _end_failed(self) -> None:
-        index = min(self._errors)
-        error = self._errors[index]
+        index = min(self._items.errors)
+        error = self._items.errors[index]
         add_note(error, f"celerynb: item {index} of {self.call_repr}")
         self.set_exception(error)
 
     def _end_failed_or_cancelled(self) -> None:
         with self._lock:
-            failed = bool(self._errors)
+            failed = bool(self._items.errors)
         if failed:
             self._end_failed()
         else:
@@ -631,29 +390,7 @@ class JobGroup(WatchedFuture):
         concurrent.futures.wait([job], timeout=timeout)
         with self._settled:
             # done callbacks run right after a job is done: this wait is short
-            if not self._settled.wait_for(lambda: self._stored[position], timeout=10):
+            if not self._settled.wait_for(lambda: self._items.stored[position], timeout=10):
                 raise concurrent.futures.TimeoutError(
                     f"task {job.id} finished but its items were not stored"
                 )
-
-    def _all_succeeded(self, position: int) -> bool:
-        """Whether every item of the (stored) task at ``position`` has its value."""
-        return not (self._task_cancelled[position] or self._task_has_failures[position])
-
-    def _item_error(self, position: int, index: int) -> BaseException | None:
-        if self._task_cancelled[position]:
-            return CancelledError(f"item {index} of {self.call_repr} was cancelled")
-        return self._errors.get(index)
-
-    def _item_future(self, position: int, index: int) -> concurrent.futures.Future:
-        """A done Future holding one item's outcome."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        if self._task_cancelled[position]:
-            future.cancel()
-            return future
-        error = self._errors.get(index)
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(self._values[index])
-        return future
