@@ -68,7 +68,8 @@ class Executor(concurrent.futures.Executor):
         about four chunks per worker process, as ``celerynb.map``). The iterator
         raises an item's exception at its place, and ``TimeoutError`` when a
         result is not ready ``timeout`` seconds after ``map`` was called. Closing
-        it early cancels what has not run.
+        it early (or an item's exception, or the timeout) cancels the chunks not
+        started; those running finish, as the standard library's do.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._sending():
@@ -81,7 +82,7 @@ class Executor(concurrent.futures.Executor):
                 **self._options,
             )
             self._track(group)
-        return _in_order(group, deadline)
+        return _in_order(group, deadline, timeout or 0)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls from now on; ``cancel_futures`` revokes the calls not started,
@@ -132,13 +133,15 @@ def _not_started(futures: Iterable[Job | JobGroup]) -> list[Job]:
     return [job for job in jobs if not job.done() and job.state == states.PENDING]
 
 
-def _in_order(group: JobGroup, deadline: float | None) -> Iterator[Any]:
+def _in_order(group: JobGroup, deadline: float | None, timeout: float) -> Iterator[Any]:
     """The group's item results in order; closing the iterator before its end cancels
-    the group (as the stdlib's map cancels its futures)."""
+    its chunks not started (as the stdlib's map cancels its futures: running ones
+    finish)."""
     finished = False
     try:
-        yield from group._in_order(deadline)
+        yield from group._in_order(deadline, timeout)
         finished = True
     finally:
         if not finished:
-            group.cancel()
+            for job in _not_started([group]):
+                job.cancel()

@@ -101,9 +101,9 @@ class JobGroup(WatchedFuture):
         (or cancelled) item raises its exception."""
         return self._in_order()
 
-    def _in_order(self, deadline: float | None = None) -> Iterator[Any]:
+    def _in_order(self, deadline: float | None = None, timeout: float = 0) -> Iterator[Any]:
         """``__iter__``, raising TimeoutError when a result is not ready by ``deadline``
-        (``time.monotonic()``)."""
+        (``time.monotonic()``, ``timeout`` seconds after the caller began waiting)."""
 
         def ready(position: int) -> None:
             if deadline is not None:
@@ -111,8 +111,9 @@ class JobGroup(WatchedFuture):
                 remaining = max(deadline - time.monotonic(), 0)
                 if not concurrent.futures.wait([job], timeout=remaining).done:
                     start, stop = self._items.spans[position]
+                    items = f"item {start}" if stop - start == 1 else f"items {start} to {stop - 1}"
                     raise concurrent.futures.TimeoutError(  # builtin's only from 3.11 on
-                        f"{self.call_repr}: items {start} to {stop - 1} not ready"
+                        f"{self.call_repr}: {items} not ready after {timeout:g} s"
                     )
             self._wait_stored(position)
 
@@ -348,17 +349,17 @@ class JobGroup(WatchedFuture):
             return True
 
     def _finish(self) -> None:
-        """Every task's items are stored: end with the values, the first failure, or
-        cancelled when a task was cancelled (its items have no values)."""
+        """Every task's items are stored: end with the first failure, or cancelled
+        when a task was cancelled (its items have no values), or with the values."""
         if not self._claim_end():
             return
         items = self._items
         if not items.errors or any(job._carries_scattered for job in self.jobs):
             self._items_call = None  # nothing to run again, or it would hold scattered data
-        if any(items.cancelled):
-            self._end_cancelled()
-        elif items.errors:
+        if items.errors:  # a failed item says more than the cancelled ones
             self._end_failed()
+        elif any(items.cancelled):
+            self._end_cancelled()
         else:
             self.set_result(items.values if items.keep_values else None)
 

@@ -3,6 +3,7 @@
 import concurrent.futures
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import pytest
 from conftest import wait_for
@@ -43,24 +44,36 @@ def test_map_keeps_the_order_zips_iterables_and_raises_at_the_failed_item(sessio
     assert list(pool.map(square, range(1000), chunksize=100)) == [i * i for i in range(1000)]
     assert list(pool.map(add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
     results = pool.map(bad_at, range(10), [4] * 10, chunksize=3)
+    (group,) = pool._pending
     assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="item 4 is bad"):
         next(results)
     pool.shutdown()
+    assert group.state == "FAILURE", "the map failed: an item raised (the rest cancelled)"
 
 
-def test_map_times_out_from_the_call_and_closing_it_cancels_what_is_left(session, tmp_path):
+def test_map_times_out_from_the_call_and_closing_it_cancels_the_chunks_not_started(
+    session, tmp_path
+):
+    """As the standard library's: the calls not started are cancelled, running ones finish
+    (and the executor's exit waits for them)."""
     pool = celerynb.Executor()
-    gate = str(tmp_path / "never")
-    results = pool.map(gated, [gate] * 4, range(4), timeout=0.5, chunksize=1)
-    (group,) = pool._pending  # the map's JobGroup, not done: the gate never opens
+    gate = tmp_path / "gate"
+    results = pool.map(gated, [str(gate)] * 8, range(8), timeout=0.5, chunksize=1)
+    (group,) = pool._pending  # the map's JobGroup, not done: the gate is shut
+    assert wait_for(lambda: any(job.state in ("STARTED", "PROGRESS") for job in group.jobs))
     started = time.monotonic()
-    with pytest.raises(concurrent.futures.TimeoutError):  # not the builtin one on 3.10
-        next(results)
+    with pytest.raises(concurrent.futures.TimeoutError, match=r"item 0 not ready after 0.5 s"):
+        next(results)  # not the builtin TimeoutError on 3.10
     assert time.monotonic() - started < 5
     results.close()
-    assert group.cancelled() and all(job.cancelled() for job in group.jobs)
-    pool.shutdown()
+    assert wait_for(lambda: sum(job.cancelled() for job in group.jobs) >= 4, timeout=10)
+    gate.touch()
+    pool.shutdown(wait=True)
+    assert group.done() and group.cancelled()
+    values = group.results(timeout=0, return_exceptions=True)
+    ran = [i for i, value in enumerate(values) if not isinstance(value, CancelledError)]
+    assert 0 < len(ran) < 8 and all(values[i] == i for i in ran), "running calls finished"
 
 
 def test_shutdown_with_cancel_futures_revokes_the_queued_calls_quickly(session, tmp_path):
