@@ -182,6 +182,7 @@ class JobGroup(WatchedFuture):
             stored = list(items.stored)
             cancelled = list(items.cancelled)
             failed = len(items.errors)
+            not_run = items.not_run
         partial = [job.progress.n if items.chunked else 0 for job in jobs]
         return count_items(
             items.spans,
@@ -190,6 +191,7 @@ class JobGroup(WatchedFuture):
             settled=stored,
             cancelled=cancelled,
             failed_items=failed,
+            not_run_items=not_run,
         )
 
     @property

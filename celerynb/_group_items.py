@@ -14,6 +14,19 @@ from ._chunks import ChunkResult
 from ._group_progress import Span
 from ._remote_errors import exception_from_info
 
+# Set by the joblib backend's worker side on the exception of the call that ended a
+# batch: its place in the batch (the calls after it never ran).
+FAILED_CALL = "_celerynb_failed_call"
+
+
+def failed_call(error: BaseException, size: int) -> int | None:
+    """The place of the call ``error`` came from in a task of ``size`` calls, when the
+    task says it (a joblib batch); None: the whole task failed."""
+    place = getattr(error, FAILED_CALL, None)
+    if isinstance(place, int) and not isinstance(place, bool) and 0 <= place < size:
+        return place
+    return None
+
 
 def collect_task(
     job: Any,
@@ -34,7 +47,11 @@ def collect_task(
     """
     start, stop = span
     error = job.exception(timeout=0)
-    if error is not None:  # the whole task failed: none of its items has a result
+    if error is not None:
+        place = None if offsets else failed_call(error, stop - start)
+        if place is not None:  # one call failed; those after it never ran (see not_run)
+            return {start + place: error}
+        # the whole task failed: none of its items has a result
         return dict.fromkeys([start + o for o in offsets] if offsets else range(start, stop),
                              error)  # fmt: skip
     value = job.result(timeout=0)
@@ -85,6 +102,7 @@ class GroupItems:
         self.cancelled = [False] * tasks
         self.has_failures = [False] * tasks  # some of its items failed
         self.rerun_offsets: dict[int, list[int]] = {}  # position -> offsets run again
+        self.not_run_from: dict[int, int] = {}  # position -> its first item not run
 
     def grow(self, sizes: Sequence[int]) -> None:
         """Add tasks of ``sizes`` items each; their items follow those there are."""
@@ -119,6 +137,16 @@ class GroupItems:
         self.cancelled[position] = cancelled
         self.has_failures[position] = bool(errors)
         self.stored[position] = True
+        start, stop = self.spans[position]
+        if len(errors) == 1 and stop - start > 1:
+            ((index, error),) = errors.items()
+            if failed_call(error, stop - start) == index - start and index + 1 < stop:
+                self.not_run_from[position] = index + 1  # a batch that one call ended
+
+    @property
+    def not_run(self) -> int:
+        """Items of finished tasks that never ran: those after a batch's failed call."""
+        return sum(self.spans[p][1] - first for p, first in self.not_run_from.items())
 
     def all_succeeded(self, position: int) -> bool:
         """Whether every item of the (stored) task at ``position`` has its value."""
@@ -127,6 +155,11 @@ class GroupItems:
     def item_error(self, position: int, index: int, call_repr: str) -> BaseException | None:
         if self.cancelled[position]:
             return CancelledError(f"item {index} of {call_repr} was cancelled")
+        first_not_run = self.not_run_from.get(position)
+        if first_not_run is not None and index >= first_not_run:
+            return CancelledError(
+                f"item {index} of {call_repr} did not run: item {first_not_run - 1} failed"
+            )
         return self.errors.get(index)
 
     def in_order(self, ready: Callable[[int], None], call_repr: str) -> Iterator[Any]:

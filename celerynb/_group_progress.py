@@ -49,11 +49,14 @@ def count_items(
     settled: Sequence[bool],
     cancelled: Sequence[bool],
     failed_items: int,
+    not_run_items: int = 0,
 ) -> ItemCounts:
     """Item counts from each task's span, state, in-task progress and outcome (pure).
 
     ``settled``: the task's items are stored; ``cancelled``: it was cancelled (its
-    items count as cancelled); ``failed_items``: how many stored items failed.
+    items count as cancelled); ``failed_items``: how many stored items failed;
+    ``not_run_items``: how many stored items never ran (after a batch's failed call:
+    counted as cancelled).
     """
     pending = running = done = revoked = 0
     for (start, stop), state, partial, is_settled, is_cancelled in zip(
@@ -72,7 +75,8 @@ def count_items(
             running += size - partial
         else:
             pending += size
-    return ItemCounts(pending, running, done - failed_items, failed_items, revoked)
+    done -= failed_items + not_run_items
+    return ItemCounts(pending, running, done, failed_items, revoked + not_run_items)
 
 
 def items_bar(counts: ItemCounts, total: int | None, desc: str, elapsed: float) -> BarSnapshot:

@@ -43,6 +43,12 @@ def fails_at_zero(x):
     return x
 
 
+def fails_at_13(x):
+    if x == 13:
+        raise ZeroDivisionError("x is 13")
+    return x
+
+
 def nested_backend_and_sum(n):
     from joblib import Parallel, delayed
     from joblib.parallel import get_active_backend
@@ -198,6 +204,20 @@ def test_an_error_aborts_the_call_and_revokes_the_queued_batches(session, shown)
     assert group.state == "FAILURE", "its bar ends failed, not cancelled: an item failed"
     with pytest.raises(ValueError, match="item zero is bad"):
         group.result(timeout=0)
+
+
+def test_a_failed_call_fails_alone_and_the_calls_after_it_in_its_batch_did_not_run(session, shown):
+    with (
+        joblib.parallel_config(backend="celerynb"),
+        pytest.raises(ZeroDivisionError, match="x is 13"),
+    ):
+        Parallel(n_jobs=2, batch_size=4)(delayed(fails_at_13)(i) for i in range(40))
+    (group,) = shown
+    assert wait_for(lambda: group.done())
+    assert list(group.exceptions) == [13], "one call failed: the 14th"
+    counts = group.counts
+    assert counts.failed == 1 and counts.cancelled >= 2, counts  # 14 and 15 never ran
+    assert "(item 13; 1 of" in group.short_result_repr()
 
 
 def test_a_call_stopped_with_no_failed_call_ends_cancelled(session, shown):

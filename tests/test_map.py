@@ -294,6 +294,30 @@ def test_counts_tell_cancelled_items_apart_and_a_finished_task_is_never_pending(
     assert counts.text() == "2 failed, 10 cancelled, 10 pending"
 
 
+def test_a_batch_one_call_ended_fails_that_call_and_its_later_calls_did_not_run():
+    """A joblib batch stops at its first failed call, which the worker marks."""
+    from celerynb._group_items import FAILED_CALL, GroupItems
+
+    items = GroupItems([(0, 4), (4, 8), (8, 12)], 3, chunked=False, keep_values=False)
+    marked, unmarked = ZeroDivisionError("x is 5"), OSError("the whole task")
+    setattr(marked, FAILED_CALL, 1)  # the second call of the batch 4..7
+    items.record(1, cancelled=False, errors={5: marked})
+    items.record(2, cancelled=False, errors=dict.fromkeys(range(8, 12), unmarked))
+    assert items.not_run == 2
+    assert isinstance(items.item_error(1, 6, "f"), CancelledError)
+    assert items.item_error(1, 5, "f") is marked and items.item_error(1, 4, "f") is None
+    counts = count_items(
+        items.spans,
+        ["PENDING", "FAILURE", "FAILURE"],
+        [0, 0, 0],
+        settled=items.stored,
+        cancelled=items.cancelled,
+        failed_items=len(items.errors),
+        not_run_items=items.not_run,
+    )
+    assert counts == ItemCounts(pending=4, done=1, failed=5, cancelled=2)
+
+
 def test_a_groups_clock_starts_with_its_first_task():
     first, second = Job("a", "a", None, shipped=True), Job("b", "b", None, shipped=True)
     first._submitted_at, second._submitted_at = 100.0, 103.0  # sent 3 s apart
