@@ -374,6 +374,9 @@ class ShippedTask(Task):
 
     Request = ShippedRequest
     celerynb_key: bytes | None = None  # the shared secret, else $CELERYNB_SECRET
+    # The worker's "succeeded in 0.1s: ..." log line: the signed frame is base64 of no
+    # use to a reader, and ran to hundreds of characters per task.
+    resultrepr_maxsize = 40
     _signing_backend: ShippedTaskBackend | None = None
 
     @property

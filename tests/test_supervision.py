@@ -132,3 +132,11 @@ def test_the_cluster_card_masks_the_password_and_escapes(cluster_here):
     cluster.gave_up = "<script>alert(1)</script>"
     assert "<script>" not in cluster._repr_html_()
     cluster.gave_up = None
+
+
+def test_the_worker_log_tells_a_shipped_calls_success_in_a_short_line(cluster_here):
+    cluster, session = cluster_here
+    assert session.submit(sum, ([1, 2, 3],)).result(timeout=30) == 6
+    assert wait_for(lambda: "succeeded in" in cluster.logs(), timeout=10)
+    (line,) = [line for line in cluster.logs().splitlines() if "succeeded in" in line]
+    assert len(line) < 250, f"the signed frame in the log: {line[:300]}"
