@@ -287,8 +287,11 @@ class JobGroup(WatchedFuture):
         return False
 
     def short_result_repr(self) -> str:
+        items = self._items
+        if self.done() and not self.cancelled() and not items.errors and not items.keep_values:
+            return f"{items.total:,} results"  # its caller has them (joblib), not the group
         text = super().short_result_repr()
-        errors = self._items.errors
+        errors = items.errors
         if self.done() and not self.cancelled() and errors:
             index = min(errors)
             text += f" (item {index}; {len(errors)} of {self._items.total} failed)"

@@ -80,6 +80,7 @@ def test_parallel_runs_every_call_on_the_workers_in_order(session, cluster, show
     assert group.done() and group.state == "SUCCESS"
     assert group.progress.n == 500 and group.progress.total == 500
     assert group.name == "pid_and_value" and group in celerynb.jobs()
+    assert group.short_result_repr() == "500 results", "joblib has them, not the bar: no None"
 
 
 def test_a_later_call_sends_its_first_calls_one_per_batch_then_resumes_its_size(
