@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ class LocalCluster:
         self.gave_up: str | None = None  # why a dead worker is not replaced any more
         self._stop_supervising = threading.Event()
         self._scaling = False  # scale() judges the worker it starts: no replacing it
+        self._on_worker_stopped: list[Callable[[str, str], None]] = []
         self._on_close: list[Any] = [self._stop_supervising.set]
         # Big data between the kernel and the workers: a 0700 directory in memory
         # (/dev/shm) where there is one, removed with the cluster (see _localstore).
@@ -155,6 +157,18 @@ class LocalCluster:
     def on_close(self, callback: Any) -> None:
         """Call ``callback()`` before the cluster stops (sessions stop watching)."""
         self._on_close.append(callback)
+
+    def on_worker_stopped(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(worker_name, why)`` when a worker of this cluster is gone
+        (restarted, or dead and replaced): sessions end its running jobs LOST at once."""
+        self._on_worker_stopped.append(callback)
+
+    def _tell_worker_stopped(self, name: str, why: str) -> None:
+        for callback in list(self._on_worker_stopped):
+            try:
+                callback(name, why)
+            except Exception as exc:  # a closed session's: the others are still told
+                log.debug("celerynb: telling that %s stopped failed: %s", name, exc)
 
     @property
     def closed(self) -> bool:
@@ -310,11 +324,16 @@ class LocalCluster:
             raise ClusterStartError("this LocalCluster is closed")
         with self._lock:
             worker, self._worker = self._worker, None  # the supervisor leaves it be
+            stopped = self.worker_name
             if worker is not None:
                 _stop_process(worker)
                 self._forget(worker)
             self._budget, self.gave_up = RestartBudget(), None
             self._start_next_worker()
+        if worker is not None:
+            self._tell_worker_stopped(
+                stopped, f"worker {stopped} stopped: cluster.restart() ended it while the job ran"
+            )
         self._wait_for_worker(timeout)
 
     def _check_worker(self) -> None:
@@ -329,19 +348,22 @@ class LocalCluster:
             ):
                 return
             ended = how_it_ended(worker.returncode)
-            self._forget(worker)
+            dead = self.worker_name
+            self._forget(worker)  # its pool processes too: what they ran is lost
             self._worker = None
-            if not self._budget.allows_restart(time.monotonic(), self._worker_ready):
+            restart = self._budget.allows_restart(time.monotonic(), self._worker_ready)
+            if not restart:
                 self.gave_up = self._budget.why_not(ended)
                 log.warning("celerynb: LocalCluster: %s", self.gave_up)
-                return
-            log.warning(
-                "celerynb: LocalCluster: the worker %s %s; starting a new one",
-                self.worker_name,
-                ended,
-            )
-            self.restarts += 1
-            self._start_next_worker()
+            else:
+                log.warning(
+                    "celerynb: LocalCluster: the worker %s %s; starting a new one", dead, ended
+                )
+                self.restarts += 1
+                self._start_next_worker()
+        self._tell_worker_stopped(dead, f"worker {dead} stopped: it {ended} while the job ran")
+        if not restart:
+            return
         with contextlib.suppress(ClusterStartError):  # died at start: the next look counts it
             self._wait_for_worker(START_TIMEOUT)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -123,8 +124,20 @@ def connect(
         session.backend_caveat = caveat
     if owner is not None and hasattr(owner, "on_close"):
         owner.on_close(session.close)
+    if owner is not None and hasattr(owner, "on_worker_stopped"):
+        owner.on_worker_stopped(_unless_closed(session))
     make_current(session)
     return session
+
+
+def _unless_closed(session: Session) -> Callable[[str, str], None]:
+    """The session's watcher told of a stopped worker, while the session is open."""
+
+    def tell(name: str, why: str) -> None:
+        if not session.closed:
+            session.watcher.worker_stopped(name, why)
+
+    return tell
 
 
 def _disabled(url: str | None) -> bool:

@@ -350,10 +350,11 @@ class Job(WatchedFuture):
             self._snapshot = self._snapshot.with_state(UNKNOWN)
         self._notify()
 
-    def _lose(self, hostname: str, silent_for: float) -> None:
-        """The worker running this job stopped sending heartbeats: finish as LOST, or,
-        for a task its app re-queues, show REQUEUED and follow its next run."""
-        lose(self, hostname, silent_for)
+    def _lose(self, hostname: str, silent_for: float, why: str | None = None) -> None:
+        """The worker running this job stopped sending heartbeats (or ``why``: it was
+        stopped): finish as LOST, or, for a task its app re-queues, show REQUEUED and
+        follow its next run."""
+        lose(self, hostname, silent_for, why)
 
     def _lose_message(self) -> None:
         """The broker restarted without its data while the task waited in a queue: its

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import states
 
+from ._errors import WorkerLostError
 from ._job_outcome import Unverified, has_signed_error, open_run, read_outcome
 from ._job_states import (
     message_lost_error,
@@ -169,9 +170,10 @@ def stop_redelivery_loop(job: Job) -> None:
     job._abandon(redelivery_loop_error(job.id, job._runs))
 
 
-def lose(job: Job, hostname: str, silent_for: float) -> None:
-    """The worker running this job stopped sending heartbeats: finish as LOST, or,
-    for a task its app re-queues, show REQUEUED and follow its next run."""
+def lose(job: Job, hostname: str, silent_for: float, why: str | None = None) -> None:
+    """The worker running this job stopped sending heartbeats (or ``why``: it was
+    stopped, as its LocalCluster knows): finish as LOST, or, for a task its app
+    re-queues, show REQUEUED and follow its next run."""
     with job._lock:
         if job.done():
             return
@@ -182,7 +184,7 @@ def lose(job: Job, hostname: str, silent_for: float) -> None:
         return
     if send_again_when_lost(job, f"lost with worker {hostname}"):
         return
-    job._abandon(worker_lost_error(job.id, hostname, silent_for))
+    job._abandon(WorkerLostError(why) if why else worker_lost_error(job.id, hostname, silent_for))
 
 
 def lose_message(job: Job) -> None:

@@ -203,6 +203,14 @@ class ShippedRequest(Request):
         with _acting_for(self if vouched else None):
             return super()._announce_revoked(reason, terminated, signum, expired)
 
+    def _announce_cancelled(self, emit_retry: bool = True) -> None:
+        # A cold shutdown (LocalCluster.restart, Ctrl-C twice) cancels the running call,
+        # and Celery stores RETRY ("cancelled by Celery"): unsigned, so the kernel would
+        # ignore it with a note that reads as tampering, and it says the call runs again,
+        # which an acknowledged message does not. Nothing is stored: the kernel finds the
+        # job lost with its worker.
+        super()._announce_cancelled(emit_retry=False)
+
     def _expiry_was_signed(self) -> bool:
         """Whether the message's expiry is the one signed in the call's envelope."""
         try:

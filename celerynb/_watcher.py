@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery import states
@@ -48,7 +49,7 @@ class Watched(Protocol):
 
     def done(self) -> bool: ...
 
-    def _lose(self, hostname: str, silent_for: float) -> None: ...
+    def _lose(self, hostname: str, silent_for: float, why: str | None = None) -> None: ...
 
     def _abandon(self, error: BaseException) -> None: ...
 
@@ -87,7 +88,9 @@ class Watcher:
         self._jobs: dict[str, Watched] = {}
         self._watched_since: dict[str, float] = {}  # monotonic time each job was first watched
         # Jobs to follow, and Events set once the jobs queued before them are caught up.
-        self._incoming: queue.SimpleQueue[Watched | threading.Event] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[Watched | threading.Event | _WorkerStopped] = (
+            queue.SimpleQueue()
+        )
         self._stop = threading.Event()
         self._wake_pending = threading.Event()
         self._held = threading.local()  # .depth: this thread batches its watch() calls
@@ -119,6 +122,13 @@ class Watcher:
             self._held.depth -= 1
             if not self._held.depth:
                 self._wake()
+
+    def worker_stopped(self, hostname: str, why: str) -> None:
+        """The worker ``hostname`` is gone (its LocalCluster stopped it): its running
+        jobs end LOST now, with ``why``, not after heartbeats go missing. Safe from any
+        thread."""
+        self._incoming.put(_WorkerStopped(hostname, why))
+        self._wake()
 
     def sync(self, timeout: float = 5.0) -> bool:
         """Wait until every job watched so far has received its current state
@@ -296,6 +306,7 @@ class Watcher:
         self._wake_pending.clear()  # before draining: a job queued from now on wakes again
         new: list[Watched] = []
         caught_up: list[threading.Event] = []
+        stopped: list[_WorkerStopped] = []
         while True:
             try:
                 item = self._incoming.get_nowait()
@@ -303,6 +314,8 @@ class Watcher:
                 break
             if isinstance(item, threading.Event):
                 caught_up.append(item)
+            elif isinstance(item, _WorkerStopped):
+                stopped.append(item)
             else:
                 new.append(item)
         if new:
@@ -320,6 +333,8 @@ class Watcher:
                 log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
         for event in caught_up:
             event.set()
+        for worker in stopped:
+            self._lose_jobs_of(worker)
         self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0), live=True)
         # Jobs finished by an update are let go at once; all jobs are checked now
         # and then for those finished in the kernel (cancelled, abandoned).
@@ -343,6 +358,13 @@ class Watcher:
                 self._jobs.pop(task_id, None)
                 self._watched_since.pop(task_id, None)
             self._finished_by_updates = set()
+
+    def _lose_jobs_of(self, worker: _WorkerStopped) -> None:
+        for job in list(self._jobs.values()):
+            run = job.worker_run
+            running = not job.done() and job.state in RUNNING_STATES
+            if running and run is not None and run[0] == worker.hostname:
+                job._lose(worker.hostname, 0.0, worker.why)
 
     def _check_workers_of_running_jobs(self, now: float) -> None:
         """Judge the worker of every running job (see ``_liveness``): probe the silent
@@ -411,3 +433,11 @@ class Watcher:
                 log.exception("celerynb watcher: could not apply an update to job %s", task_id)
             if job.done() and not getattr(job, "watch_after_done", False):
                 self._finished_by_updates.add(task_id)
+
+
+@dataclass(frozen=True)
+class _WorkerStopped:
+    """A worker known to be gone (see ``Watcher.worker_stopped``)."""
+
+    hostname: str
+    why: str

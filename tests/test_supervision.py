@@ -123,6 +123,21 @@ def test_restart_gives_fresh_processes_that_import_an_edited_module(cluster_here
     assert len(lines) <= 500 and any("ready." in line for line in lines)
 
 
+def test_a_job_running_when_the_cluster_restarts_ends_lost_at_once_saying_why(cluster_here, caplog):
+    cluster, session = cluster_here
+    running = session.submit(steps, (4000, 0.05))
+    assert wait_for(lambda: running.state == "PROGRESS", timeout=60), running.state
+    name = cluster.worker_name
+    cluster.restart()
+    # Told by the cluster, not after heartbeats go missing (6 s and more).
+    assert wait_for(running.done, timeout=3), running.state
+    assert running.state == celerynb.LOST
+    with pytest.raises(celerynb.WorkerLostError, match=f"worker {name} stopped: cluster.restart"):
+        running.result(timeout=0)
+    assert running.note is None, "nothing ignored: Celery's unsigned RETRY is not written"
+    assert "ignored" not in caplog.text
+
+
 def test_the_cluster_card_masks_the_password_and_escapes(cluster_here):
     cluster, _session = cluster_here
     card = cluster._repr_html_()
