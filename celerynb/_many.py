@@ -16,8 +16,10 @@ from ._call_options import call_options
 from ._calls import display_name
 from ._canvas import CanvasGroup, Step, canvas_kind, canvas_names, canvas_steps
 from ._chunks import run_chunk
+from ._errors import SerializationError
 from ._group import JobGroup
 from ._job import Job
+from ._payload import dumps
 from ._registry import registry
 from ._session import Session, current_session
 from ._store import JobRecord, store
@@ -31,6 +33,22 @@ DEFAULT_PROCESSES = 4  # when the workers' concurrency is not known yet
 def auto_chunksize(items: int, processes: int) -> int:
     """Items per chunk so each worker process gets about ``CHUNKS_PER_PROCESS`` chunks."""
     return max(1, math.ceil(items / (max(processes, 1) * CHUNKS_PER_PROCESS)))
+
+
+def _unshippable(fn: Any, items: Any, start: int, stop: int, error: Exception) -> str:
+    """Why a chunk cannot be shipped, in the user's words: the first of its items (or
+    the function) that does not pickle, named as ``map``'s caller knows it."""
+    for label, value in [("the function", fn)] + [
+        (f"item {index}", items[index]) for index in range(start, stop)
+    ]:
+        try:
+            dumps(value)
+        except Exception as exc:
+            return (
+                f"cannot ship {label} of map({display_name(fn)}, ...) "
+                f"({type(value).__name__}): {type(exc).__name__}: {exc}"
+            )
+    return str(error)
 
 
 def chunk_spans(items: int, chunksize: int) -> list[tuple[int, int]]:
@@ -93,8 +111,8 @@ def map_on(
         # One wake of the watcher, and one trip to the broker, for all the chunks.
         with session.watcher.batch(), session.sending_together():
             for number, (start, stop) in enumerate(spans):
-                jobs.append(
-                    session.submit(
+                try:
+                    job = session.submit(
                         run_chunk,
                         (fn, items[start:stop], star, name, *item_retries),
                         call_options=per_chunk,
@@ -102,7 +120,9 @@ def map_on(
                         call_repr=f"{name} chunk {number + 1}/{len(spans)}",
                         record=False,
                     )
-                )
+                except SerializationError as exc:
+                    raise SerializationError(_unshippable(fn, items, start, stop, exc)) from None
+                jobs.append(job)
     except BaseException:
         if jobs:
             session.revoke([job.id for job in jobs], shipped=True)

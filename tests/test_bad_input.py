@@ -24,6 +24,16 @@ def test_unpicklable_argument_is_named_and_nothing_is_sent(session):
     assert len(celerynb.jobs()) == before
 
 
+def test_an_unpicklable_item_of_a_map_is_named_by_its_index(session):
+    before = len(celerynb.jobs())
+    items = [1, 2, 3, 4, 5, 6, 7, threading.Lock()]
+    with pytest.raises(
+        celerynb.SerializationError, match=r"^cannot ship item 7 of map\(abs, ...\) \(lock\)"
+    ):
+        celerynb.map(abs, items, chunksize=2)
+    assert len(celerynb.jobs()) == before
+
+
 def test_unpicklable_function_is_named(session):
     lock = threading.Lock()
 
