@@ -33,6 +33,7 @@ from ._validation import shown
 log = logging.getLogger(__name__)
 
 _OPTION = re.compile(r"(?P<flag>--?[A-Za-z][\w-]*)(?:=(?P<value>\S+))?(?:\s+|$)")
+_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|\S+")
 _MAX_MESSAGE = 300
 _SUBMIT_FLAGS = {
     "-o", "--output", "-q", "--queue", "--countdown", "--expires", "--priority",
@@ -51,9 +52,10 @@ def split_options(line: str, flags_with_values: set[str]) -> tuple[str, str]:
         taken.append(match.group(0).strip())
         rest = rest[match.end() :]
         if match["flag"] in flags_with_values and match["value"] is None and rest:
-            value, _, rest = rest.partition(" ")
-            taken.append(value)
-            rest = rest.lstrip()
+            value = _VALUE.match(rest)  # a word, or a quoted one that may hold spaces
+            assert value is not None  # rest is stripped and not empty: a word at least
+            taken.append(value.group(0))
+            rest = rest[value.end() :].lstrip()
     return " ".join(taken), rest
 
 

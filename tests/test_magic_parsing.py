@@ -27,6 +27,8 @@ VALUE_FLAGS = {"-o", "--output", "-q", "--queue", "--countdown", "--time-limit"}
         ("--bogus f()", "--bogus", "f()"),
         ("--countdown 3 --time-limit=2 f(-1)", "--countdown 3 --time-limit=2", "f(-1)"),
         ("-q", "-q", ""),
+        ('-q " " f(3)', '-q " "', "f(3)"),
+        ("-q 'a b' -o x f(3)", "-q 'a b' -o x", "f(3)"),
         ("  ", "", ""),
     ],
 )
