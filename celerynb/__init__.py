@@ -17,6 +17,7 @@ from ._connect import connect
 from ._dashboard import Dashboard, dashboard
 from ._display import display_job as _display_job  # noqa: F401 - sets how jobs are shown
 from ._errors import (
+    BackendUnreachableError,
     BrokerUnreachableError,
     CelerynbError,
     ClusterStartError,
@@ -75,6 +76,7 @@ __all__ = [
     "REQUEUED",
     "UNKNOWN",
     "BarSnapshot",
+    "BackendUnreachableError",
     "BrokerUnreachableError",
     "CelerynbError",
     "CellResult",

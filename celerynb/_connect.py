@@ -54,6 +54,7 @@ def connect(
             store no states), a ``backend`` a LocalCluster's workers never write to,
             or a URL Celery cannot use.
         BrokerUnreachableError: ``check`` and the broker does not answer.
+        BackendUnreachableError: ``check`` and a Redis result backend does not answer.
     """
     key = _as_bytes(secret)
     owner = None
@@ -118,7 +119,12 @@ def connect(
             failure_line("cannot use the result backend", backend_url, exc)
         ) from None
     if check:
-        session.check_broker()
+        try:
+            session.check_broker()
+            session.check_backend()
+        except BaseException:
+            session.close()  # nothing of it left running
+            raise
     if caveat is not None:
         log.warning("celerynb: %s", caveat)
         session.backend_caveat = caveat

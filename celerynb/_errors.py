@@ -60,6 +60,10 @@ class BrokerUnreachableError(CelerynbError, ConnectionError):
     """The broker did not answer."""
 
 
+class BackendUnreachableError(CelerynbError, ConnectionError):
+    """The result backend did not answer when the session connected."""
+
+
 class ConnectionClosedError(CelerynbError):
     """The session watching a job was closed before the job finished."""
 

@@ -12,14 +12,18 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import redis
 from celery import Celery, states
+from celery.backends.redis import RedisBackend
 
+from ._backend import plain_backend_url
 from ._byref import DEFAULT_TTL
 from ._byref import inline_limit as configured_inline_limit
 from ._call_options import CallOptions
 from ._config import failure_line, mask_url, secret_from_env
 from ._datastore import DataStore, data_store, no_store_line, store_spec
 from ._errors import (
+    BackendUnreachableError,
     BrokerUnreachableError,
     CelerynbError,
     ConnectionClosedError,
@@ -131,6 +135,26 @@ class Session(CallSender):
         """Raise BrokerUnreachableError (URL masked) unless the broker answers."""
         with self.broker_errors("reach the broker"), self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0.5, timeout=timeout)
+
+    def check_backend(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Raise BackendUnreachableError (URL masked) unless a Redis result backend
+        answers a PING (other backends are not asked: a database's is tried by its first
+        read, rpc:// is the broker)."""
+        backend = self.app.backend
+        if not isinstance(backend, RedisBackend):
+            return
+        settings = {**backend.connparams, "socket_connect_timeout": timeout}
+        settings["socket_timeout"] = timeout
+        pool = backend.ConnectionPool(**settings)
+        try:
+            redis.Redis(connection_pool=pool).ping()
+        except Exception as exc:
+            url = plain_backend_url(str(self.app.conf.result_backend))
+            raise BackendUnreachableError(
+                failure_line("cannot reach the result backend at", url, exc)
+            ) from None
+        finally:
+            pool.disconnect()
 
     @contextlib.contextmanager
     def broker_errors(self, doing: str) -> Iterator[None]:

@@ -49,6 +49,17 @@ def test_non_json_argument_of_registered_task_is_named(session):
         celerynb.submit("celery.accumulate", {1, 2})
 
 
+def test_an_unreachable_result_backend_fails_at_connect_with_masked_url(session, cluster):
+    started = time.monotonic()
+    with pytest.raises(celerynb.BackendUnreachableError) as info:
+        celerynb.connect(cluster.broker_url, backend="redis://:hunter2@127.0.0.1:1/11")
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert message.startswith("cannot reach the result backend at redis://:**@127.0.0.1:1/11")
+    assert "hunter2" not in message and "\n" not in message
+    assert celerynb.current_session() is session, "the connection in use is kept"
+
+
 def test_unreachable_broker_fails_fast_with_masked_url():
     started = time.monotonic()
     with pytest.raises(celerynb.BrokerUnreachableError) as info:
