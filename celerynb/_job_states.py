@@ -18,13 +18,18 @@ from ._liveness import UNKNOWN_NOTE
 from ._schema import PROGRESS, UNKNOWN, ProgressSnapshot
 
 MAX_NAME = 200  # characters of a task name learnt from the backend or a worker
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 80
+SHORT_REPR = 160  # characters of an entry named in a note
+_short = reprlib.Repr()  # nested values cut too, before the whole is
+_short.maxstring = _short.maxother = 10 * SHORT_REPR
 
 
 def short_repr(value: Any) -> str:
-    """``repr(value)`` cut to about 80 characters, to name an entry in a note."""
-    return _short.repr(value)
+    """``repr(value)`` cut to ``SHORT_REPR`` characters, to name an entry in a note:
+    cut at its end, where reprlib would cut a string in its middle (an error message
+    says what went wrong there: a worker refusing a call "signed with another
+    CELERYNB_SECRET" lost those words)."""
+    text = _short.repr(value)
+    return text if len(text) <= SHORT_REPR else text[: SHORT_REPR - 1] + "…"
 
 
 def placeholder_name(task_id: str) -> str:

@@ -231,3 +231,15 @@ def test_a_forged_progress_entry_naming_a_dead_worker_does_not_make_a_shipped_jo
         time.sleep(0.2)
     gate.touch()
     assert job.result(timeout=30) == "real"
+
+
+def test_an_ignored_entry_is_named_by_its_beginning_not_cut_in_its_middle():
+    from celerynb._job_states import SHORT_REPR, short_repr
+
+    refusal = (
+        "refused a call payload for task dcfaf1c2-0a4b-4c55-9a43-5b1e2d9e7f10: "
+        "it was signed with another CELERYNB_SECRET (the worker's differs from the kernel's)"
+    )
+    shown = short_repr(refusal)
+    assert "signed with another CELERYNB_SECRET" in shown
+    assert len(short_repr(refusal * 5)) == SHORT_REPR and short_repr(refusal * 5).endswith("…")
