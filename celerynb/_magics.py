@@ -150,8 +150,9 @@ class CeleryMagics(Magics):
         "--workers",
         dest="processes",
         type=int,
-        default=2,
-        help="pool processes of the local worker: jobs run side by side (--local)",
+        default=None,
+        help="pool processes of the local worker: jobs run side by side (--local; default 2; "
+        "given again, the running cluster is scaled)",
     )
     @argument("-A", "--app", help="your Celery app, as module:attribute (myproject.celery:app)")
     @argument("-b", "--backend", help="result backend URL (default: Redis broker, else rpc://)")
@@ -172,8 +173,9 @@ class CeleryMagics(Magics):
             raise UsageError("give one of URL, --local or -A APP")
         if args.local:
             session = self._connect_local(args.processes)
-            noun = "process" if args.processes == 1 else "processes"
-            what = f"a local cluster ({args.processes} {noun}) at {session.broker_url}"
+            processes = self.cluster.processes if self.cluster is not None else args.processes
+            noun = "process" if processes == 1 else "processes"
+            what = f"a local cluster ({processes} {noun}) at {session.broker_url}"
         elif args.app:
             from celery.app.utils import find_app
 
@@ -189,9 +191,13 @@ class CeleryMagics(Magics):
         hint = "" if online else " (start one: celery -A celerynb.worker worker --loglevel=info)"
         print(f"celerynb: connected to {what}; {online.online_summary()}{hint}")
 
-    def _connect_local(self, processes: int) -> Session:
+    def _connect_local(self, processes: int | None) -> Session:
+        """This kernel's local cluster, started once; another ``-n`` scales it while its
+        jobs run (closing it would end them)."""
         cluster = self.cluster
-        if cluster is not None and not cluster.closed and cluster.processes == processes:
+        if cluster is not None and not cluster.closed:
+            if processes is not None and cluster.processes != processes:
+                cluster.scale(processes)
             try:
                 session: Session | None = current_session()
             except NotConnectedError:
@@ -199,9 +205,7 @@ class CeleryMagics(Magics):
             if session is not None and session.owner is cluster:
                 return session
             return connect(cluster)
-        if cluster is not None:
-            cluster.close()
-        self.cluster = LocalCluster(processes=processes)
+        self.cluster = LocalCluster(processes=processes or 2)
         return connect(self.cluster)
 
     @line_cell_magic

@@ -1,5 +1,6 @@
 """The magics in a real kernel, against real Redis and real workers."""
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -370,6 +371,16 @@ def test_local_cluster_of_the_magic_stops_with_the_kernel(tmp_path):
         answer, directory, *pids = cell.stdout.split()
         assert answer == "6" and len(pids) == 2
         processes = [psutil.Process(int(pid)) for pid in pids]
+        # Another -n scales the running cluster: its job goes on (closing it would end it).
+        kernel.ok("import celerynb\njob = celerynb.submit(time.sleep, 2)")
+        cell = kernel.ok("%celery_connect --local -n 2", timeout=60)
+        assert "connected to a local cluster (2 processes)" in cell.stdout, cell.stdout
+        cell = kernel.ok("print(job.result(timeout=60), m.cluster.processes, *m.cluster.pids)")
+        result, size, *pids = cell.stdout.split()
+        assert (result, size) == ("None", "2"), "scaled while its job ran, not closed"
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                processes.append(psutil.Process(int(pid)))
     finally:
         kernel.close()
     assert wait_for(lambda: not any(p.is_running() for p in processes), timeout=20)
