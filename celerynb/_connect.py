@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from kombu import Connection
 
 from ._backend import plain_backend_url, quiet_backend_url
 from ._config import BACKEND_ENV, BROKER_ENV, default_backend, failure_line, mask_url
@@ -79,6 +80,7 @@ def connect(
     elif isinstance(target, str):
         if not target.strip():
             raise ConnectionSettingsError("connect() got an empty broker URL")
+        _check_transport(target)
         app = _client_app(target, backend or default_backend(target), {})
     elif hasattr(target, "broker_url") and hasattr(target, "secret"):
         if backend and not _same_url(backend, target.backend_url):
@@ -134,6 +136,18 @@ def connect(
         owner.on_worker_stopped(_unless_closed(session))
     make_current(session)
     return session
+
+
+def _check_transport(url: str) -> None:
+    """Refuse a broker URL whose scheme kombu has no transport for (a settings error,
+    not an unreachable broker)."""
+    try:
+        Connection(url)  # resolves the transport, connects nothing
+    except KeyError as exc:
+        raise ConnectionSettingsError(
+            f"cannot use the broker URL {mask_url(url)}: {exc.args[0] if exc.args else exc} "
+            "(redis://, rediss://, amqp:// or another transport kombu knows)"
+        ) from None
 
 
 def _unless_closed(session: Session) -> Callable[[str, str], None]:

@@ -60,6 +60,14 @@ def test_an_unreachable_result_backend_fails_at_connect_with_masked_url(session,
     assert celerynb.current_session() is session, "the connection in use is kept"
 
 
+def test_a_broker_url_no_transport_takes_is_a_settings_error():
+    with pytest.raises(celerynb.ConnectionSettingsError) as info:
+        celerynb.connect("http://user:hunter2@127.0.0.1:6379")
+    message = str(info.value)
+    assert message.startswith("cannot use the broker URL http://user:**@127.0.0.1:6379")
+    assert "No such transport: http" in message and "hunter2" not in message
+
+
 def test_unreachable_broker_fails_fast_with_masked_url():
     started = time.monotonic()
     with pytest.raises(celerynb.BrokerUnreachableError) as info:
