@@ -68,6 +68,7 @@ class JobGroup(WatchedFuture):
             len(self.jobs),
             chunked=spans is not None and not open_ended,
             keep_values=keep_values,
+            batches=open_ended,  # a joblib call's
         )
         self._session = session
         self._code = code

@@ -20,9 +20,13 @@ FAILED_CALL = "_celerynb_failed_call"
 
 
 def failed_call(error: BaseException, size: int) -> int | None:
-    """The place of the call ``error`` came from in a task of ``size`` calls, when the
-    task says it (a joblib batch); None: the whole task failed."""
-    place = getattr(error, FAILED_CALL, None)
+    """The place of the call ``error`` came from in a batch of ``size`` calls, when the
+    worker marked it; None: the whole task failed. Read from the exception's own
+    attributes only: a class with its own ``__getattr__`` may raise anything."""
+    try:
+        place = vars(error).get(FAILED_CALL)
+    except Exception:  # no __dict__ (slots), or a strange one: unmarked
+        return None
     if isinstance(place, int) and not isinstance(place, bool) and 0 <= place < size:
         return place
     return None
@@ -38,17 +42,19 @@ def collect_task(
     keep_values: bool,
     call_repr: str,
     code: Any = None,
+    batches: bool = False,
 ) -> dict[int, BaseException]:
     """Store a finished task's values in ``values``; return its failed items.
 
     ``span``: the task's items; ``offsets``: those its latest run ran (a retry of a
     map's chunk runs only its failed items), None for all of them. ``job`` is done and
-    not cancelled.
+    not cancelled. ``batches``: the tasks are joblib batches, whose failed call the
+    worker marks (``FAILED_CALL``).
     """
     start, stop = span
     error = job.exception(timeout=0)
     if error is not None:
-        place = None if offsets else failed_call(error, stop - start)
+        place = failed_call(error, stop - start) if batches and not offsets else None
         if place is not None:  # one call failed; those after it never ran (see not_run)
             return {start + place: error}
         # the whole task failed: none of its items has a result
@@ -90,10 +96,17 @@ class GroupItems:
     """
 
     def __init__(
-        self, spans: Sequence[Span], tasks: int, *, chunked: bool, keep_values: bool
+        self,
+        spans: Sequence[Span],
+        tasks: int,
+        *,
+        chunked: bool,
+        keep_values: bool,
+        batches: bool = False,
     ) -> None:
         self.spans = list(spans)
         self.chunked = chunked
+        self.batches = batches  # joblib batches: a failed call ends its batch
         self.keep_values = keep_values
         self.total = self.spans[-1][1] if self.spans else 0
         self.values: list[Any] = [None] * self.total if keep_values else []
@@ -129,6 +142,7 @@ class GroupItems:
             keep_values=self.keep_values,
             call_repr=call_repr,
             code=code,
+            batches=self.batches,
         )
 
     def record(self, position: int, *, cancelled: bool, errors: dict[int, BaseException]) -> None:
@@ -138,7 +152,7 @@ class GroupItems:
         self.has_failures[position] = bool(errors)
         self.stored[position] = True
         start, stop = self.spans[position]
-        if len(errors) == 1 and stop - start > 1:
+        if self.batches and len(errors) == 1 and stop - start > 1:
             ((index, error),) = errors.items()
             if failed_call(error, stop - start) == index - start and index + 1 < stop:
                 self.not_run_from[position] = index + 1  # a batch that one call ended
@@ -255,3 +269,4 @@ class GroupItems:
         self.rerun_offsets[position] = offsets
         self.stored[position] = False
         self.has_failures[position] = False
+        self.not_run_from.pop(position, None)

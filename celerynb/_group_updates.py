@@ -7,6 +7,7 @@ item bookkeeping they use: ``_group_items``)."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._group import JobGroup
     from ._job import Job
+
+log = logging.getLogger("celerynb._group")  # its lines are the group's
 
 
 def grow(group: JobGroup, jobs: Sequence[Job], sizes: Sequence[int]) -> None:
@@ -84,7 +87,10 @@ def on_job_done(group: JobGroup, position: int, job: Job) -> None:
         except Exception as exc:  # unexpected: fail its items, never hang
             errors = dict.fromkeys(range(start, stop), exc)
     with group._settled:
-        group._items.record(position, cancelled=cancelled, errors=errors)
+        try:
+            group._items.record(position, cancelled=cancelled, errors=errors)
+        except Exception:  # unexpected: the task still counts, or the group never ends
+            log.exception("celerynb: recording task %s of %s failed", job.id, group.call_repr)
         group._remaining -= 1
         quiet = group._cancelling  # cancel() notifies once, not once per task
         last = group._remaining == 0 and not quiet and not group._open

@@ -298,7 +298,9 @@ def test_a_batch_one_call_ended_fails_that_call_and_its_later_calls_did_not_run(
     """A joblib batch stops at its first failed call, which the worker marks."""
     from celerynb._group_items import FAILED_CALL, GroupItems
 
-    items = GroupItems([(0, 4), (4, 8), (8, 12)], 3, chunked=False, keep_values=False)
+    items = GroupItems(
+        [(0, 4), (4, 8), (8, 12)], 3, chunked=False, keep_values=False, batches=True
+    )
     marked, unmarked = ZeroDivisionError("x is 5"), OSError("the whole task")
     setattr(marked, FAILED_CALL, 1)  # the second call of the batch 4..7
     items.record(1, cancelled=False, errors={5: marked})
@@ -316,6 +318,28 @@ def test_a_batch_one_call_ended_fails_that_call_and_its_later_calls_did_not_run(
         not_run_items=items.not_run,
     )
     assert counts == ItemCounts(pending=4, done=1, failed=5, cancelled=2)
+    items.reopen(1, [0, 1, 2, 3])  # retry_failed: the batch runs again, nothing left over
+    assert items.not_run == 0
+
+
+class LooksUpEverything(Exception):
+    """An exception whose ``__getattr__`` raises KeyError (a dict-backed error class)."""
+
+    def __getattr__(self, name):
+        return {}[name]
+
+
+def test_only_a_joblib_batch_reads_the_mark_and_no_exception_can_break_the_count():
+    from celerynb._group_items import FAILED_CALL, GroupItems
+
+    chunks = GroupItems([(0, 4)], 1, chunked=True, keep_values=True)  # a map's chunk
+    marked = ValueError("item 1")
+    setattr(marked, FAILED_CALL, 0)  # a user's exception that happens to carry it
+    chunks.record(0, cancelled=False, errors={1: marked})
+    assert chunks.not_run == 0 and chunks.item_error(0, 2, "f") is None
+    batches = GroupItems([(0, 4)], 1, chunked=False, keep_values=False, batches=True)
+    batches.record(0, cancelled=False, errors={2: LooksUpEverything()})
+    assert batches.stored == [True] and batches.not_run == 0
 
 
 def test_a_groups_clock_starts_with_its_first_task():
