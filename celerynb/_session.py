@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from celery import Celery, states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 
 from ._backend import plain_backend_url
 from ._byref import DEFAULT_TTL
@@ -139,10 +139,10 @@ class Session(CallSender):
     def check_backend(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Raise BackendUnreachableError (URL masked) unless a Redis result backend
         answers a PING (other backends are not asked: a database's is tried by its first
-        read, rpc:// is the broker)."""
+        read, rpc:// is the broker, Sentinel's master is found through its sentinels)."""
         backend = self.app.backend
-        if not isinstance(backend, RedisBackend):
-            return
+        if not isinstance(backend, RedisBackend) or isinstance(backend, SentinelBackend):
+            return  # Sentinel: its pool finds the master through the sentinels, not here
         settings = {**backend.connparams, "socket_connect_timeout": timeout}
         settings["socket_timeout"] = timeout
         pool = backend.ConnectionPool(**settings)

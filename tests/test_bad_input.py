@@ -60,6 +60,19 @@ def test_an_unreachable_result_backend_fails_at_connect_with_masked_url(session,
     assert celerynb.current_session() is session, "the connection in use is kept"
 
 
+def test_a_sentinel_result_backend_is_not_pinged_as_a_plain_redis(cluster, monkeypatch):
+    from celerynb import _session as session_module
+
+    monkeypatch.setattr(session_module, "_current", session_module._current)
+    sentinel = celerynb.connect(
+        cluster.broker_url, backend="sentinel://127.0.0.1:1/11", check=False
+    )
+    try:
+        sentinel.check_backend()  # its master is found through its sentinels: not checked
+    finally:
+        sentinel.close()
+
+
 def test_a_broker_url_no_transport_takes_is_a_settings_error():
     with pytest.raises(celerynb.ConnectionSettingsError) as info:
         celerynb.connect("http://user:hunter2@127.0.0.1:6379")

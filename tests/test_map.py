@@ -298,9 +298,7 @@ def test_a_batch_one_call_ended_fails_that_call_and_its_later_calls_did_not_run(
     """A joblib batch stops at its first failed call, which the worker marks."""
     from celerynb._group_items import FAILED_CALL, GroupItems
 
-    items = GroupItems(
-        [(0, 4), (4, 8), (8, 12)], 3, chunked=False, keep_values=False, batches=True
-    )
+    items = GroupItems([(0, 4), (4, 8), (8, 12)], 3, chunked=False, keep_values=False, batches=True)
     marked, unmarked = ZeroDivisionError("x is 5"), OSError("the whole task")
     setattr(marked, FAILED_CALL, 1)  # the second call of the batch 4..7
     items.record(1, cancelled=False, errors={5: marked})
