@@ -142,11 +142,11 @@ def _check_transport(url: str) -> None:
     """Refuse a broker URL whose scheme kombu has no transport for (a settings error,
     not an unreachable broker)."""
     try:
-        Connection(url)  # resolves the transport, connects nothing
-    except KeyError as exc:
+        Connection(url)  # resolves the transport (imports it), connects nothing
+    except Exception as exc:  # no such transport, or its package is not installed
         raise ConnectionSettingsError(
-            f"cannot use the broker URL {mask_url(url)}: {exc.args[0] if exc.args else exc} "
-            "(redis://, rediss://, amqp:// or another transport kombu knows)"
+            failure_line("cannot use the broker URL", url, exc)
+            + " (redis://, rediss://, amqp:// or another transport kombu knows)"
         ) from None
 
 
