@@ -32,8 +32,9 @@ from ._validation import shown
 
 log = logging.getLogger(__name__)
 
-_OPTION = re.compile(r"(?P<flag>--?[A-Za-z][\w-]*)(?:=(?P<value>\S+))?(?:\s+|$)")
-_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|\S+")
+_VALUE_TEXT = r"(?:\"[^\"]*\"|'[^']*')(?=\s|$)|\S+"  # a word, or quoted: may hold spaces
+_OPTION = re.compile(rf"(?P<flag>--?[A-Za-z][\w-]*)(?:=(?P<value>{_VALUE_TEXT}))?(?:\s+|$)")
+_VALUE = re.compile(_VALUE_TEXT)
 _MAX_MESSAGE = 300
 _SUBMIT_FLAGS = {
     "-o", "--output", "-q", "--queue", "--countdown", "--expires", "--priority",

@@ -29,6 +29,8 @@ VALUE_FLAGS = {"-o", "--output", "-q", "--queue", "--countdown", "--time-limit"}
         ("-q", "-q", ""),
         ('-q " " f(3)', '-q " "', "f(3)"),
         ("-q 'a b' -o x f(3)", "-q 'a b' -o x", "f(3)"),
+        ('--queue="fast lane" f(3)', '--queue="fast lane"', "f(3)"),
+        ('-q "a"b f(3)', '-q "a"b', "f(3)"),
         ("  ", "", ""),
     ],
 )
