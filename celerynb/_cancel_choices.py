@@ -36,10 +36,9 @@ def next_choices(
 
     Every job offered before keeps its position (an ended one marked); new ones follow,
     at most ``limit`` jobs in all. Ended ones at the end are dropped only by an update
-    that adds no job: a position is never given to another job in the same update
-    that frees it (a choice made in the page before this update is read against it).
-    Only when a new job finds no room while ended ones hold places are those dropped:
-    positions then move (more than ``limit`` jobs offered: rare)."""
+    that adds no job, so a position is never given to another job by the update that
+    frees it (a choice made in the page before this update is read against it), and no
+    job ever moves. Past the limit, new jobs wait until the end makes room."""
     live = {row.id: row for row in unfinished}
     kept: list[Choice] = []
     for label, job_id in previous:
@@ -52,10 +51,10 @@ def next_choices(
             kept.append((label if label.endswith(ENDED) else label + ENDED, job_id))
     offered = {job_id for _, job_id in kept}
     new = [(choice_label(row), row.id) for row in unfinished if row.id not in offered]
-    if not new:
+    room = limit - len(kept)
+    if new and room > 0:
+        kept += new[:room]  # after every job offered, ended ones too: nothing moves
+    else:  # make room at the end; what waits is added by a later update
         while kept and kept[-1][1] not in live:
             kept.pop()
-    elif len(kept) + len(new) > limit:
-        kept = [choice for choice in kept if choice[1] in live]
-    kept += new[: max(0, limit - len(kept))]
     return (PLACEHOLDER, *kept)
