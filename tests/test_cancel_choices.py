@@ -68,9 +68,7 @@ def test_past_the_limit_new_jobs_wait_for_room_at_the_end_and_no_job_moves():
     assert ids(next_choices(c_ended, [a, d], 3)) == ["", a.id, d.id]
 
 
-@given(
-    st.lists(st.sets(st.integers(0, 12)), min_size=2, max_size=12), st.sampled_from([3, 50])
-)
+@given(st.lists(st.sets(st.integers(0, 12)), min_size=2, max_size=12), st.sampled_from([3, 50]))
 def test_a_job_offered_before_and_after_a_change_is_at_the_same_position(steps, limit):
     """A position the page chose in one version of the options, read by the kernel in
     the next, is the job the page showed there (or that job marked ended), or no
