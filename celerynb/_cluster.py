@@ -272,8 +272,12 @@ class LocalCluster:
             raise ClusterStartError(
                 f"could not scale to {processes} processes; still {before[0]}: {exc}"
             ) from None
+        except BaseException:  # interrupted (Ctrl-C): as it was, too
+            self._give_up_scaling(old, before, running)
+            raise
         finally:
             self._scaling = False
+        self._check_worker()  # one that died while scale() was judging it: replaced now
         if old is not None and old.poll() is None:
             old.send_signal(signal.SIGTERM)  # its main process only: the pool finishes
             threading.Thread(
@@ -293,6 +297,7 @@ class LocalCluster:
             started = [proc for proc in self._processes if proc not in running]
             self._worker = old
             self.processes, self.memory_limit, self.worker_name, self.restarts = before
+            self._worker_ready = old is not None  # it was ready before scale() began
             for proc in started:
                 self._forget(proc)
             self._scaling = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -151,11 +152,14 @@ def _check_transport(url: str) -> None:
 
 
 def _unless_closed(session: Session) -> Callable[[str, str], None]:
-    """The session's watcher told of a stopped worker, while the session is open."""
+    """The session's watcher told of a stopped worker, while the session is open (held
+    weakly: the cluster outlives the sessions connected to it)."""
+    held = weakref.ref(session)
 
     def tell(name: str, why: str) -> None:
-        if not session.closed:
-            session.watcher.worker_stopped(name, why)
+        alive = held()
+        if alive is not None and not alive.closed:
+            alive.watcher.worker_stopped(name, why)
 
     return tell
 

@@ -74,6 +74,7 @@ class Job(WatchedFuture):
         self.attached = False  # watched by id (attach), not submitted by this kernel
         self.queue: str | None = None  # where it was sent, when this kernel sent it
         self.requeued_if_worker_lost = False  # acks_late + reject_on_worker_lost
+        self.acks_late = False  # its message may be sent again when its worker stops
         self._runs: list[tuple[str, int]] = []  # (hostname, pid) of each STARTED seen
         self.asked_workers = False
         self._late_outcome = False  # a final state came after the job was marked LOST

@@ -184,9 +184,28 @@ def expiry_instant(text: str) -> Any:
     return maybe_make_aware(maybe_iso8601(text), timezone.utc)
 
 
-class ShippedRequest(Request):
+class ColdShutdownRequest(Request):
+    """A request whose cancellation by a cold shutdown (``LocalCluster.restart``, Ctrl-C
+    twice) stores no RETRY when its message was acknowledged at start: Celery stores
+    RETRY ("cancelled by Celery"), which says the task runs again, and it does not (no
+    message is left). Nothing is stored; the kernel finds the job lost with its worker.
+    A late-acknowledged task's message is sent again: its RETRY stays."""
+
+    def _announce_cancelled(self, emit_retry: bool = True) -> None:
+        super()._announce_cancelled(emit_retry=emit_retry and bool(self.task.acks_late))
+
+
+class ColdShutdownTask(Task):
+    """The default task class of ``celerynb.worker``'s app (see ``ColdShutdownRequest``)."""
+
+    Request = ColdShutdownRequest
+
+
+class ShippedRequest(ColdShutdownRequest):
     """The worker's request for ``celerynb.run_shipped``: says which request the main
-    process writes a final state for, so ``ShippedTaskBackend`` can sign it."""
+    process writes a final state for, so ``ShippedTaskBackend`` can sign it. (An
+    unsigned RETRY of a cold shutdown would be ignored by the kernel with a note that
+    reads as tampering: see ``ColdShutdownRequest``.)"""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False):
         with _acting_for(self):
@@ -202,14 +221,6 @@ class ShippedRequest(Request):
         vouched = not expired or self._expiry_was_signed()
         with _acting_for(self if vouched else None):
             return super()._announce_revoked(reason, terminated, signum, expired)
-
-    def _announce_cancelled(self, emit_retry: bool = True) -> None:
-        # A cold shutdown (LocalCluster.restart, Ctrl-C twice) cancels the running call,
-        # and Celery stores RETRY ("cancelled by Celery"): unsigned, so the kernel would
-        # ignore it with a note that reads as tampering, and it says the call runs again,
-        # which an acknowledged message does not. Nothing is stored: the kernel finds the
-        # job lost with its worker.
-        super()._announce_cancelled(emit_retry=False)
 
     def _expiry_was_signed(self) -> bool:
         """Whether the message's expiry is the one signed in the call's envelope."""

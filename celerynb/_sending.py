@@ -96,9 +96,9 @@ class CallSender(CallPreparer):
         job._carries_scattered = bool(holding or call.carried)
         for scattered in [*holding, *call.carried]:
             scattered.held_by(job)
-        job.requeued_if_worker_lost = not call.shipped and self._requeues_on_worker_loss(
-            call.task_name
-        )
+        acks_late, reject_on_worker_lost = self._late_acks(call.task_name, call.shipped)
+        job.requeued_if_worker_lost = not call.shipped and acks_late and reject_on_worker_lost
+        job.acks_late = acks_late
         job.queue = routed_queue(self.app, call.task_name, call.options)
         self.watcher.watch(job)
         self._dispatch(job, call)
@@ -245,14 +245,16 @@ class CallSender(CallPreparer):
                 )
             ) from None
 
-    def _requeues_on_worker_loss(self, task_name: str) -> bool:
-        """True when the task, as this kernel's apps configure it, is re-queued if its
-        worker dies (``acks_late`` with ``reject_on_worker_lost``)."""
+    def _late_acks(self, task_name: str, shipped: bool) -> tuple[bool, bool]:
+        """``(acks_late, reject_on_worker_lost)`` of the task as this kernel's apps
+        configure it (a task re-queued if its worker dies has both; one with
+        ``acks_late`` is sent again after a worker's cold shutdown)."""
         for app in (self.user_app, self.app):
-            task = app.tasks.get(task_name) if app is not None else None
+            task = app.tasks.get(task_name) if app is not None and not shipped else None
             if task is not None:
-                return bool(task.acks_late and task.reject_on_worker_lost)
-        return False
+                return bool(task.acks_late), bool(task.reject_on_worker_lost)
+        conf = (self.user_app or self.app).conf
+        return bool(conf.task_acks_late), bool(conf.task_reject_on_worker_lost)
 
 
 def _forget_stored(store: DataStore, key: str) -> None:

@@ -333,9 +333,9 @@ class Watcher:
                 log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
         for event in caught_up:
             event.set()
-        for worker in stopped:
-            self._lose_jobs_of(worker)
         self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0), live=True)
+        for worker in stopped:  # after the news: a job that finished just before is not lost
+            self._lose_jobs_of(worker)
         # Jobs finished by an update are let go at once; all jobs are checked now
         # and then for those finished in the kernel (cancelled, abandoned).
         finished = self._finished_by_updates
@@ -360,10 +360,27 @@ class Watcher:
             self._finished_by_updates = set()
 
     def _lose_jobs_of(self, worker: _WorkerStopped) -> None:
-        for job in list(self._jobs.values()):
+        """End LOST the running jobs of a worker known to be gone, once their stored
+        state is read again (one written just before it went counts). Not those whose
+        task acknowledges late: their message is sent again (the liveness checks follow
+        them as before)."""
+
+        def on_it(job: Watched) -> bool:
             run = job.worker_run
-            running = not job.done() and job.state in RUNNING_STATES
-            if running and run is not None and run[0] == worker.hostname:
+            return (
+                not job.done()
+                and job.state in RUNNING_STATES
+                and not getattr(job, "acks_late", False)
+                and run is not None
+                and run[0] == worker.hostname
+            )
+
+        jobs = [job for job in self._jobs.values() if on_it(job)]
+        if not jobs:
+            return
+        self._dispatch(self._source.watch([job.id for job in jobs]))  # read them again
+        for job in jobs:
+            if on_it(job):
                 job._lose(worker.hostname, 0.0, worker.why)
 
     def _check_workers_of_running_jobs(self, now: float) -> None:

@@ -25,7 +25,7 @@ from ._config import (
     default_backend,
 )
 from ._memory import limit_this_process
-from ._outcomes import ShippedTask
+from ._outcomes import ColdShutdownTask, ShippedTask
 from ._runner import run_shipped
 from ._wire import CONTENT_TYPE, accept_shipped_calls
 from ._worker_report import install as install_worker_report
@@ -101,7 +101,9 @@ def _broker_settings(broker: str) -> dict[str, Any]:
 
 
 _broker = _broker_from_env()
-app = Celery("celerynb", broker=_broker, backend=_backend_from_env(_broker))
+app = Celery(
+    "celerynb", broker=_broker, backend=_backend_from_env(_broker), task_cls=ColdShutdownTask
+)
 app.conf.update(WORKER_DEFAULTS)
 app.conf.update(_broker_settings(_broker))
 register(app)

@@ -113,3 +113,26 @@ def test_a_result_that_comes_after_lost_is_told_and_attach_gets_it(
         assert again is not job and again.result(timeout=30) == 30
     finally:
         _stop_process(worker)
+
+
+def test_a_stopped_worker_notice_loses_only_running_jobs_whose_message_is_gone(session, tmp_path):
+    """The notice a LocalCluster sends when it stops a worker: a running job ends LOST at
+    once; one whose task acknowledges late is left to the liveness checks (its message is
+    sent again); one already finished stays as it is."""
+    from shipped import gated
+
+    done = session.submit(sum, ([1, 2],))
+    assert done.result(timeout=30) == 3
+    gate = tmp_path / "gate"
+    plain = session.submit(gated, (str(gate), 1))
+    late = session.submit(gated, (str(gate), 2))
+    late.acks_late = True
+    assert wait_for(lambda: plain.worker_run is not None and late.worker_run is not None)
+    host = plain.worker_run[0]
+    session.watcher.worker_stopped(host, f"worker {host} stopped: a test says so")
+    assert wait_for(plain.done, timeout=5), plain.state
+    assert plain.state == celerynb.LOST and "a test says so" in str(plain.exception())
+    assert session.watcher.sync()
+    assert not late.done() and done.state == "SUCCESS"
+    gate.touch()
+    assert late.result(timeout=30) == 2

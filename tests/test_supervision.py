@@ -155,3 +155,14 @@ def test_the_worker_log_tells_a_shipped_calls_success_in_a_short_line(cluster_he
     assert wait_for(lambda: "succeeded in" in cluster.logs(), timeout=10)
     (line,) = [line for line in cluster.logs().splitlines() if "succeeded in" in line]
     assert len(line) < 250, f"the signed frame in the log: {line[:300]}"
+
+
+def test_the_worker_apps_tasks_store_no_false_retry_on_a_cold_shutdown():
+    """Every task of celerynb.worker's app (registered ones too, not only shipped calls)
+    stores no RETRY when a cold shutdown cancels it after its message was acknowledged:
+    it would say the task runs again, and it does not."""
+    from celerynb import worker
+    from celerynb._outcomes import ColdShutdownRequest, ShippedRequest
+
+    assert issubclass(worker.app.Task.Request, ColdShutdownRequest)
+    assert issubclass(ShippedRequest, ColdShutdownRequest)
