@@ -313,6 +313,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             name=group.name if group is not None else "joblib",
             call_repr=f"joblib batch of {size}",
             record=False,
+            code=_first_function(func),  # a failed call's traceback shows its source lines
         )
         if group is not None:
             group._grow([job], [size])  # cancelled group: CancelledError, the job cancelled

@@ -62,6 +62,7 @@ class CallSender(CallPreparer):
         record: bool = True,
         holding: Sequence[Scattered] = (),
         call_options: CallOptions | None = None,
+        code: Any = None,
     ) -> Job:
         """Send one call; return its Job at once.
 
@@ -70,7 +71,8 @@ class CallSender(CallPreparer):
         ``holding``: scattered references the call carries inside already pickled
         data (a cell's inputs); the job keeps them alive, as those in ``args``.
         ``call_options``: Celery's (countdown, expires, time limits...; its queue
-        when ``queue`` is None).
+        when ``queue`` is None). ``code``: where a remote traceback's source lines are
+        found (default ``fn``; a joblib batch names its calls' function).
 
         Raises:
             ValueError: ``queue`` is not a usable queue name (see ``check_queue``).
@@ -89,7 +91,7 @@ class CallSender(CallPreparer):
             self,
             shipped=call.shipped,
             call_repr=f"{shown} [{described}]" if described else shown,
-            code=fn if call.shipped else None,
+            code=(code if code is not None else fn) if call.shipped else None,
         )
         job.call_options = call_options
         job._call = (fn, args, kwargs, queue, call_options, tuple(holding))  # for retry()

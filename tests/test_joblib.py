@@ -221,6 +221,25 @@ def test_a_failed_call_fails_alone_and_the_calls_after_it_in_its_batch_did_not_r
     assert "(item 13; 1 of" in group.short_result_repr()
 
 
+def test_a_failed_calls_traceback_shows_its_source_lines(session, shown):
+    def fails_at_3(x):  # defined here: shipped by value, as a notebook's function is
+        if x == 3:
+            raise ValueError("three is bad")  # the failing line
+        return x
+
+    with (
+        joblib.parallel_config(backend="celerynb"),
+        pytest.raises(ValueError, match="three is bad") as info,
+    ):
+        Parallel(n_jobs=-1, batch_size=2)(delayed(fails_at_3)(i) for i in range(6))
+    (group,) = shown
+    assert wait_for(lambda: group.done())
+    batch = next(job for job in group.jobs if job.done() and job.exception(timeout=0))
+    traceback = str(batch.exception(timeout=0).__cause__)
+    assert 'raise ValueError("three is bad")  # the failing line' in traceback, traceback
+    assert info.value is not None
+
+
 def test_a_call_stopped_with_no_failed_call_ends_cancelled(session, shown):
     def calls_until_bad_input():
         for i in range(30):
