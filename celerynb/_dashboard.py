@@ -47,7 +47,7 @@ _looks: dict[str, Any] = {}
 
 def _shared_looks() -> dict[str, Any]:
     """The job widgets' shared layouts and styles, plus the dropdown's (made once)."""
-    from ._display import _shared_looks as job_looks
+    from ._widget_display import _shared_looks as job_looks
 
     if not _looks:
         import ipywidgets as w

@@ -17,7 +17,7 @@ from tqdm.std import tqdm as std_tqdm
 
 from ._cluster_view import ENDED, RUNNING, TaskSpan, WorkerRow
 from ._dashboard_jobs import JobRow, state_counts
-from ._display import _BADGE_COLOURS
+from ._job_view import _BADGE_COLOURS
 
 MAX_JOB_ROWS = 20
 MAX_LANES = 24

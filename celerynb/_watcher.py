@@ -13,62 +13,38 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from celery import states
 
-from ._liveness import LOST as LOST_VERDICT
-from ._liveness import PROBE, UNKNOWN_AFTER, WAIT, WorkerMonitor, judge, tasks_on_workers
+from ._liveness import WorkerMonitor, tasks_on_workers
 from ._queues import QueueCheck
-from ._schema import PROGRESS
 from ._sources import StateSource, Update
+from ._watched import Watched
+from ._watcher_checks import (
+    RUNNING_STATES,
+    WorkerStopped,
+    attached_jobs_to_ask,
+    check_workers_of_running_jobs,
+    finished_job_ids,
+    runs_on,
+    tell_attached_jobs,
+)
+
+__all__ = [  # Watched and RUNNING_STATES are also importable from here, as they were
+    "FIRST_BACKOFF",
+    "FULL_CHECK_SECONDS",
+    "MAX_BACKOFF",
+    "RUNNING_STATES",
+    "Watched",
+    "Watcher",
+]
 
 log = logging.getLogger(__name__)
 
 FULL_CHECK_SECONDS = 1.0
 FIRST_BACKOFF = 0.25  # seconds before the first reconnection attempt; doubles up to MAX
 MAX_BACKOFF = 5.0
-RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
-
-
-class Watched(Protocol):
-    """What the watcher needs of a job (``Job`` implements it)."""
-
-    id: str
-    attached: bool
-    asked_workers: bool
-    asked_for_name: bool
-    _submitted_at: float
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def progress(self) -> Any: ...
-
-    def done(self) -> bool: ...
-
-    def _lose(self, hostname: str, silent_for: float, why: str | None = None) -> None: ...
-
-    def _abandon(self, error: BaseException) -> None: ...
-
-    def _lose_message(self) -> None: ...
-
-    def _mark_unknown(self) -> None: ...
-
-    def _notify(self) -> None: ...
-
-    def _apply_meta(self, meta: dict[str, Any], live: bool = False) -> None: ...
-
-    def _set_note(self, topic: str, text: str | None) -> None: ...
-
-    def news_age(self, now: float) -> float | None: ...
-
-    @property
-    def worker_run(self) -> tuple[str, int | None] | None: ...
-
-    def _learn_name(self, name: Any) -> None: ...
 
 
 class Watcher:
@@ -88,7 +64,7 @@ class Watcher:
         self._jobs: dict[str, Watched] = {}
         self._watched_since: dict[str, float] = {}  # monotonic time each job was first watched
         # Jobs to follow, and Events set once the jobs queued before them are caught up.
-        self._incoming: queue.SimpleQueue[Watched | threading.Event | _WorkerStopped] = (
+        self._incoming: queue.SimpleQueue[Watched | threading.Event | WorkerStopped] = (
             queue.SimpleQueue()
         )
         self._stop = threading.Event()
@@ -127,7 +103,7 @@ class Watcher:
         """The worker ``hostname`` is gone (its LocalCluster stopped it): its running
         jobs end LOST now, with ``why``, not after heartbeats go missing. Safe from any
         thread."""
-        self._incoming.put(_WorkerStopped(hostname, why))
+        self._incoming.put(WorkerStopped(hostname, why))
         self._wake()
 
     def sync(self, timeout: float = 5.0) -> bool:
@@ -306,7 +282,7 @@ class Watcher:
         self._wake_pending.clear()  # before draining: a job queued from now on wakes again
         new: list[Watched] = []
         caught_up: list[threading.Event] = []
-        stopped: list[_WorkerStopped] = []
+        stopped: list[WorkerStopped] = []
         while True:
             try:
                 item = self._incoming.get_nowait()
@@ -314,7 +290,7 @@ class Watcher:
                 break
             if isinstance(item, threading.Event):
                 caught_up.append(item)
-            elif isinstance(item, _WorkerStopped):
+            elif isinstance(item, WorkerStopped):
                 stopped.append(item)
             else:
                 new.append(item)
@@ -346,12 +322,7 @@ class Watcher:
             if self._queue_check is not None:
                 self._queue_check.check(list(self._jobs.values()), now)
             self._ask_workers_about_attached_jobs(now)
-            # A LOST job stays watched: its worker may come back and finish it after all.
-            finished |= {
-                task_id
-                for task_id, job in self._jobs.items()
-                if job.done() and not getattr(job, "watch_after_done", False)
-            }
+            finished |= finished_job_ids(self._jobs)  # a LOST job stays watched (see there)
         if finished:
             self._source.unwatch(list(finished))
             for task_id in finished:
@@ -359,47 +330,23 @@ class Watcher:
                 self._watched_since.pop(task_id, None)
             self._finished_by_updates = set()
 
-    def _lose_jobs_of(self, worker: _WorkerStopped) -> None:
+    def _lose_jobs_of(self, worker: WorkerStopped) -> None:
         """End LOST the running jobs of a worker known to be gone, once their stored
         state is read again (one written just before it went counts). Not those whose
         task acknowledges late: their message is sent again (the liveness checks follow
-        them as before)."""
-
-        def on_it(job: Watched) -> bool:
-            run = job.worker_run
-            return (
-                not job.done()
-                and job.state in RUNNING_STATES
-                and not getattr(job, "acks_late", False)
-                and run is not None
-                and run[0] == worker.hostname
-            )
-
-        jobs = [job for job in self._jobs.values() if on_it(job)]
+        them as before, see ``runs_on``)."""
+        jobs = [job for job in self._jobs.values() if runs_on(job, worker.hostname)]
         if not jobs:
             return
         self._dispatch(self._source.watch([job.id for job in jobs]))  # read them again
         for job in jobs:
-            if on_it(job):
+            if runs_on(job, worker.hostname):
                 job._lose(worker.hostname, 0.0, worker.why)
 
     def _check_workers_of_running_jobs(self, now: float) -> None:
-        """Judge the worker of every running job (see ``_liveness``): probe the silent
-        ones, note what is odd, finish as LOST the jobs whose worker is gone."""
-        monitor = self._monitor
-        if monitor is None:
-            return
-        for job in list(self._jobs.values()):
-            run = job.worker_run
-            if run is None or job.done() or job.state not in RUNNING_STATES:
-                continue
-            hostname, pid = run
-            verdict, note = judge(monitor.evidence(hostname, job.news_age(now), now))
-            if verdict == PROBE:
-                monitor.probe(hostname, pid)
-            elif verdict == LOST_VERDICT:
-                job._lose(hostname, monitor.silent_for(hostname, now) or 0.0)
-            job._set_note("worker", note if verdict == WAIT else None)
+        """See ``check_workers_of_running_jobs`` (none without a monitor)."""
+        if self._monitor is not None:
+            check_workers_of_running_jobs(self._jobs.values(), self._monitor, now)
 
     def _ask_workers_about_attached_jobs(self, now: float) -> None:
         """Ask the workers once (in a thread of its own: the answer takes up to a second)
@@ -408,34 +355,10 @@ class Watcher:
         known name, which the worker running each can tell."""
         if self._app is None:
             return
-        pending, unnamed = [], []
-        for job in self._jobs.values():
-            if not getattr(job, "attached", False):
-                continue
-            if (
-                not getattr(job, "asked_workers", True)
-                and job.state == states.PENDING
-                and now - self._watched_since.get(job.id, now) >= UNKNOWN_AFTER
-            ):
-                job.asked_workers = True
-                pending.append(job)
-            elif (
-                not getattr(job, "named", True)
-                and not getattr(job, "asked_for_name", True)
-                and job.state in RUNNING_STATES
-            ):
-                job.asked_for_name = True
-                unnamed.append(job)
-
-        def tell(found: dict[str, str]) -> None:
-            for job in pending:
-                if job.id not in found:
-                    job._mark_unknown()
-            for job in pending + unnamed:
-                if found.get(job.id):
-                    job._learn_name(found[job.id])
-
-        self._ask_workers_about(pending + unnamed, tell)
+        pending, unnamed = attached_jobs_to_ask(self._jobs.values(), self._watched_since, now)
+        self._ask_workers_about(
+            pending + unnamed, lambda found: tell_attached_jobs(pending, unnamed, found)
+        )
 
     def _dispatch(self, updates: list[Update], live: bool = False) -> None:
         """Feed states to their jobs; ``live`` ones were just written (news of the
@@ -450,11 +373,3 @@ class Watcher:
                 log.exception("celerynb watcher: could not apply an update to job %s", task_id)
             if job.done() and not getattr(job, "watch_after_done", False):
                 self._finished_by_updates.add(task_id)
-
-
-@dataclass(frozen=True)
-class _WorkerStopped:
-    """A worker known to be gone (see ``Watcher.worker_stopped``)."""
-
-    hostname: str
-    why: str
