@@ -4,6 +4,8 @@ arguments checked (registered tasks: JSON) or pickled (shipped callables)."""
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from celery.app.task import Task
@@ -61,18 +63,32 @@ def pickle_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[
     except CelerynbError:
         raise
     except Exception as whole:
-        parts = [("the function", fn), *labelled(args, kwargs)]
-        for label, value in parts:
-            try:
-                dumps(value)
-            except CelerynbError:
-                raise
-            except Exception as exc:
-                raise SerializationError(
-                    f"cannot ship {label} of {display_name(fn)}() "
-                    f"({type(value).__name__}): {type(exc).__name__}: {exc}"
-                ) from None
+        part = unpicklable_part([("the function", fn), *labelled(args, kwargs)])
+        if part is not None:
+            raise SerializationError(f"cannot ship {part.label} of {display_name(fn)}() "
+                                     f"{part.why}") from None  # fmt: skip
         raise SerializationError(f"cannot ship {display_name(fn)}(): {whole}") from None
+
+
+@dataclass(frozen=True)
+class UnpicklablePart:
+    """The first part of a call that does not pickle: its label and why."""
+
+    label: str
+    why: str  # "(type): ExcType: message"
+
+
+def unpicklable_part(parts: Iterable[tuple[str, Any]]) -> UnpicklablePart | None:
+    """The first of the labelled ``parts`` that cannot be pickled (None: each can)."""
+    for label, value in parts:
+        try:
+            dumps(value)
+        except CelerynbError:
+            raise
+        except Exception as exc:
+            why = f"({type(value).__name__}): {type(exc).__name__}: {exc}"
+            return UnpicklablePart(label, why)
+    return None
 
 
 def display_name(fn: Any) -> str:

@@ -9,13 +9,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from celery import states
-
 from ._call_options import call_options
 from ._group import JobGroup
 from ._job import Job
 from ._many import map_on
-from ._schema import PROGRESS
+from ._schema import RUNNING_STATES
 from ._session import Session, current_session
 
 
@@ -127,15 +125,12 @@ class Executor(concurrent.futures.Executor):
         return f"<celerynb.Executor{where} {state}>"
 
 
-RUNNING = frozenset({states.STARTED, PROGRESS})  # what a worker runs now: left to finish
-
-
 def _not_started(futures: Iterable[Job | JobGroup]) -> list[Job]:
     """The jobs not running now (queued, or waiting to run again after a retry or a
     lost worker): calls, and the chunks of maps (a map's chunks that ran keep their
     results)."""
     jobs = [job for f in futures for job in (f.jobs if isinstance(f, JobGroup) else [f])]
-    return [job for job in jobs if not job.done() and job.state not in RUNNING]
+    return [job for job in jobs if not job.done() and job.state not in RUNNING_STATES]
 
 
 def _in_order(group: JobGroup, deadline: float | None, timeout: float) -> Iterator[Any]:

@@ -301,11 +301,10 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         session, group = self._session or current_session(), self._group
         self._scatter_big_arguments(session, func)
         size = len(func) if hasattr(func, "__len__") else 1
-        if group is not None and not group.jobs:  # the call's first batch
-            function = _first_function(func)
-            if function is not None:
-                _name_after(group, function)
-                self.batching_for(function)
+        function = _first_function(func)
+        if group is not None and not group.jobs and function is not None:  # its first batch
+            _name_after(group, function)
+            self.batching_for(function)
         job = session.submit(
             run_batch,
             (func,),
@@ -313,7 +312,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             name=group.name if group is not None else "joblib",
             call_repr=f"joblib batch of {size}",
             record=False,
-            code=_first_function(func),  # a failed call's traceback shows its source lines
+            code=function,  # a failed call's traceback shows its source lines
         )
         if group is not None:
             group._grow([job], [size])  # cancelled group: CancelledError, the job cancelled

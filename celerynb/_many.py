@@ -13,13 +13,12 @@ from typing import Any
 from celery.result import AsyncResult, ResultSet
 
 from ._call_options import call_options
-from ._calls import display_name
+from ._calls import display_name, unpicklable_part
 from ._canvas import CanvasGroup, Step, canvas_kind, canvas_names, canvas_steps
 from ._chunks import run_chunk
 from ._errors import SerializationError
 from ._group import JobGroup
 from ._job import Job
-from ._payload import dumps
 from ._registry import registry
 from ._session import Session, current_session
 from ._store import JobRecord, store
@@ -38,17 +37,12 @@ def auto_chunksize(items: int, processes: int) -> int:
 def _unshippable(fn: Any, items: Any, start: int, stop: int, error: Exception) -> str:
     """Why a chunk cannot be shipped, in the user's words: the first of its items (or
     the function) that does not pickle, named as ``map``'s caller knows it."""
-    for label, value in [("the function", fn)] + [
-        (f"item {index}", items[index]) for index in range(start, stop)
-    ]:
-        try:
-            dumps(value)
-        except Exception as exc:
-            return (
-                f"cannot ship {label} of map({display_name(fn)}, ...) "
-                f"({type(value).__name__}): {type(exc).__name__}: {exc}"
-            )
-    return str(error)
+    part = unpicklable_part(
+        [("the function", fn)] + [(f"item {index}", items[index]) for index in range(start, stop)]
+    )
+    if part is None:
+        return str(error)
+    return f"cannot ship {part.label} of map({display_name(fn)}, ...) {part.why}"
 
 
 def chunk_spans(items: int, chunksize: int) -> list[tuple[int, int]]:

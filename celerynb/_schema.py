@@ -54,6 +54,7 @@ LOST = "LOST"  # the job's worker is gone
 REQUEUED = "REQUEUED"  # its worker is gone, and the app re-queues the task (acks_late)
 UNKNOWN = "UNKNOWN"  # an attached task with no stored state that no worker has
 KNOWN_STATES = frozenset(states.ALL_STATES) | {PROGRESS}
+RUNNING_STATES = frozenset({states.STARTED, PROGRESS})  # a worker runs the task now
 # A custom state of a user's app (``update_state(state="DOWNLOADING")``).
 _CUSTOM_STATE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 

@@ -15,10 +15,8 @@ from celery import states
 
 from ._liveness import LOST as LOST_VERDICT
 from ._liveness import PROBE, UNKNOWN_AFTER, WAIT, WorkerMonitor, judge
-from ._schema import PROGRESS
+from ._schema import RUNNING_STATES
 from ._watched import Watched
-
-RUNNING_STATES = frozenset({states.STARTED, PROGRESS})
 
 
 @dataclass(frozen=True)
