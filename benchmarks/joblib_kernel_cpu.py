@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,29 @@ def thread_cpu() -> collections.Counter[str]:
     return seconds
 
 
+def cluster_cpu() -> collections.Counter[str]:
+    """CPU seconds of each process this one started (the cluster's Redis, its workers'
+    main processes and their pool processes), by role."""
+    import psutil
+
+    seconds: collections.Counter[str] = collections.Counter()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            command = " ".join(child.cmdline())
+            parent = child.parent()
+        except psutil.Error:
+            continue
+        if "redis-server" in command:
+            role = "redis-server"
+        elif parent is not None and parent.pid != os.getpid():
+            role = "worker pool processes"
+        else:
+            role = "worker main processes"
+        seconds[role] += times.user + times.system
+    return seconds
+
+
 def batch_sizes() -> list[int]:
     """Record the size of every batch the backend sends (patched in for this script)."""
     sizes: list[int] = []
@@ -68,15 +92,24 @@ def run(calls: int) -> None:
         with joblib.parallel_config(backend="celerynb", show=False):
             for _ in range(3):
                 joblib.Parallel(n_jobs=-1)(joblib.delayed(tiny)(i) for i in range(TINY_CALLS))
+            others_before = cluster_cpu()
             before, started, cpu = thread_cpu(), time.perf_counter(), time.process_time()
+            walls = []
             for _ in range(calls):
                 sizes.clear()
+                began = time.perf_counter()
                 joblib.Parallel(n_jobs=-1)(joblib.delayed(tiny)(i) for i in range(TINY_CALLS))
+                walls.append(time.perf_counter() - began)
             wall = (time.perf_counter() - started) / calls
             cpu = (time.process_time() - cpu) / calls
             after = thread_cpu()
+            others_after = cluster_cpu()
     print(f"per Parallel of {TINY_CALLS:,} tiny calls, over {calls} calls:")
-    print(f"  wall {wall * 1000:.0f} ms ({TINY_CALLS / wall:,.0f} calls/s)")
+    median = statistics.median(walls)
+    print(
+        f"  wall {wall * 1000:.0f} ms ({TINY_CALLS / wall:,.0f} calls/s), "
+        f"median {median * 1000:.0f} ms ({TINY_CALLS / median:,.0f} calls/s)"
+    )
     print(f"  kernel CPU {cpu * 1000:.1f} ms, by thread:")
     known = 0.0
     for name in sorted(after, key=lambda n: before.get(n, 0) - after[n]):
@@ -85,6 +118,10 @@ def run(calls: int) -> None:
         if spent > 0:
             print(f"    {name:28s} {spent * 1000:6.1f} ms")
     print(f"    {'(ended threads)':28s} {(cpu - known) * 1000:6.1f} ms")
+    print("  the cluster's CPU:")
+    for role in sorted(others_after):
+        spent = (others_after[role] - others_before.get(role, 0)) / calls
+        print(f"    {role:28s} {spent * 1000:6.1f} ms")
     print(f"  batches of the last call: {len(sizes)}: {sizes}")
 
 

@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -81,7 +80,7 @@ class CallSender(CallPreparer):
             queue = call_options.queue
         check_queue(queue)  # every path sends through here: apply_async, map, cells
         kwargs = dict(kwargs or {})
-        task_id = str(uuid.uuid4())
+        task_id = self.watcher.new_task_id()
         call = self._prepare(fn, args, kwargs, task_id, queue, call_options)
         shown = call_repr or shown_call(fn, args, kwargs)
         described = call_options.described() if call_options is not None else ""
@@ -102,7 +101,7 @@ class CallSender(CallPreparer):
         job.requeued_if_worker_lost = not call.shipped and acks_late and reject_on_worker_lost
         job.acks_late = acks_late
         job.queue = routed_queue(self.app, call.task_name, call.options)
-        self.watcher.watch(job)
+        self.watcher.watch(job, before_sending=True)
         self._dispatch(job, call)
         if record:
             registry.add(job)
@@ -121,7 +120,7 @@ class CallSender(CallPreparer):
         call = self._prepare(fn, args, kwargs, job.id, queue, call_options)
         for scattered in [*holding, *call.carried]:
             scattered.held_by(job)
-        self.watcher.watch(job)
+        self.watcher.watch(job, before_sending=True)
         self._dispatch(job, call)
 
     def _dispatch(self, job: Job, call: PreparedCall) -> None:

@@ -12,14 +12,15 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from celery import states
 
 from ._liveness import WorkerMonitor, tasks_on_workers
 from ._queues import QueueCheck
-from ._sources import StateSource, Update
+from ._sources import CoveringSource, StateSource, Update
 from ._watched import Watched
 from ._watcher_checks import (
     RUNNING_STATES,
@@ -58,15 +59,21 @@ class Watcher:
         app: Any = None,
     ) -> None:
         self._source = source
+        # A source that covers the ids it makes: calls sent meanwhile need no catch-up.
+        self._covers: CoveringSource | None = (
+            cast(CoveringSource, source) if hasattr(source, "covering") else None
+        )
         self._monitor = monitor
         self._app = app
         self._poll_timeout = poll_timeout
         self._jobs: dict[str, Watched] = {}
         self._watched_since: dict[str, float] = {}  # monotonic time each job was first watched
-        # Jobs to follow, and Events set once the jobs queued before them are caught up.
-        self._incoming: queue.SimpleQueue[Watched | threading.Event | WorkerStopped] = (
-            queue.SimpleQueue()
-        )
+        # Jobs to follow (with the connection whose pattern covered each as it was
+        # queued, see ``watch``), and Events set once the jobs queued before them are
+        # caught up.
+        self._incoming: queue.SimpleQueue[
+            tuple[Watched, int | None] | threading.Event | WorkerStopped
+        ] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._wake_pending = threading.Event()
         self._held = threading.local()  # .depth: this thread batches its watch() calls
@@ -80,11 +87,28 @@ class Watcher:
         self._queue_check = QueueCheck(app) if app is not None else None
         self._next_full_check = 0.0
 
-    def watch(self, job: Watched) -> None:
-        """Follow ``job`` until it is done. Safe from any thread."""
-        self._incoming.put(job)
-        if not getattr(self._held, "depth", 0):
+    def watch(self, job: Watched, before_sending: bool = False) -> None:
+        """Follow ``job`` until it is done. Safe from any thread.
+
+        ``before_sending``: its call leaves after this returns. Where the source's
+        subscriptions already cover its task id, every state it gets will reach the
+        watcher's next poll: nothing to catch up, so the watcher is not even woken (it
+        takes the job when its first state comes, or within a poll's timeout)."""
+        covered = None
+        if before_sending and self._covers is not None:
+            covered = self._covers.stamp(job.id)
+        self._incoming.put((job, covered))
+        if covered is not None:
+            self._ensure_running()
+        elif not getattr(self._held, "depth", 0):
             self._wake()
+
+    def new_task_id(self) -> str:
+        """An id for a call about to be sent: one the source covers where it can."""
+        return self._covers.new_task_id() if self._covers is not None else str(uuid.uuid4())
+
+    def _covering(self, task_id: str) -> int | None:
+        return self._covers.covering(task_id) if self._covers is not None else None
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -280,36 +304,18 @@ class Watcher:
 
     def _step(self) -> None:
         self._wake_pending.clear()  # before draining: a job queued from now on wakes again
-        new: list[Watched] = []
-        caught_up: list[threading.Event] = []
         stopped: list[WorkerStopped] = []
-        while True:
-            try:
-                item = self._incoming.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, threading.Event):
-                caught_up.append(item)
-            elif isinstance(item, WorkerStopped):
-                stopped.append(item)
-            else:
-                new.append(item)
-        if new:
-            now = time.monotonic()
-            for job in new:
-                self._jobs[job.id] = job
-                self._watched_since.setdefault(job.id, now)
-            try:
-                self._dispatch(self._source.watch([job.id for job in new]))
-            except (ValueError, TypeError) as exc:  # bad ids, not a lost connection:
-                for job in new:  # drop them, or every later read would fail too
-                    self._jobs.pop(job.id, None)
-                    self._watched_since.pop(job.id, None)
-                    job._abandon(exc)
-                log.warning("celerynb: cannot watch %d job(s): %s", len(new), exc)
+        new, caught_up = self._take_incoming(stopped)
+        self._follow(new, adopt=not caught_up)  # sync(): read every job back
         for event in caught_up:
             event.set()
-        self._dispatch(self._source.poll(self._poll_timeout if self._jobs else 1.0), live=True)
+        updates = self._source.poll(self._poll_timeout if self._jobs else 1.0)
+        # Jobs queued while it polled: states of theirs may be among what it read.
+        new, caught_up = self._take_incoming(stopped)
+        self._dispatch(updates, live=True)
+        self._follow(new, adopt=not caught_up)
+        for event in caught_up:
+            event.set()
         for worker in stopped:  # after the news: a job that finished just before is not lost
             self._lose_jobs_of(worker)
         # Jobs finished by an update are let go at once; all jobs are checked now
@@ -329,6 +335,59 @@ class Watcher:
                 self._jobs.pop(task_id, None)
                 self._watched_since.pop(task_id, None)
             self._finished_by_updates = set()
+
+    def _take_incoming(
+        self, stopped: list[WorkerStopped]
+    ) -> tuple[list[tuple[Watched, int | None]], list[threading.Event]]:
+        """Everything queued so far: the new jobs (now followed by the watcher, their
+        states applied from here on) and the sync events; stopped workers go to
+        ``stopped``."""
+        new: list[tuple[Watched, int | None]] = []
+        caught_up: list[threading.Event] = []
+        while True:
+            try:
+                item = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, threading.Event):
+                caught_up.append(item)
+            elif isinstance(item, WorkerStopped):
+                stopped.append(item)
+            else:
+                new.append(item)
+        now = time.monotonic()
+        for job, _covered in new:
+            self._jobs[job.id] = job
+            self._watched_since.setdefault(job.id, now)
+            # Sent again (Job.retry) after an update ended it earlier in this step.
+            self._finished_by_updates.discard(job.id)
+        return new, caught_up
+
+    def _follow(self, new: list[tuple[Watched, int | None]], adopt: bool = True) -> None:
+        """Have the source follow new jobs: those its confirmed pattern covered before
+        their calls left need nothing more (unless not ``adopt``); the others are
+        caught up."""
+        if not new:
+            return
+        adopted: list[str] = []
+        others: list[Watched] = []
+        for job, covered in new:
+            if adopt and covered is not None and covered == self._covering(job.id):
+                adopted.append(job.id)
+            else:
+                others.append(job)
+        if adopted and self._covers is not None:
+            self._covers.adopt(adopted)
+        if not others:
+            return
+        try:
+            self._dispatch(self._source.watch([job.id for job in others]))
+        except (ValueError, TypeError) as exc:  # bad ids, not a lost connection:
+            for job in others:  # drop them, or every later read would fail too
+                self._jobs.pop(job.id, None)
+                self._watched_since.pop(job.id, None)
+                job._abandon(exc)
+            log.warning("celerynb: cannot watch %d job(s): %s", len(others), exc)
 
     def _lose_jobs_of(self, worker: WorkerStopped) -> None:
         """End LOST the running jobs of a worker known to be gone, once their stored

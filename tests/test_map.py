@@ -102,7 +102,9 @@ def test_chunks_that_cannot_leave_together_end_cancelled_with_one_line(session, 
     monkeypatch.setattr(PublishBatch, "flush", broker_gone)
     watched = []
     watch = session.watcher.watch
-    monkeypatch.setattr(session.watcher, "watch", lambda job: watched.append(job) or watch(job))
+    monkeypatch.setattr(
+        session.watcher, "watch", lambda job, **how: watched.append(job) or watch(job, **how)
+    )
     with pytest.raises(celerynb.BrokerUnreachableError) as info:
         celerynb.map(square, range(40), chunksize=10)
     line = str(info.value)

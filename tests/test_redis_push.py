@@ -1,5 +1,6 @@
 """The Redis push source on a real Redis: woken locally (no PUBLISH per job sent), yet a
-state the server pushes, or a dropped connection, still ends a waiting poll at once."""
+state the server pushes, or a dropped connection, still ends a waiting poll at once; the
+calls this kernel sends are covered by one pattern subscription (no command of their own)."""
 
 import threading
 import time
@@ -7,6 +8,7 @@ import uuid
 
 import pytest
 from celery import Celery, states
+from conftest import wait_for
 
 from celerynb._sources.redis_push import RedisPushSource
 
@@ -123,3 +125,175 @@ def test_a_kernel_with_more_than_1024_files_open_still_polls(cluster):
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- the pattern that covers this kernel's own calls ---------------------------------
+def store(source, task_id, value):
+    Celery(backend=source._app.conf.result_backend).backend.store_result(
+        task_id, value, states.SUCCESS
+    )
+
+
+def poll_until(source, task_id, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for seen_id, meta in source.poll(timeout=0.5):
+            if seen_id == task_id:
+                return meta
+    raise AssertionError(f"no state of {task_id} within {timeout}s")
+
+
+def test_own_task_ids_are_uuids_with_this_sources_suffix_and_never_repeat(source):
+    ids = {source.new_task_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert {task_id[-8:] for task_id in ids} == {source._id_suffix}  # a suffix per source
+    assert len({task_id[:8] for task_id in ids}) > 9_900  # told apart by how they begin
+    assert all(str(uuid.UUID(task_id)) == task_id for task_id in ids)
+    other = RedisPushSource(source._app)
+    assert not other.new_task_id().endswith(source._id_suffix)
+
+
+def test_an_adopted_call_gets_its_states_with_no_command_of_its_own(source, monkeypatch):
+    task_id = source.new_task_id()
+    covered = source.covering(task_id)
+    assert covered is not None and source.covering(str(uuid.uuid4())) is None
+
+    def no_command(*args, **kwargs):
+        raise AssertionError("a command for one adopted call")
+
+    monkeypatch.setattr(source._backend.client, "mget", no_command)
+    monkeypatch.setattr(source._pubsub, "subscribe", no_command)
+    monkeypatch.setattr(source._pubsub, "unsubscribe", no_command)
+    source.adopt([task_id])
+    store(source, task_id, 5)
+    assert poll_until(source, task_id)["result"] == 5
+    source.unwatch([task_id])
+
+
+def test_a_state_of_an_own_call_not_yet_adopted_is_read_all_the_same(source):
+    """The watcher hands over a job queued while it polled only after the poll: the
+    state that poll read must not be dropped as unknown."""
+    task_id = source.new_task_id()
+    assert source.stamp(task_id) is not None  # as Watcher.watch does before it is sent
+    store(source, task_id, 6)
+    assert poll_until(source, task_id)["result"] == 6
+    foreign = str(uuid.uuid4())  # another task, never watched: nothing comes of it
+    store(source, foreign, 7)
+    assert all(seen != foreign for seen, _ in source.poll(timeout=0.5))
+
+
+def test_a_message_under_the_pattern_for_no_call_of_ours_is_dropped_unread(source, monkeypatch):
+    """Anyone who can PUBLISH may send on a channel under the pattern (the suffix shows
+    in every task id sent): unless the kernel expects that id, nothing is read for it."""
+    from celerynb._schema import STORED_MARKER
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a key read for a channel no job of ours expects")
+
+    monkeypatch.setattr(source._backend.client, "get", no_read)
+    monkeypatch.setattr(source._backend, "decode_result", no_read)
+    finished = source.new_task_id()  # e.g. a job that ended and was let go
+    publisher = source._backend.client
+    for _ in range(3):
+        publisher.publish(source._key(finished), STORED_MARKER)
+    store_less = source._key(source.new_task_id())
+    publisher.publish(store_less, b'{"status": "SUCCESS"}')
+    assert source.poll(timeout=0.5) == []
+
+
+def test_own_calls_are_watched_without_a_subscription_each_and_read_back(source):
+    own, foreign = source.new_task_id(), str(uuid.uuid4())
+    store(source, own, 1)
+    store(source, foreign, 2)
+    caught_up = dict(source.watch([own, foreign]))
+    assert caught_up[own]["result"] == 1 and caught_up[foreign]["result"] == 2
+    channels = set(source._pubsub.channels)
+    assert source._key(foreign) in channels and source._key(own) not in channels
+    source.unwatch([own, foreign])
+    assert source._key(foreign) not in source._subscribed
+
+
+def test_a_new_connection_covers_anew_and_reads_every_call_back(source):
+    task_id = source.new_task_id()
+    before = source.covering(task_id)
+    source.adopt([task_id])
+    store(source, task_id, 3)  # as if published while the connection was down
+    caught_up = dict(source.resync())
+    assert caught_up[task_id]["result"] == 3
+    after = source.covering(task_id)
+    assert after is not None and after != before  # a job stamped before: caught up
+
+
+def test_a_task_subscribed_alone_is_subscribed_again_after_a_failed_subscribe(source):
+    foreign = str(uuid.uuid4())  # e.g. attached: its channel is subscribed alone
+
+    def dropped(*channels):
+        raise ConnectionError("Connection reset by peer")
+
+    source._pubsub.subscribe = dropped
+    with pytest.raises(ConnectionError):
+        source.watch([foreign])
+    source.resync()  # what the watcher does next
+    assert source._key(foreign) in source._pubsub.channels
+    store(source, foreign, 4)
+    assert poll_until(source, foreign)["result"] == 4
+
+
+def test_a_backend_with_another_key_layout_has_every_task_subscribed_alone(source):
+    source._layout = False  # probed again, with a key that carries more after the id
+    plain_key = source._key
+    source._key = lambda task_id: plain_key(task_id) + b":meta"
+    own = source.new_task_id()
+    assert source.covering(own) is None and source.stamp(own) is None
+    assert source._pattern() is None
+
+
+def test_a_closed_source_covers_nothing(cluster):
+    closed = RedisPushSource(Celery(broker=cluster.broker_url, backend=cluster.backend_url))
+    closed.watch([])
+    own = closed.new_task_id()
+    assert closed.covering(own) is not None
+    closed.close()
+    assert closed.covering(own) is None
+
+
+def test_states_read_while_a_subscription_is_confirmed_wait_for_the_next_poll(source):
+    foreign = str(uuid.uuid4())
+    source.watch([foreign])
+    pubsub = source._pubsub
+    assert wait_for_subscribers(source, source._key(foreign))
+    store(source, foreign, 9)  # published: it sits in the socket before the PONG
+    source._confirm(pubsub)
+    assert [message["channel"] for message in source._early] == [source._key(foreign)]
+    assert poll_until(source, foreign)["result"] == 9
+
+
+def wait_for_subscribers(source, channel, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dict(source._backend.client.pubsub_numsub(channel)).get(channel):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_call_sent_costs_the_backend_no_subscription_or_read_back_of_its_own(session):
+    """The kernel's own calls are covered by one pattern subscription: submitting and
+    following 40 of them adds no SUBSCRIBE, MGET or UNSUBSCRIBE at the server."""
+    client = session.app.backend.client
+
+    def counts():
+        stats = client.info("commandstats")
+        return {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in COUNTED}
+
+    session.submit(abs, (-1,)).result(timeout=60)  # connected and subscribed already
+    before = counts()
+    jobs = [session.submit(abs, (-i,)) for i in range(40)]
+    assert [job.result(timeout=60) for job in jobs] == list(range(40))
+    let_go = lambda: not any(job.id in session.watcher._jobs for job in jobs)  # noqa: E731
+    assert wait_for(let_go, timeout=10)  # their UNSUBSCRIBE, if any, was sent by then
+    after = counts()
+    assert {c: after[c] - before[c] for c in COUNTED} == dict.fromkeys(COUNTED, 0)
+
+
+COUNTED = ("subscribe", "unsubscribe", "mget")

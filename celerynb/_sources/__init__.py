@@ -5,14 +5,15 @@
 - ``RpcReplySource`` (``rpc``) consumes the session's reply queue of ``rpc://``;
 - ``PollingSource`` (``polling``) reads any other backend at a bounded rate.
 
-``base.StateSource`` is the interface they share (as httpx's ``_transports``).
+``base.StateSource`` is the interface they share (as httpx's ``_transports``);
+``base.CoveringSource`` adds what the push source does for the calls this kernel sends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import UNDECODABLE, StateSource, Update, decoded
+from .base import UNDECODABLE, CoveringSource, StateSource, Update, decoded
 from .polling import PollingSource
 from .redis_push import RedisPushSource
 from .rpc import RpcReplySource
@@ -32,6 +33,7 @@ def source_for(app: Any, reply_to: str | None = None) -> StateSource:
 
 __all__ = [
     "UNDECODABLE",
+    "CoveringSource",
     "PollingSource",
     "RedisPushSource",
     "RpcReplySource",

@@ -66,3 +66,22 @@ class StateSource(Protocol):
         """Make a pending ``poll`` return soon. Safe from any thread."""
 
     def close(self) -> None: ...
+
+
+class CoveringSource(StateSource, Protocol):
+    """A source that can cover the task ids it makes from the moment it is connected
+    (one pattern subscription: see ``redis_push``), so that a call sent then needs no
+    catch-up of its own. Used from the watcher thread only, except ``new_task_id``
+    and ``covering``."""
+
+    def new_task_id(self) -> str:
+        """A task id for a call about to be sent, one this source can cover."""
+
+    def covering(self, task_id: str) -> int | None:
+        """A token for the connection that covers ``task_id`` now (None: none does)."""
+
+    def stamp(self, task_id: str) -> int | None:
+        """``covering``, for a call about to be sent (the source expects it)."""
+
+    def adopt(self, task_ids: list[str]) -> None:
+        """Follow calls stamped with the ``covering`` token that is still current."""

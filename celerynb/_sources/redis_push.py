@@ -1,5 +1,11 @@
 """Task states pushed by Celery's Redis result backend (pub/sub, no polling).
 
+The calls this kernel sends get task ids that end with a suffix of this source's own
+(``new_task_id``), and one pattern subscription covers all of their channels: a job
+sent once that subscription is confirmed needs no SUBSCRIBE, no read-back and no
+UNSUBSCRIBE of its own (``covering``, ``adopt``). Other tasks (attached, a chain's
+steps) are subscribed one by one and read back after subscribing.
+
 It also tells a server that came back empty (restarted without persistence) from one
 that kept its data: a sentinel key of this source's own, set when it connects, is
 gone after such a restart (``data_lost``).
@@ -7,8 +13,10 @@ gone after such a restart (``data_lost``).
 
 from __future__ import annotations
 
+import re
 import select
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -18,10 +26,12 @@ from .._schema import STORED_MARKER
 from .base import Update, decoded
 
 SENTINEL_SECONDS = 7 * 24 * 3600
+CONFIRM_SECONDS = 10.0  # for the server to answer the PING behind a new subscription
 
 
 class RedisPushSource:
-    """Subscribes to the task keys' channels; MGET after SUBSCRIBE catches up."""
+    """Subscribes to the task keys' channels (one pattern for this kernel's own calls);
+    MGET after subscribing catches up."""
 
     sees_every_update = True
     stores_states = True
@@ -30,8 +40,17 @@ class RedisPushSource:
         self._app = app
         # A channel of its own keeps the connection subscribed while no job is watched.
         self._own_channel = f"celerynb-wake-{uuid.uuid4().hex}"
+        # The end of every task id new_task_id makes (ids are told apart by how they
+        # begin: %celery_cancel takes the first characters of one).
+        self._id_suffix = uuid.uuid4().hex[:8]
         self._channel_to_id: dict[bytes, str] = {}
+        self._subscribed: set[bytes] = set()  # channels subscribed one by one
         self._pubsub: Any = None
+        self._generation = 0  # pub/sub connections made so far
+        self._covering: int | None = None  # the one whose pattern is confirmed, if any
+        self._early: list[dict[str, Any]] = []  # read while waiting for a confirmation
+        self._expected: set[str] = set()  # stamped calls not yet adopted (see stamp)
+        self._layout: bytes | None | bool = False  # the key prefix (False: not probed)
         self._sentinel = f"celerynb-sentinel-{uuid.uuid4().hex}"
         self.data_lost = False  # the last resync found the server without its data
         self.restarted = False  # ... or found another server process (a restart)
@@ -64,16 +83,95 @@ class RedisPushSource:
     def _backend(self) -> Any:
         return self._app.backend  # thread-local instance in Celery
 
+    def new_task_id(self) -> str:
+        """A task id for a call this kernel sends: a UUID that ends with this source's
+        suffix, so that its channel is under the pattern subscription."""
+        return str(uuid.uuid4())[: -len(self._id_suffix)] + self._id_suffix
+
+    def covering(self, task_id: str) -> int | None:
+        """The pub/sub connection (its number) whose confirmed pattern subscription
+        covers ``task_id``'s channel; None: none does now. Safe from any thread."""
+        return self._covering if self._covers(task_id) else None
+
+    def stamp(self, task_id: str) -> int | None:
+        """``covering``, for a call about to be sent: while that connection lasts it
+        needs no catch-up (``adopt``), and a state of it read before the watcher adopts
+        it is kept (other unknown channels under the pattern are dropped unread).
+        Safe from any thread."""
+        token = self.covering(task_id)
+        if token is not None:
+            self._expected.add(task_id)
+        return token
+
+    def adopt(self, task_ids: list[str]) -> None:
+        """Follow calls stamped with the ``covering`` number that is still current:
+        their every state reaches ``poll`` (no I/O here)."""
+        for task_id in task_ids:
+            self._channel_to_id[self._key(task_id)] = task_id
+            self._expected.discard(task_id)
+
+    def _covers(self, task_id: str) -> bool:
+        return task_id.endswith(self._id_suffix) and self._key_prefix() is not None
+
+    def _key_prefix(self) -> bytes | None:
+        """What a task's key is before its id; None where a backend lays its keys out
+        otherwise (then no pattern: every task is subscribed one by one)."""
+        if self._layout is False:
+            first, second = self._key("0a"), self._key("1b")
+            layout_ok = first.endswith(b"0a") and first[:-2] == second[:-2]
+            self._layout = first[:-2] if layout_ok else None
+        return self._layout if isinstance(self._layout, bytes) else None
+
     def _ensure_pubsub(self) -> Any:
         if self._pubsub is None:
             client = self._backend.client
-            self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(self._own_channel, *self._channel_to_id)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pattern = self._pattern()
+            try:
+                pubsub.subscribe(self._own_channel, *self._subscribed)
+                if pattern is not None:
+                    pubsub.psubscribe(pattern)
+                    self._confirm(pubsub)
+            except BaseException:
+                pubsub.close()
+                raise
+            self._pubsub = pubsub
+            self._generation += 1
+            self._covering = self._generation if pattern is not None else None
             client.set(self._sentinel, b"1", ex=SENTINEL_SECONDS)
             run_id = self._server_run_id()
             self.restarted = None not in (run_id, self._run_id) and run_id != self._run_id
             self._run_id = run_id or self._run_id
         return self._pubsub
+
+    def _pattern(self) -> bytes | None:
+        """The channels of this source's own task ids (glob characters escaped)."""
+        prefix = self._key_prefix()
+        if prefix is None:
+            return None
+        return re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*" + self._id_suffix.encode()
+
+    def _confirm(self, pubsub: Any) -> None:
+        """Until the server has taken the subscriptions: it answers a PING behind them
+        (in order, on the same connection). States read before its answer are kept
+        for ``poll``."""
+        token = f"celerynb-confirm-{uuid.uuid4().hex}"
+        pubsub.ping(token)
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"the result backend did not confirm a subscription in {CONFIRM_SECONDS:.0f}s"
+                )
+            message = pubsub.get_message(timeout=left)
+            if message is None:
+                continue
+            if message.get("type") == "pong":
+                if message.get("data") in (token, token.encode()):
+                    return
+                continue
+            self._early.append(message)
 
     def _server_run_id(self) -> str | None:
         try:
@@ -85,23 +183,40 @@ class RedisPushSource:
         keys = [self._key(task_id) for task_id in task_ids]
         for key, task_id in zip(keys, task_ids):
             self._channel_to_id[key] = task_id
-        pubsub = self._ensure_pubsub()
-        if keys:
-            pubsub.subscribe(*keys)
+            self._expected.discard(task_id)
+        # Known before any I/O: a connection made again (now, or after a failure
+        # below) subscribes them all.
+        alone = [
+            key
+            for key, task_id in zip(keys, task_ids)
+            if not self._covers(task_id) and key not in self._subscribed
+        ]
+        self._subscribed.update(alone)
+        connected = self._pubsub is not None
+        pubsub = self._ensure_pubsub()  # its pattern confirmed: it covers our own from now
+        if alone and connected:
+            pubsub.subscribe(*alone)
         return self._catch_up(keys)
 
     def unwatch(self, task_ids: list[str]) -> None:
         keys = [self._key(task_id) for task_id in task_ids]
         for key in keys:
             self._channel_to_id.pop(key, None)
-        if keys and self._pubsub is not None:
-            self._pubsub.unsubscribe(*keys)
+        alone = [key for key in keys if key in self._subscribed]
+        self._subscribed.difference_update(alone)
+        if alone and self._pubsub is not None:
+            self._pubsub.unsubscribe(*alone)
 
     def poll(self, timeout: float) -> list[Update]:
         pubsub = self._ensure_pubsub()
         updates: list[Update] = []
+        early, self._early = self._early, []
+        for message in early:
+            update = self._decode(message)
+            if update is not None:
+                updates.append(update)
         message = pubsub.get_message(timeout=0)
-        if message is None and not self._take_wakes():
+        if message is None and not updates and not self._take_wakes():
             self._wait(pubsub, timeout)
             self._take_wakes()
             message = pubsub.get_message(timeout=0)
@@ -116,12 +231,14 @@ class RedisPushSource:
 
     def resync(self) -> list[Update]:
         """After a lost connection: subscribe again and read every state once."""
+        self._covering = None  # first: a call stamped from now on is caught up
         if self._pubsub is not None:
             try:
                 self._pubsub.close()
             except Exception:
                 pass
         self._pubsub = None
+        self._early = []  # the catch-up below reads every state again
         sentinel_gone = not self._backend.client.exists(self._sentinel)
         self._ensure_pubsub()
         # Both: a client could delete the sentinel, but not change the server's run_id.
@@ -156,6 +273,7 @@ class RedisPushSource:
         _wait_readable([sock, self._woken], timeout)
 
     def close(self) -> None:
+        self._covering = None
         try:
             self._backend.client.delete(self._sentinel)
         except Exception:
@@ -181,10 +299,15 @@ class RedisPushSource:
         return updates
 
     def _decode(self, message: dict[str, Any]) -> Update | None:
-        if message.get("type") != "message":
+        kind = message.get("type")
+        if kind not in ("message", "pmessage"):
             return None
         channel = message["channel"]
         task_id = self._channel_to_id.get(channel)
+        if task_id is None and kind == "pmessage":
+            # One of ours whose job the watcher has queued but not yet handed over
+            # (it hands jobs queued meanwhile over before it applies what poll read).
+            task_id = self._own_task_id(channel)
         if task_id is None:
             return None
         raw = message["data"]
@@ -193,6 +316,17 @@ class RedisPushSource:
             if raw is None:
                 return None
         return task_id, self._decode_raw(task_id, raw)
+
+    def _own_task_id(self, channel: Any) -> str | None:
+        """The id of a call stamped but not yet adopted whose channel this is."""
+        prefix = self._key_prefix()
+        if prefix is None or not isinstance(channel, bytes) or not channel.startswith(prefix):
+            return None
+        try:
+            task_id = channel[len(prefix) :].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return task_id if task_id in self._expected else None
 
     def _decode_raw(self, task_id: str, raw: Any) -> dict[str, Any]:
         return decoded(task_id, lambda: self._backend.decode_result(raw))
