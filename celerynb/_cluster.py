@@ -250,19 +250,21 @@ class LocalCluster:
         limit follows (the machine's memory over ``processes``).
 
         Raises:
-            ValueError: ``processes`` is not a positive int.
+            ValueError: ``processes`` is not a positive int, or more than the machine's
+                memory can give 64 MiB each under ``memory_limit="auto"``.
             ClusterStartError: the new worker did not come up within ``timeout`` s: it is
                 stopped, and the cluster goes on as it was (its worker, its size).
         """
         processes = _processes_argument(processes, None)
         if self.closed:
             raise ClusterStartError("this LocalCluster is closed")
+        memory_limit = self._memory_limit_for(processes)  # a size refused: nothing changed
         with self._lock:
             before = (self.processes, self.memory_limit, self.worker_name, self.restarts)
             running = list(self._processes)
             old, self._worker = self._worker, None
             self.processes = processes
-            self.memory_limit = self._memory_limit_for(processes)
+            self.memory_limit = memory_limit
             self._scaling = True
             self._start_next_worker()
         try:

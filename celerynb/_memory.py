@@ -17,6 +17,7 @@ import re
 from ._errors import MemoryLimitError
 
 MEMORY_LIMIT_ENV = "CELERYNB_MEMORY_LIMIT"  # bytes, for the workers of a LocalCluster
+MIN_LIMIT = 64 * 2**20  # no Python worker process runs in less
 
 _UNITS = {
     "": 1,
@@ -44,12 +45,22 @@ def memory_limit_bytes(value: str | int | float | None, processes: int) -> int |
     for no limit.
 
     Raises:
-        ValueError: not a size, or under 64 MiB (no Python worker runs in less).
+        ValueError: not a size, or under 64 MiB (no Python worker runs in less), or
+            ``"auto"`` for more processes than get 64 MiB each.
     """
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return physical_memory() // max(processes, 1)
+        share = physical_memory() // max(processes, 1)
+        if share < MIN_LIMIT:
+            most = physical_memory() // MIN_LIMIT
+            raise ValueError(
+                f"{processes} processes would get {readable_size(share)} of memory each "
+                f"(memory_limit='auto' shares this machine's {readable_size(physical_memory())}"
+                f"); at most {most} get the 64 MiB a worker process needs "
+                "(or pass memory_limit=None)"
+            )
+        return share
     not_a_size = ValueError(f"memory_limit must be a size such as '2GB', got {value!r}")
     if isinstance(value, bool):
         raise not_a_size
@@ -64,7 +75,7 @@ def memory_limit_bytes(value: str | int | float | None, processes: int) -> int |
     if not math.isfinite(number):  # inf, nan: 1e400GB
         raise not_a_size
     size = int(number)
-    if size < 64 * 2**20:
+    if size < MIN_LIMIT:
         raise ValueError(f"memory_limit {value!r} is under 64 MiB: no worker process runs in that")
     return size
 

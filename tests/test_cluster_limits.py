@@ -31,6 +31,26 @@ def test_memory_limits_are_read_as_sizes():
     assert line.endswith("Unable to allocate 8 GiB")
 
 
+def test_more_processes_than_the_memory_can_share_are_refused_at_once():
+    most = psutil.virtual_memory().total // (64 * 2**20)
+    assert memory_limit_bytes("auto", max(most // 2, 1)) >= 64 * 2**20
+    with pytest.raises(ValueError, match=r"^1000000 processes would get .* at most \d+ get"):
+        memory_limit_bytes("auto", 10**6)
+    with pytest.raises(ValueError, match="memory_limit=None"):
+        celerynb.LocalCluster(processes=10**6)  # refused before anything starts
+    assert memory_limit_bytes(None, 10**6) is None  # asked for: not judged
+
+
+def test_a_scale_the_memory_cannot_share_leaves_the_cluster_as_it_was(own_cluster):
+    cluster, session = own_cluster()
+    before = (cluster._worker, cluster.worker_name, cluster.processes, cluster.memory_limit)
+    with pytest.raises(ValueError, match="1000000 processes would get"):
+        cluster.scale(10**6)
+    after = (cluster._worker, cluster.worker_name, cluster.processes, cluster.memory_limit)
+    assert after == before
+    assert session.submit(pause_then_square, (4,)).result(timeout=60) == 16
+
+
 def test_a_memory_limit_is_refused_for_a_pool_that_cannot_have_one():
     for pool in ("threads", "solo"):  # no pool process starts: nothing would set it
         with pytest.raises(ValueError, match=f"pool='{pool}' has none"):
