@@ -78,6 +78,7 @@ class JobGroup(WatchedFuture):
         # A map's call, to re-run failed items (set by map): (fn, items, star, make_call).
         self._items_call: tuple[Any, Any, bool, Any] | None = None
         self._remaining = len(self.jobs)
+        self._ran_before = 0  # items that ran in earlier runs (before retry_failed)
         self._cancelling = False  # cancel() is cancelling the tasks: it ends the group
         self._ended = False  # the group's outcome is decided (set once, under the lock)
         self._lock = threading.Lock()
@@ -236,7 +237,7 @@ class JobGroup(WatchedFuture):
         total: int | None = self._items.total
         if self._open:
             total = None if self._expected is None else max(self._expected, self._items.total)
-        bar = items_bar(self.counts, total, self.name, self.elapsed)
+        bar = items_bar(self.counts, total, self.name, self.elapsed, self._ran_before)
         return ProgressSnapshot(self.state, (bar,))
 
     def cancel(self) -> bool:

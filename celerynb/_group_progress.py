@@ -79,11 +79,15 @@ def count_items(
     return ItemCounts(pending, running, done, failed_items, revoked + not_run_items)
 
 
-def items_bar(counts: ItemCounts, total: int | None, desc: str, elapsed: float) -> BarSnapshot:
-    """A group's bar: items that ran (done or failed) of ``total``, their rate over
-    ``elapsed`` seconds, and the counts in its text."""
+def items_bar(
+    counts: ItemCounts, total: int | None, desc: str, elapsed: float, ran_before: int = 0
+) -> BarSnapshot:
+    """A group's bar: items that ran (done or failed) of ``total``, and the counts in
+    its text. The rate is of this run's items over its ``elapsed`` seconds: after a
+    retry, the ``ran_before`` items done in earlier runs are not counted in it."""
     processed = counts.done + counts.failed
-    rate = processed / elapsed if processed and elapsed > 0 else None
+    this_run = processed - ran_before
+    rate = this_run / elapsed if this_run > 0 and elapsed > 0 else None
     return BarSnapshot(processed, total, desc, "it", rate, elapsed, counts.text())
 
 

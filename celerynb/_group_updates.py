@@ -113,6 +113,7 @@ def join(group: JobGroup, position: int, job: Job) -> None:
 def retry_failed(group: JobGroup) -> JobGroup:
     """``JobGroup.retry_failed``: reopen the tasks with failed items, then send each
     again."""
+    kept = group.counts.done  # items that ran well: this run's rate leaves them out
     with group._lock:
         if not group.done() or group._cancelling:
             raise RuntimeError(f"{group.call_repr} is still running: nothing to retry")
@@ -124,7 +125,8 @@ def retry_failed(group: JobGroup) -> JobGroup:
             group._items.reopen(position, offsets)
         group._remaining += len(failed)
         group._ended = False
-        group._reopen()
+        group._reopen()  # its elapsed time counts from now: so does its rate
+        group._ran_before = kept
     first_error = None
     for job, _offsets in plans:  # each sent, or ended with why: the count balances
         try:

@@ -322,6 +322,18 @@ def test_a_batch_one_call_ended_fails_that_call_and_its_later_calls_did_not_run(
     assert items.not_run == 0
 
 
+def test_a_groups_rate_after_a_retry_counts_only_the_items_run_again():
+    from celerynb._group_progress import items_bar
+
+    counts = ItemCounts(pending=0, running=0, done=95, failed=5, cancelled=0)
+    first = items_bar(counts, 100, "f", elapsed=10.0)
+    assert (first.n, first.rate) == (100, 10.0)
+    retried = items_bar(counts, 100, "f", elapsed=2.0, ran_before=90)  # 10 ran again
+    assert (retried.n, retried.rate) == (100, 5.0)
+    waiting = items_bar(ItemCounts(pending=10, done=90), 100, "f", elapsed=1.0, ran_before=90)
+    assert waiting.rate is None  # none of this run yet: no rate (and no ETA)
+
+
 class LooksUpEverything(Exception):
     """An exception whose ``__getattr__`` raises KeyError (a dict-backed error class)."""
 

@@ -60,6 +60,8 @@ def test_retry_failed_reruns_only_the_failed_items_of_a_map(session, tmp_path):
     assert mapped.results(timeout=30) == [x * 10 for x in range(30)]
     assert mapped.exceptions == {} and mapped.state == "SUCCESS"
     assert mapped.counts.done == 30 and mapped.progress.n == 30
+    bar = mapped.progress.primary  # its rate is of this run: the 10 items run again
+    assert bar.rate is not None and round(bar.rate * bar.elapsed) == 10, (bar.rate, bar.elapsed)
     assert [job.id for job in mapped.jobs] == ids, "the same tasks, in place"
     with pytest.raises(RuntimeError, match="nothing of .* failed"):
         mapped.retry_failed()
