@@ -137,6 +137,10 @@ class RpcReplySource:
         """Stop consuming and delete the reply queue (only this session uses it)."""
         if self._connection is not None:
             with contextlib.suppress(Exception):
+                # First: a queue deleted under its consumer makes the broker cancel it,
+                # and amqp warns of that cancel arriving while the channel closes.
+                self._consumer.cancel()
+            with contextlib.suppress(Exception):
                 reply_queue(self._app, self._queue_name)(self._connection.default_channel).delete()
         self._drop_connection()
 
