@@ -4,6 +4,7 @@ line, waiting for it to answer, and the thread that has it replaced when it dies
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("celerynb._cluster")
 
 
+PROCESSES_PER_CPU = 256  # threads for I/O-bound tasks may be many; not a million
+
+
 def _processes_argument(processes: int | None, workers: int | None) -> int:
     """The pool size asked for, from ``processes=`` or its deprecated name ``workers=``."""
     if workers is not None:
@@ -38,6 +42,12 @@ def _processes_argument(processes: int | None, workers: int | None) -> int:
         return 2
     if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
         raise ValueError(f"processes must be a positive int, got {processes!r}")
+    most = PROCESSES_PER_CPU * (os.cpu_count() or 1)
+    if processes > most:  # a typo's 10**6 would fork (or start threads) until the OS fails
+        raise ValueError(
+            f"processes={processes} is more than this machine can run: at most {most} "
+            f"({PROCESSES_PER_CPU} per CPU)"
+        )
     return processes
 
 

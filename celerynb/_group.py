@@ -185,6 +185,10 @@ class JobGroup(WatchedFuture):
             cancelled = list(items.cancelled)
             failed = len(items.errors)
             not_run = items.not_run
+            kept = [
+                stop - start - len(items.rerun_offsets.get(position, range(stop - start)))
+                for position, (start, stop) in enumerate(items.spans)
+            ]
         partial = [job.progress.n if items.chunked else 0 for job in jobs]
         return count_items(
             items.spans,
@@ -194,6 +198,7 @@ class JobGroup(WatchedFuture):
             cancelled=cancelled,
             failed_items=failed,
             not_run_items=not_run,
+            kept=kept,
         )
 
     @property

@@ -50,19 +50,25 @@ def count_items(
     cancelled: Sequence[bool],
     failed_items: int,
     not_run_items: int = 0,
+    kept: Sequence[int] | None = None,
 ) -> ItemCounts:
     """Item counts from each task's span, state, in-task progress and outcome (pure).
 
     ``settled``: the task's items are stored; ``cancelled``: it was cancelled (its
     items count as cancelled); ``failed_items``: how many stored items failed;
     ``not_run_items``: how many stored items never ran (after a batch's failed call:
-    counted as cancelled).
+    counted as cancelled); ``kept``: items of each task done in an earlier run while
+    it runs its failed ones again (``retry_failed``): they stay done meanwhile, and
+    its in-task progress counts the others.
     """
     pending = running = done = revoked = 0
-    for (start, stop), state, partial, is_settled, is_cancelled in zip(
-        spans, job_states, in_task_done, settled, cancelled, strict=True
+    for (start, stop), state, partial, is_settled, is_cancelled, kept_here in zip(
+        spans, job_states, in_task_done, settled, cancelled, kept or [0] * len(spans), strict=True
     ):
         size = stop - start
+        if not is_settled and state != states.SUCCESS:
+            done += kept_here
+            size -= kept_here
         if is_cancelled:
             revoked += size
         elif is_settled or state == states.SUCCESS:

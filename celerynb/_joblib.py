@@ -423,6 +423,10 @@ def _name_after(group: JobGroup, function: Any) -> None:
 def _logged(callback: Callable[[Any], None], job: Any) -> None:
     try:
         callback(job)
+    except concurrent.futures.CancelledError:
+        # It sent the next batch into a call that ended meanwhile (a generator closed
+        # early, an error): that batch is cancelled, as the call is. Nothing failed.
+        log.debug("celerynb: a batch came back after its joblib call ended")
     except Exception:
         log.exception("celerynb: a joblib callback failed")
 

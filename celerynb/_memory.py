@@ -57,7 +57,7 @@ def memory_limit_bytes(value: str | int | float | None, processes: int) -> int |
             raise ValueError(
                 f"{processes} processes would get {readable_size(share)} of memory each "
                 f"(memory_limit='auto' shares this machine's {readable_size(physical_memory())}"
-                f"); at most {most} get the 64 MiB a worker process needs "
+                f"); at most {most} get the {readable_size(MIN_LIMIT)} a worker process needs "
                 "(or pass memory_limit=None)"
             )
         return share

@@ -31,21 +31,42 @@ def test_memory_limits_are_read_as_sizes():
     assert line.endswith("Unable to allocate 8 GiB")
 
 
+def too_many_for_the_memory():
+    """One process more than the machine's memory gives 64 MiB each (skips where the cap
+    on processes per CPU comes first)."""
+    import os
+
+    from celerynb._cluster_worker import PROCESSES_PER_CPU
+    from celerynb._memory import physical_memory
+
+    too_many = physical_memory() // (64 * 2**20) + 1
+    if too_many > PROCESSES_PER_CPU * (os.cpu_count() or 1):
+        pytest.skip("this machine's memory outlasts its cap on processes")
+    return too_many
+
+
 def test_more_processes_than_the_memory_can_share_are_refused_at_once():
     most = psutil.virtual_memory().total // (64 * 2**20)
     assert memory_limit_bytes("auto", max(most // 2, 1)) >= 64 * 2**20
     with pytest.raises(ValueError, match=r"^1000000 processes would get .* at most \d+ get"):
         memory_limit_bytes("auto", 10**6)
     with pytest.raises(ValueError, match="memory_limit=None"):
-        celerynb.LocalCluster(processes=10**6)  # refused before anything starts
+        celerynb.LocalCluster(processes=too_many_for_the_memory())  # before anything starts
     assert memory_limit_bytes(None, 10**6) is None  # asked for: not judged
+
+
+def test_more_processes_than_a_machine_runs_are_refused_whatever_the_pool():
+    for pool, limit in (("threads", None), ("prefork", None), ("solo", None)):
+        with pytest.raises(ValueError, match=r"^processes=1000000 is more than .* at most \d+"):
+            celerynb.LocalCluster(processes=10**6, pool=pool, memory_limit=limit)
 
 
 def test_a_scale_the_memory_cannot_share_leaves_the_cluster_as_it_was(own_cluster):
     cluster, session = own_cluster()
     before = (cluster._worker, cluster.worker_name, cluster.processes, cluster.memory_limit)
-    with pytest.raises(ValueError, match="1000000 processes would get"):
-        cluster.scale(10**6)
+    too_many = too_many_for_the_memory()
+    with pytest.raises(ValueError, match=f"{too_many} processes would get"):
+        cluster.scale(too_many)
     after = (cluster._worker, cluster.worker_name, cluster.processes, cluster.memory_limit)
     assert after == before
     assert session.submit(pause_then_square, (4,)).result(timeout=60) == 16

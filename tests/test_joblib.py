@@ -1,6 +1,7 @@
 """joblib's Parallel (and scikit-learn through it) on real Celery workers: backend "celerynb"."""
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -255,6 +256,28 @@ def test_a_call_stopped_with_no_failed_call_ends_cancelled(session, shown):
     (group,) = shown
     assert wait_for(lambda: group.done())
     assert group.state == "REVOKED" and group.cancelled(), group.counts
+
+
+def test_a_batch_back_after_its_call_ended_logs_no_error(caplog):
+    """A callback that sends the next batch into a call ended meanwhile (a generator
+    closed early) gets CancelledError from the cancelled call: nothing failed."""
+    import concurrent.futures
+
+    from celerynb._joblib import _logged
+
+    def sends_into_an_ended_call(job):
+        raise concurrent.futures.CancelledError("joblib.Parallel(sqrt) was cancelled")
+
+    def broken(job):
+        raise KeyError("a real bug")
+
+    with caplog.at_level(logging.DEBUG, logger="celerynb"):
+        _logged(sends_into_an_ended_call, None)
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        _logged(broken, None)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "celerynb: a joblib callback failed"
+    ]
 
 
 def test_a_parallel_inside_a_batch_runs_on_threads(session, shown):

@@ -334,6 +334,20 @@ def test_a_groups_rate_after_a_retry_counts_only_the_items_run_again():
     assert waiting.rate is None  # none of this run yet: no rate (and no ETA)
 
 
+def test_a_chunk_running_its_failed_items_again_keeps_the_others_done():
+    spans, kept = [(0, 10), (10, 20)], [9, 0]  # chunk 0 runs 1 item again; chunk 1 ran
+
+    def counts(state, partial=0, settled=False):
+        return count_items(
+            spans, [state, "SUCCESS"], [partial, 0], settled=[settled, True],
+            cancelled=[False, False], failed_items=0, kept=kept,
+        )  # fmt: skip
+
+    assert counts("PENDING") == ItemCounts(pending=1, done=19)
+    assert counts("PROGRESS", partial=0) == ItemCounts(running=1, done=19)
+    assert counts("SUCCESS") == counts("PENDING", settled=True) == ItemCounts(done=20)
+
+
 class LooksUpEverything(Exception):
     """An exception whose ``__getattr__`` raises KeyError (a dict-backed error class)."""
 

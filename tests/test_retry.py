@@ -67,6 +67,39 @@ def test_retry_failed_reruns_only_the_failed_items_of_a_map(session, tmp_path):
         mapped.retry_failed()
 
 
+def test_while_a_retry_runs_the_items_kept_count_done_and_only_the_rest_runs(session, tmp_path):
+    marks, gate = str(tmp_path), str(tmp_path / "gate")
+
+    def fails_once_then_waits(x, marks=marks, gate=gate):
+        import os
+        import time
+
+        if x % 5 == 0:
+            mark = os.path.join(marks, str(x))
+            if not os.path.exists(mark):
+                open(mark, "w").close()
+                raise ValueError(f"item {x} fails once")
+            deadline = time.monotonic() + 60
+            while not os.path.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return x
+
+    mapped = celerynb.map(fails_once_then_waits, range(20), chunksize=5)
+    with pytest.raises(ValueError):
+        mapped.results(timeout=30)
+    mapped.retry_failed()
+    try:  # two run at once (two worker processes), held by the gate
+        assert wait_for(lambda: mapped.counts.running == 2, timeout=30), mapped.counts
+        counts = mapped.counts  # the 16 items kept stay done; the 4 run again
+        assert (counts.done, counts.pending + counts.running, counts.failed) == (16, 4, 0)
+        assert mapped.progress.n == 16 and mapped.progress.primary.rate is None
+    finally:
+        open(gate, "w").close()  # never leave the workers held for the next tests
+    assert mapped.results(timeout=30) == list(range(20))
+    bar = mapped.progress.primary
+    assert bar.n == 20 and round(bar.rate * bar.elapsed) == 4
+
+
 def test_a_job_lost_with_its_worker_is_sent_again_when_asked(session, tmp_path):
     gate = tmp_path / "gate"
     job = celerynb.apply_async(gated, (str(gate), 7), retry_lost=1)
