@@ -20,9 +20,10 @@ from ._job_states import date_done, is_task_name, job_note, placeholder_name
 from ._job_updates import apply_meta, lose, lose_message
 from ._output import Entry
 from ._output_log import OutputLog, OutputTail
+from ._registry import registry
 from ._schema import LOST, UNKNOWN, BarSnapshot, ProgressSnapshot
 from ._signing import Opened
-from ._store import JobRecord
+from ._store import JobRecord, store
 
 # placeholder_name: re-exported, the session takes it from here.
 __all__ = ["Job", "placeholder_name"]
@@ -200,6 +201,8 @@ class Job(WatchedFuture):
             if self.call_repr == self.name:
                 self.call_repr = name
             self.name = name
+        if self.id in registry:  # kept for this notebook: kept under its name from now on
+            store.rename(self.id, name)
         self._notify()
 
     def _apply_meta(self, meta: dict[str, Any], live: bool = False) -> None:

@@ -162,6 +162,18 @@ class JobStore:
         except (sqlite3.Error, OSError) as exc:
             self.error = f"cannot record jobs in {self.path}: {exc}"
 
+    def rename(self, task_id: str, name: str) -> None:
+        """A kept job's name, learnt after it was kept (an id attached from elsewhere,
+        named by its stored state or a worker): an earlier kernel's jobs list it by it."""
+        try:
+            with self._lock:
+                self._db().execute(
+                    "UPDATE jobs SET name = ? WHERE id = ? AND notebook = ?",
+                    (name, task_id, notebook_key()),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            self.error = f"cannot record jobs in {self.path}: {exc}"
+
     def previous(self, backend: str) -> list[JobRecord]:
         """This notebook's jobs from earlier kernels on the same backend, oldest first."""
         try:

@@ -270,6 +270,16 @@ def test_an_attached_id_is_named_by_its_stored_state_or_by_the_worker_running_it
     assert wait_for(lambda: attached.name == "myproject.tasks.crunch", timeout=15), attached
     assert attached.result(timeout=30) == 60
 
+    # The job store keeps the names learnt: a later kernel lists them by them.
+    from celerynb import _store
+
+    _store.RUN_ID, this_kernel = f"{_store.RUN_ID}-later", _store.RUN_ID
+    try:
+        kept = {r.id: r.name for r in _store.store.previous(session.backend_key)}
+    finally:
+        _store.RUN_ID = this_kernel
+    assert (kept[extended.id], kept[attached.id]) == ("tasks.crunch", "myproject.tasks.crunch")
+
 
 def test_attach_refuses_what_it_cannot_watch(session):
     with pytest.raises(TypeError, match="attach\\(\\) takes a task id"):
