@@ -564,11 +564,15 @@ def print_watching(watching: Watching) -> None:
         f"({100 * watching.burst_cpu / watching.finish_seconds:.1f}% core)"
     )
     subscribed = watching.idle[-1].subscribed
-    carrying = [channels for channels in subscribed if channels >= WATCHED_JOBS]
+    total = sum(subscribed)
+    verdict = (
+        "as expected: one pattern covers the jobs, no channel of their own"
+        if total < WATCHED_JOBS
+        else "expected a few: a channel per job?"
+    )
     print(
-        f"pub/sub connections with {WATCHED_JOBS:,} jobs watched: {len(subscribed)}, "
-        f"{len(carrying)} carrying the jobs' channels "
-        f"({'as expected' if len(carrying) == 1 else 'expected 1'}; another listens to worker "
+        f"pub/sub connections with {WATCHED_JOBS:,} jobs watched: {len(subscribed)}, holding "
+        f"{total} subscriptions in all ({verdict}; one connection listens to worker "
         f"heartbeats); after they finished: {len(watching.after)} "
         f"({', '.join(map(str, watching.after))} ch)"
     )
