@@ -51,14 +51,14 @@ def memory_limit_bytes(value: str | int | float | None, processes: int) -> int |
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
-        share = physical_memory() // max(processes, 1)
+        total = physical_memory()
+        share = total // max(processes, 1)
         if share < MIN_LIMIT:
-            most = physical_memory() // MIN_LIMIT
             raise ValueError(
                 f"{processes} processes would get {readable_size(share)} of memory each "
-                f"(memory_limit='auto' shares this machine's {readable_size(physical_memory())}"
-                f"); at most {most} get the {readable_size(MIN_LIMIT)} a worker process needs "
-                "(or pass memory_limit=None)"
+                f"(memory_limit='auto' shares this machine's {readable_size(total)}); "
+                f"at most {total // MIN_LIMIT} get the {readable_size(MIN_LIMIT)} a worker "
+                "process needs (or pass memory_limit=None)"
             )
         return share
     not_a_size = ValueError(f"memory_limit must be a size such as '2GB', got {value!r}")

@@ -37,9 +37,9 @@ def too_many_for_the_memory():
     import os
 
     from celerynb._cluster_worker import PROCESSES_PER_CPU
-    from celerynb._memory import physical_memory
+    from celerynb._memory import MIN_LIMIT, physical_memory
 
-    too_many = physical_memory() // (64 * 2**20) + 1
+    too_many = physical_memory() // MIN_LIMIT + 1
     if too_many > PROCESSES_PER_CPU * (os.cpu_count() or 1):
         pytest.skip("this machine's memory outlasts its cap on processes")
     return too_many

@@ -50,7 +50,6 @@ class RedisPushSource:
         self._covering: int | None = None  # the one whose pattern is confirmed, if any
         self._early: list[dict[str, Any]] = []  # read while waiting for a confirmation
         self._expected: set[str] = set()  # stamped calls not yet adopted (see stamp)
-        self._layout: bytes | None | bool = False  # the key prefix (False: not probed)
         self._sentinel = f"celerynb-sentinel-{uuid.uuid4().hex}"
         self.data_lost = False  # the last resync found the server without its data
         self.restarted = False  # ... or found another server process (a restart)
@@ -60,6 +59,7 @@ class RedisPushSource:
         self._woken, self._waker = socket.socketpair()
         self._woken.setblocking(False)
         self._waker.setblocking(False)
+        self._key_prefix = self._probe_key_prefix()
 
     @property
     def broker_shares_server(self) -> bool:
@@ -111,16 +111,13 @@ class RedisPushSource:
             self._expected.discard(task_id)
 
     def _covers(self, task_id: str) -> bool:
-        return task_id.endswith(self._id_suffix) and self._key_prefix() is not None
+        return task_id.endswith(self._id_suffix) and self._key_prefix is not None
 
-    def _key_prefix(self) -> bytes | None:
+    def _probe_key_prefix(self) -> bytes | None:
         """What a task's key is before its id; None where a backend lays its keys out
         otherwise (then no pattern: every task is subscribed one by one)."""
-        if self._layout is False:
-            first, second = self._key("0a"), self._key("1b")
-            layout_ok = first.endswith(b"0a") and first[:-2] == second[:-2]
-            self._layout = first[:-2] if layout_ok else None
-        return self._layout if isinstance(self._layout, bytes) else None
+        first, second = self._key("0a"), self._key("1b")
+        return first[:-2] if first.endswith(b"0a") and first[:-2] == second[:-2] else None
 
     def _ensure_pubsub(self) -> Any:
         if self._pubsub is None:
@@ -146,7 +143,7 @@ class RedisPushSource:
 
     def _pattern(self) -> bytes | None:
         """The channels of this source's own task ids (glob characters escaped)."""
-        prefix = self._key_prefix()
+        prefix = self._key_prefix
         if prefix is None:
             return None
         return re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*" + self._id_suffix.encode()
@@ -319,7 +316,7 @@ class RedisPushSource:
 
     def _own_task_id(self, channel: Any) -> str | None:
         """The id of a call stamped but not yet adopted whose channel this is."""
-        prefix = self._key_prefix()
+        prefix = self._key_prefix
         if prefix is None or not isinstance(channel, bytes) or not channel.startswith(prefix):
             return None
         try:
