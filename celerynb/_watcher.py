@@ -132,7 +132,9 @@ class Watcher:
 
     def sync(self, timeout: float = 5.0) -> bool:
         """Wait until every job watched so far has received its current state
-        (True), or ``timeout`` passes (False: e.g. the backend is unreachable)."""
+        (True), or ``timeout`` passes (False: e.g. the backend is unreachable).
+        A covered call taken before the sync (see ``watch``) is not read back: its
+        states come by the source's subscription, in a poll that may end after this."""
         caught_up = threading.Event()
         self._incoming.put(caught_up)
         self._wake()

@@ -59,6 +59,9 @@ class CoveringFake:
         self.wakes = 0
         self.updates: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.stored: dict[str, dict[str, Any]] = {}
+        # While the watcher's thread waits in a poll begun with nothing queued: the
+        # wakes made before that poll began (then none is on its way to end it).
+        self.waiting_after: int | None = None
 
     def new_task_id(self) -> str:
         return f"{uuid.uuid4()}-own"
@@ -82,10 +85,13 @@ class CoveringFake:
     def poll(self, timeout: float) -> list[tuple[str, dict[str, Any]]]:
         while self.during_poll:
             self.during_poll.pop(0)()
+        self.waiting_after = self.wakes if self.updates.empty() else None
         try:
             first = self.updates.get(timeout=timeout)
         except queue.Empty:
             return []
+        finally:
+            self.waiting_after = None
         got = [first]
         while not self.updates.empty():
             got.append(self.updates.get())
@@ -95,8 +101,8 @@ class CoveringFake:
         return []
 
     def wake(self) -> None:
-        self.wakes += 1
         self.updates.put(("", {}))  # ends a waiting poll, as the real wake does
+        self.wakes += 1
 
     def close(self) -> None:
         pass
@@ -183,7 +189,10 @@ def test_sync_reads_back_a_covered_call_queued_with_it(fake):
     watcher._poll_timeout = 60  # only a wake ends a poll
     first = Recorder(str(uuid.uuid4()))
     watcher.watch(first)
+    # Waiting in a poll: the call and the sync are taken together after it (a call
+    # taken alone first is adopted, its states to come by the pattern).
     assert wait_for(lambda: "watch" in kinds_for(source, first.id))
+    assert wait_for(lambda: source.waiting_after == source.wakes)
     job = Recorder(watcher.new_task_id())
     source.stored[job.id] = {"status": states.SUCCESS, "result": 5}
     watcher.watch(job, before_sending=True)  # no wake: queued until the sync's
