@@ -110,6 +110,11 @@ class DataUnavailableError(DataStoreError):
     (collected, released) or was never completely written."""
 
 
+class ResultReleasedError(CelerynbError, RuntimeError):
+    """A finished job's result was let go of once the code that ran it had it (a joblib
+    batch's, for one): the kernel's job list keeps the job, not its data."""
+
+
 class RemoteError(CelerynbError):
     """A remote exception whose own class could not be rebuilt in this process."""
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any
 
-from ._errors import RemoteTraceback
+from ._errors import RemoteTraceback, ResultReleasedError
 from ._format import job_status_line
 from ._output_log import OutputTail
 
@@ -69,6 +69,7 @@ class WatchedFuture(Future):
         # The thread running the done callbacks, until the listeners are told: a callback
         # that asks for the result must not wait for displays that are drawn only after.
         self._completing_thread: int | None = None
+        self._released: str | None = None  # why its result was let go of (see there)
         self.add_done_callback(_completing_in_this_thread)
 
     def _display_pending(self) -> threading.Event:
@@ -103,6 +104,7 @@ class WatchedFuture(Future):
             self._result = None
             self._exception = None
             self._done_callbacks = list(self._every_callback)
+            self._released = None
         self._submitted_at, self._finished_at = time.monotonic(), None
         self._sent_at = time.time()
 
@@ -181,9 +183,24 @@ class WatchedFuture(Future):
         """
         self._wait_or_raise(timeout)
         try:
-            return super().result(timeout=0)
+            value = super().result(timeout=0)
+            if self._released is not None:
+                raise ResultReleasedError(
+                    f"the result of {self.call_repr} (job {self.id}) was {self._released} "
+                    "and is no longer kept here"
+                )
+            return value
         finally:
             self._wait_for_displays(timeout)
+
+    def _release_result(self, why: str) -> None:
+        """Let go of the result once its one reader has it (``why`` says who): the job
+        stays in the kernel's job list, which would otherwise hold the data for as long
+        as the kernel runs. ``result()`` then raises ``ResultReleasedError``."""
+        with self._condition:
+            if self._state == "FINISHED" and self._exception is None:
+                self._result = None
+                self._released = why
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The remote exception (None if it succeeded), waiting as ``result`` does."""
@@ -221,6 +238,8 @@ class WatchedFuture(Future):
         error = self.exception(timeout=0)
         if error is not None:
             return f"{type(error).__name__}: {error}"
+        if self._released is not None:
+            return f"(result {self._released})"
         return reprlib.repr(self.result(timeout=0))
 
     # -- display --------------------------------------------------------------

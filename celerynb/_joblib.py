@@ -123,6 +123,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._session: Session | None = None
         self._group: JobGroup | None = None
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
+        self._relays: list[_Relay] = []  # this call's done callbacks, cleared when it ends
         self._scattered: dict[int, tuple[Any, Any]] = {}  # id(arg) -> (arg, its reference)
         self._processes: int | None = None
         self._claim = threading.Lock()
@@ -296,6 +297,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=False)
             self._callbacks = None
+        for relay in self._relays:  # the jobs stay listed: not joblib's call with them
+            relay.clear()
+        self._relays = []
 
     def submit(self, func: Any, callback: Callable[[Any], None] | None = None) -> Job:
         session, group = self._session or current_session(), self._group
@@ -317,15 +321,15 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         if group is not None:
             group._grow([job], [size])  # cancelled group: CancelledError, the job cancelled
         if callback is not None:
-            pool = self._callbacks
-            if pool is None:
-                job.add_done_callback(callback)
-            else:
-                job.add_done_callback(lambda done: pool.submit(_logged, callback, done))
+            relay = _Relay(callback, self._callbacks)
+            self._relays.append(relay)
+            job.add_done_callback(relay)
         return job
 
     def retrieve_result_callback(self, out: Job) -> Any:
-        return out.result(timeout=0)
+        result = out.result(timeout=0)
+        out._release_result("handed to joblib")  # the call's list holds it, not the kernel
+        return result
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """An error ends the call (joblib's rule): revoke every batch not finished; the
@@ -418,6 +422,32 @@ def _name_after(group: JobGroup, function: Any) -> None:
     """The bar takes the name of the function the batches call (e.g. _fit_and_score)."""
     group.name = display_name(function)
     group.call_repr = f"joblib.Parallel({group.name})"
+
+
+class _Relay:
+    """A batch's done callback: hands the batch to joblib's callback in the call's
+    thread (or at once without one). Cleared when the call ends: the batch's job stays
+    in the kernel's job list, and would otherwise keep the whole ``Parallel`` alive."""
+
+    def __init__(
+        self,
+        callback: Callable[[Any], None],
+        pool: concurrent.futures.ThreadPoolExecutor | None,
+    ) -> None:
+        self._callback: Callable[[Any], None] | None = callback
+        self._pool = pool
+
+    def __call__(self, job: Any) -> None:
+        callback, pool = self._callback, self._pool
+        if callback is None:
+            return  # the call ended: nobody waits for this batch
+        if pool is None:
+            callback(job)
+        else:
+            pool.submit(_logged, callback, job)
+
+    def clear(self) -> None:
+        self._callback = self._pool = None
 
 
 def _logged(callback: Callable[[Any], None], job: Any) -> None:

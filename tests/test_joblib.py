@@ -1,10 +1,12 @@
 """joblib's Parallel (and scikit-learn through it) on real Celery workers: backend "celerynb"."""
 
 import contextlib
+import gc
 import logging
 import os
 import threading
 import time
+import weakref
 
 import joblib
 import numpy as np
@@ -56,6 +58,12 @@ def nested_backend_and_sum(n):
 
     backend, _ = get_active_backend()
     return type(backend).__name__, sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(n)))
+
+
+def an_array(i):
+    import numpy as np
+
+    return np.full(1000, i)
 
 
 def total_of(array, offset):
@@ -278,6 +286,29 @@ def test_a_batch_back_after_its_call_ended_logs_no_error(caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
         "celerynb: a joblib callback failed"
     ]
+
+
+def test_the_kernel_keeps_no_result_of_a_call_once_joblib_has_them(session, shown):
+    """The call's jobs stay in the kernel's job list, not their results nor the Parallel
+    that waited for them: a kernel kept every result of every call it had ever run."""
+    with joblib.parallel_config(backend="celerynb"):
+        parallel = Parallel(n_jobs=-1, batch_size=2)
+        out = parallel(delayed(an_array)(i) for i in range(8))
+    assert [int(array[0]) for array in out] == list(range(8))
+    arrays, call = [weakref.ref(array) for array in out], weakref.ref(parallel)
+    (group,) = shown
+    del out, parallel
+
+    def let_go() -> bool:
+        gc.collect()  # the call's thread may hold its last batch a moment longer
+        return call() is None and all(array() is None for array in arrays)
+
+    assert wait_for(let_go, timeout=10)
+    assert group in celerynb.jobs() and group.state == "SUCCESS"
+    batch = group.jobs[0]
+    assert batch.state == "SUCCESS" and batch.short_result_repr() == "(result handed to joblib)"
+    with pytest.raises(celerynb.ResultReleasedError, match="handed to joblib"):
+        batch.result()
 
 
 def test_a_parallel_inside_a_batch_runs_on_threads(session, shown):
