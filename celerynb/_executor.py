@@ -141,6 +141,8 @@ def _in_order(group: JobGroup, deadline: float | None, timeout: float) -> Iterat
     try:
         yield from group._in_order(deadline, timeout)
         finished = True
+        # The caller has every value: the group stays listed in celerynb.jobs(), not them.
+        group._release_results("yielded by Executor.map")
     finally:
         if not finished:
             for job in _not_started([group]):

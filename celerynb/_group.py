@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import states
 
+from ._errors import ResultReleasedError
 from ._future import WatchedFuture
 from ._group_items import GroupItems
 from ._group_progress import ItemCounts, Span, count_items, items_bar, tasks_note
@@ -119,6 +120,7 @@ class JobGroup(WatchedFuture):
                     )
             self._wait_stored(position)
 
+        self._values_kept()
         return self._items.in_order(ready, self.call_repr)
 
     def results(
@@ -136,6 +138,7 @@ class JobGroup(WatchedFuture):
         if not return_exceptions:
             return self.result(timeout)
         self._wait_or_raise(timeout)
+        self._values_kept()
         for position in range(len(self.jobs)):
             self._wait_stored(position)
         return self._items.outcomes(self.call_repr)
@@ -159,6 +162,7 @@ class JobGroup(WatchedFuture):
             TimeoutError: if items are still unfinished ``timeout`` seconds after
                 the iteration started.
         """
+        self._values_kept()
         positions: dict[concurrent.futures.Future, list[int]] = {
             job: self._positions[job.id] for job in self._positions_by_job()
         }
@@ -392,6 +396,25 @@ class JobGroup(WatchedFuture):
             self._end_failed()
         else:
             self._end_cancelled()
+
+    def _release_results(self, why: str) -> None:
+        """Let go of every item's result (a finished group whose one reader has them,
+        ``why`` says who): the group stays in the kernel's job list without its data.
+        Reading the items then raises ``ResultReleasedError``."""
+        with self._lock:
+            self._items.values = []
+            self._items.keep_values = False
+        for job in self._positions_by_job():
+            job._release_result(why)
+        with self._condition:  # done or about to be (its last job's callbacks may run)
+            self._result = None
+            self._released = why
+
+    def _values_kept(self) -> None:
+        if self._released is not None:
+            raise ResultReleasedError(
+                f"the results of {self.call_repr} were {self._released} and are no longer kept here"
+            )
 
     def _positions_by_job(self) -> list[Job]:
         """Each job once (a task given twice is one job)."""

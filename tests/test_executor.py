@@ -1,8 +1,10 @@
 """celerynb.Executor: a concurrent.futures.Executor on real Celery workers."""
 
 import concurrent.futures
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import CancelledError
 
 import pytest
@@ -50,6 +52,31 @@ def test_map_keeps_the_order_zips_iterables_and_raises_at_the_failed_item(sessio
         next(results)
     pool.shutdown()
     assert group.state == "FAILURE", "the map failed: an item raised (the rest cancelled)"
+
+
+def an_array(i):
+    import numpy as np
+
+    return np.full(1000, i)
+
+
+def test_the_kernel_keeps_no_value_a_map_has_yielded(session):
+    """As the standard library's map lets go of each future it has yielded: the map stays
+    listed in celerynb.jobs(), its values are the caller's alone."""
+    pool = celerynb.Executor()
+    values = list(pool.map(an_array, range(6), chunksize=2))
+    assert [int(v[0]) for v in values] == list(range(6))
+    group = celerynb.jobs()[-1]
+    assert isinstance(group, celerynb.JobGroup) and len(group) == 6, group
+    held = [weakref.ref(v) for v in values]
+    del values
+    gc.collect()
+    assert [ref for ref in held if ref() is not None] == []
+    assert group.state == "SUCCESS" and group.short_result_repr() == "6 results"
+    for read in (group.results, lambda: group.results(return_exceptions=True), lambda: list(group)):
+        with pytest.raises(celerynb.ResultReleasedError, match="yielded by Executor.map"):
+            read()
+    pool.shutdown()
 
 
 def test_map_times_out_from_the_call_and_closing_it_cancels_the_chunks_not_started(
