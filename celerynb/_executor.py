@@ -137,12 +137,15 @@ def _in_order(group: JobGroup, deadline: float | None, timeout: float) -> Iterat
     """The group's item results in order; closing the iterator before its end cancels
     its chunks not started (as the stdlib's map cancels its futures: running ones
     finish)."""
-    finished = False
+    finished, total = False, len(group)
     try:
-        yield from group._in_order(deadline, timeout)
-        finished = True
-        # The caller has every value: the group stays listed in celerynb.jobs(), not them.
-        group._release_results("yielded by Executor.map")
+        if not total:
+            finished = True
+        for count, value in enumerate(group._in_order(deadline, timeout), 1):
+            if count == total:  # the caller has every value once this one is yielded:
+                finished = True  # the group stays listed in celerynb.jobs(), not them
+                group._release_results("yielded by Executor.map")
+            yield value
     finally:
         if not finished:
             for job in _not_started([group]):

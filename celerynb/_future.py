@@ -128,6 +128,8 @@ class WatchedFuture(Future):
         self._counted_from_store = True
 
     def __await__(self) -> Generator[Any, None, Any]:
+        if self._released is not None:  # asyncio would only log the error, and wait on
+            self.result(timeout=0)
         return asyncio.wrap_future(self).__await__()
 
     # -- listeners (display) --------------------------------------------------
@@ -238,9 +240,12 @@ class WatchedFuture(Future):
         error = self.exception(timeout=0)
         if error is not None:
             return f"{type(error).__name__}: {error}"
-        if self._released is not None:
-            return f"(result {self._released})"
-        return reprlib.repr(self.result(timeout=0))
+        if self._released is None:
+            try:
+                return reprlib.repr(self.result(timeout=0))
+            except ResultReleasedError:  # let go of meanwhile (another thread)
+                pass
+        return f"(result {self._released})"
 
     # -- display --------------------------------------------------------------
     def status_line(self) -> str:

@@ -378,6 +378,9 @@ class JobGroup(WatchedFuture):
             self._end_cancelled()
         else:
             self.set_result(items.values if items.keep_values else None)
+            if self._released is not None:  # let go of while it ended: not kept after all
+                with self._condition:
+                    self._result = None
 
     def _end_cancelled(self) -> None:
         concurrent.futures.Future.cancel(self)
@@ -401,14 +404,14 @@ class JobGroup(WatchedFuture):
         """Let go of every item's result (a finished group whose one reader has them,
         ``why`` says who): the group stays in the kernel's job list without its data.
         Reading the items then raises ``ResultReleasedError``."""
+        with self._condition:  # first: a reader from now on is told, not given nothing
+            self._released = why
+            self._result = None  # and if it is still ending, ``_finish`` lets go of it
         with self._lock:
             self._items.values = []
             self._items.keep_values = False
         for job in self._positions_by_job():
             job._release_result(why)
-        with self._condition:  # done or about to be (its last job's callbacks may run)
-            self._result = None
-            self._released = why
 
     def _values_kept(self) -> None:
         if self._released is not None:

@@ -290,6 +290,14 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         group, self._group = self._group, None
         if group is not None:
             group._close()
+            # Listed from now on, but joblib has what it read (a batch it did not read,
+            # after an error or a generator closed early, is nobody's), and a batch of an
+            # ended call cannot run again: its call would keep the whole Parallel alive.
+            group._release_results("handed to joblib")
+            for job in group.jobs:
+                if job.done():
+                    job._call = None
+                    job._no_retry = "its joblib call has ended"
             registry.add(group)
         for _arg, scattered in self._scattered.values():
             scattered.release()  # removed once the batches carrying it are done

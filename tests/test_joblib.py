@@ -214,6 +214,8 @@ def test_an_error_aborts_the_call_and_revokes_the_queued_batches(session, shown)
     assert group.state == "FAILURE", "its bar ends failed, not cancelled: an item failed"
     with pytest.raises(ValueError, match="item zero is bad"):
         group.result(timeout=0)
+    with pytest.raises(RuntimeError, match="its joblib call has ended"):
+        group.retry_failed()  # joblib waits for it no more; its call kept the Parallel
 
 
 def test_a_failed_call_fails_alone_and_the_calls_after_it_in_its_batch_did_not_run(session, shown):
@@ -309,6 +311,8 @@ def test_the_kernel_keeps_no_result_of_a_call_once_joblib_has_them(session, show
     assert batch.state == "SUCCESS" and batch.short_result_repr() == "(result handed to joblib)"
     with pytest.raises(celerynb.ResultReleasedError, match="handed to joblib"):
         batch.result()
+    with pytest.raises(celerynb.ResultReleasedError, match="handed to joblib"):
+        group.results()  # None before: as if the call had returned nothing
 
 
 def test_a_parallel_inside_a_batch_runs_on_threads(session, shown):
