@@ -122,8 +122,8 @@ def run_cell(source: str, filename: str, inputs: bytes, outputs: tuple[str, ...]
 
 def captured_output(job: Any) -> CellResult | None:
     """The stdout/stderr a finished cell job captured, if it is one."""
-    if not job.done() or job.cancelled():
-        return None
+    if not job.done() or job.cancelled() or getattr(job, "_released", None) is not None:
+        return None  # a released result is a joblib batch's or a map's, never a cell's
     error = job.exception(timeout=0)
     if error is not None:
         output = getattr(error, "celerynb_output", None)
