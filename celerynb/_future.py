@@ -128,8 +128,7 @@ class WatchedFuture(Future):
         self._counted_from_store = True
 
     def __await__(self) -> Generator[Any, None, Any]:
-        if self._released is not None:  # asyncio would only log the error, and wait on
-            self.result(timeout=0)
+        self._raise_if_released()  # asyncio would only log the error, and wait on
         return asyncio.wrap_future(self).__await__()
 
     # -- listeners (display) --------------------------------------------------
@@ -186,14 +185,17 @@ class WatchedFuture(Future):
         self._wait_or_raise(timeout)
         try:
             value = super().result(timeout=0)
-            if self._released is not None:
-                raise ResultReleasedError(
-                    f"the result of {self.call_repr} (job {self.id}) was {self._released} "
-                    "and is no longer kept here"
-                )
+            self._raise_if_released()
             return value
         finally:
             self._wait_for_displays(timeout)
+
+    def _raise_if_released(self) -> None:
+        if self._released is not None:
+            raise ResultReleasedError(
+                f"the result of {self.call_repr} (job {self.id}) was {self._released} "
+                "and is no longer kept here"
+            )
 
     def _release_result(self, why: str) -> None:
         """Let go of the result once its one reader has it (``why`` says who): the job

@@ -11,7 +11,6 @@ from typing import Any
 
 from celery import states
 
-from ._errors import ResultReleasedError
 from ._future import WatchedFuture
 from ._group_items import GroupItems
 from ._group_progress import ItemCounts, Span, count_items, items_bar, tasks_note
@@ -120,7 +119,7 @@ class JobGroup(WatchedFuture):
                     )
             self._wait_stored(position)
 
-        self._values_kept()
+        self._raise_if_released()
         return self._items.in_order(ready, self.call_repr)
 
     def results(
@@ -138,7 +137,7 @@ class JobGroup(WatchedFuture):
         if not return_exceptions:
             return self.result(timeout)
         self._wait_or_raise(timeout)
-        self._values_kept()
+        self._raise_if_released()
         for position in range(len(self.jobs)):
             self._wait_stored(position)
         return self._items.outcomes(self.call_repr)
@@ -162,7 +161,7 @@ class JobGroup(WatchedFuture):
             TimeoutError: if items are still unfinished ``timeout`` seconds after
                 the iteration started.
         """
-        self._values_kept()
+        self._raise_if_released()
         positions: dict[concurrent.futures.Future, list[int]] = {
             job: self._positions[job.id] for job in self._positions_by_job()
         }
@@ -412,12 +411,6 @@ class JobGroup(WatchedFuture):
             self._items.keep_values = False
         for job in self._positions_by_job():
             job._release_result(why)
-
-    def _values_kept(self) -> None:
-        if self._released is not None:
-            raise ResultReleasedError(
-                f"the results of {self.call_repr} were {self._released} and are no longer kept here"
-            )
 
     def _positions_by_job(self) -> list[Job]:
         """Each job once (a task given twice is one job)."""
