@@ -16,6 +16,7 @@ from ._backend import plain_backend_url, quiet_backend_url
 from ._config import BACKEND_ENV, BROKER_ENV, default_backend, failure_line, mask_url
 from ._datastore import store_spec
 from ._errors import ConnectionSettingsError, NotConnectedError, one_line
+from ._redis_channel import CelerynbAMQP
 from ._session import CONNECT_TIMEOUT, Session, make_current
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def _target_from_environment() -> Any:
 def _client_app(
     broker: str, backend: str | None, conf: dict[str, Any], main: str = "celerynb"
 ) -> Celery:
-    app = Celery(main, set_as_current=False)
+    app = Celery(main, set_as_current=False, amqp=CelerynbAMQP)  # see _redis_channel
     conf = {k: v for k, v in conf.items() if k not in ("broker_url", "result_backend")}
     app.conf.update(conf)
     app.conf.broker_url = broker

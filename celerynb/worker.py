@@ -26,6 +26,7 @@ from ._config import (
 )
 from ._memory import limit_this_process
 from ._outcomes import ColdShutdownTask, ShippedTask
+from ._redis_channel import CelerynbAMQP
 from ._runner import run_shipped
 from ._wire import CONTENT_TYPE, accept_shipped_calls
 from ._worker_report import install as install_worker_report
@@ -102,7 +103,11 @@ def _broker_settings(broker: str) -> dict[str, Any]:
 
 _broker = _broker_from_env()
 app = Celery(
-    "celerynb", broker=_broker, backend=_backend_from_env(_broker), task_cls=ColdShutdownTask
+    "celerynb",
+    broker=_broker,
+    backend=_backend_from_env(_broker),
+    task_cls=ColdShutdownTask,
+    amqp=CelerynbAMQP,  # one Redis client per channel, not one per command
 )
 app.conf.update(WORKER_DEFAULTS)
 app.conf.update(_broker_settings(_broker))
