@@ -23,7 +23,9 @@ from typing import Any
 
 from celery.app.amqp import AMQP
 from kombu import Connection
+from kombu.connection import ConnectionPool, PooledConnection
 from kombu.transport import redis as kombu_redis
+from kombu.utils.collections import HashedSeq
 
 
 class OneClientChannel(kombu_redis.Channel):
@@ -47,13 +49,35 @@ class OneClientTransport(kombu_redis.Transport):
     Channel = OneClientChannel
 
 
-class BrokerConnection(Connection):
+class _OneClientRedis:
     """A kombu connection whose Redis transport (``redis://``, ``rediss://``; not
     Sentinel) uses ``OneClientChannel``."""
 
     def get_transport_cls(self) -> Any:
-        transport = super().get_transport_cls()
+        transport = super().get_transport_cls()  # type: ignore[misc]
         return OneClientTransport if transport is kombu_redis.Transport else transport
+
+
+class BrokerConnection(_OneClientRedis, Connection):
+    """The connection of celerynb's apps; its pool's connections (those Celery sends
+    with) are of its kind too, where kombu's pool makes plain ones."""
+
+    def Pool(self, limit: int | None = None, **kwargs: Any) -> Any:  # noqa: N802 (kombu's)
+        return _BrokerConnectionPool(self, limit=limit, **kwargs)
+
+    def __eqhash__(self) -> Any:
+        # Apart from a plain kombu connection to the same broker in kombu's global pools
+        # (Celery's producer pool is one of them): each gets connections of its own kind.
+        return HashedSeq(__name__, super().__eqhash__())
+
+
+class _PooledBrokerConnection(_OneClientRedis, PooledConnection):
+    pass
+
+
+class _BrokerConnectionPool(ConnectionPool):
+    def new(self) -> Any:
+        return _PooledBrokerConnection(self, **dict(self.connection._info(resolve=False)))
 
 
 class CelerynbAMQP(AMQP):

@@ -4,6 +4,7 @@ per connection pool, not one per command (real Redis: the session's LocalCluster
 import uuid
 
 import pytest
+from kombu import Queue
 from kombu.transport import pyamqp
 from kombu.transport import redis as kombu_redis
 
@@ -42,6 +43,19 @@ def test_messages_go_through_one_client_of_the_channel(session, sync_clients_bui
     assert [message.payload["i"] for message in got] == list(range(5))
     assert isinstance(queue.channel, OneClientChannel)
     assert len({id(client) for client in sync_clients_built}) == 1, "kombu: one per command"
+
+
+def test_celerys_sends_go_through_one_client_too(session, sync_clients_built):
+    """Celery sends from kombu's pool of connections, which made plain kombu ones."""
+    name = f"celerynb-test-{uuid.uuid4().hex}"
+    queue = Queue(name, routing_key=name)
+    with session.app.producer_or_acquire() as producer:
+        assert isinstance(producer.channel, OneClientChannel)
+        for i in range(5):
+            producer.publish({"i": i}, routing_key=name, declare=[queue])
+        assert producer.channel._size(name) == 5
+        queue.bind(producer.channel).delete()
+    assert len({id(client) for client in sync_clients_built}) == 1
 
 
 def test_a_new_connection_pool_gets_its_own_client(session, sync_clients_built):
