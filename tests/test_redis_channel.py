@@ -55,7 +55,8 @@ def test_celerys_sends_go_through_one_client_too(session, sync_clients_built):
             producer.publish({"i": i}, routing_key=name, declare=[queue])
         assert producer.channel._size(name) == 5
         queue.bind(producer.channel).delete()
-    assert len({id(client) for client in sync_clients_built}) == 1
+    # None if an earlier test's send built the pooled channel's client already.
+    assert len(sync_clients_built) <= 1, "kombu built one for each command"
 
 
 def test_a_new_connection_pool_gets_its_own_client(session, sync_clients_built):
