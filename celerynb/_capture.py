@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ContextDecorator, contextmanager
@@ -203,18 +204,20 @@ def _stop_capturing(task_id: str | None = None, **_: Any) -> None:
 class _Flusher:
     """One thread per process that sends the lines of tasks in ``capture_output()``
     every ``FLUSH_SECONDS`` (within their throttle); it ends once none has come for
-    ``IDLE_SECONDS``, not at once: starting a thread for each of many short tasks (a
-    map's chunks, joblib's batches) cost a pool process several percent of its time."""
+    ``IDLE_SECONDS``, not at once. A task comes and goes without waking it (it looks at
+    each round): a thread started for each of many short tasks (a map's chunks, joblib's
+    batches), or woken twice for each, cost a pool process several percent of its time."""
 
     def __init__(self) -> None:
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
         self._outputs: set[TaskOutput] = set()
         self._thread: threading.Thread | None = None
+        self._last_task = time.monotonic()  # when a task last came or went
 
     def add(self, output: TaskOutput) -> None:
-        with self._cv:
+        with self._lock:
             self._outputs.add(output)
-            self._cv.notify()  # an idle thread starts its rounds again
+            self._last_task = time.monotonic()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="celerynb-output", daemon=True
@@ -222,18 +225,18 @@ class _Flusher:
                 self._thread.start()
 
     def remove(self, output: TaskOutput) -> None:
-        with self._cv:
+        with self._lock:
             self._outputs.discard(output)
-            self._cv.notify()
+            self._last_task = time.monotonic()
 
     def _run(self) -> None:
         while True:
-            with self._cv:
-                if not self._cv.wait_for(lambda: self._outputs, IDLE_SECONDS):
+            time.sleep(FLUSH_SECONDS)
+            with self._lock:
+                outputs = list(self._outputs)
+                if not outputs and time.monotonic() - self._last_task >= IDLE_SECONDS:
                     self._thread = None
                     return
-                self._cv.wait(FLUSH_SECONDS)
-                outputs = list(self._outputs)
             for output in outputs:
                 writer = output.writer
                 if writer is not None:

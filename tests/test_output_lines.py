@@ -363,7 +363,7 @@ def test_one_flusher_thread_serves_short_tasks_one_after_another_then_ends(captu
     for _ in range(5):  # a map's chunks, joblib's batches: each a short captured task
         with _capture.capture_output():
             threads.append(_capture._flusher._thread)
-        threads[-1].join(0.2)  # a thread that ends with its task ends now (it is told)
+        threads[-1].join(0.3)  # a thread per task would have ended by its next round
     assert threads[0] is not None and threads[0].is_alive()
     assert all(thread is threads[0] for thread in threads), "a thread started per task"
     threads[0].join(5)  # none comes for IDLE_SECONDS: it ends
