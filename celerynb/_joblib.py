@@ -267,8 +267,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         self._session = current_session()
         self._scattered = {}
         self.begin_batching()
-        if self._callbacks is None:  # kept for the next call: see _callback_thread
-            self._callbacks = _callback_thread()
+        self._callbacks = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="celerynb-joblib"
+        )
         self._group = JobGroup(
             [],
             [],
@@ -301,6 +302,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
         for _arg, scattered in self._scattered.values():
             scattered.release()  # removed once the batches carrying it are done
         self._scattered = {}
+        if self._callbacks is not None:
+            self._callbacks.shutdown(wait=False)
+            self._callbacks = None
         for relay in self._relays:  # the jobs stay listed: not joblib's call with them
             relay.clear()
         self._relays = []
@@ -452,14 +456,6 @@ class _Relay:
 
     def clear(self) -> None:
         self._callback = self._pool = None
-
-
-def _callback_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """The thread a backend runs joblib's callbacks on, kept from one ``Parallel`` call
-    to the next: a new thread per call paid for its start and for the Celery result
-    backend a thread builds for itself (Celery keeps one per thread) on every call.
-    It ends once its backend is dropped (an executor's threads hold it weakly)."""
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celerynb-joblib")
 
 
 def _logged(callback: Callable[[Any], None], job: Any) -> None:

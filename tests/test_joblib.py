@@ -315,29 +315,6 @@ def test_the_kernel_keeps_no_result_of_a_call_once_joblib_has_them(session, show
         group.results()  # None before: as if the call had returned nothing
 
 
-def test_a_backend_keeps_one_callback_thread_for_its_calls_until_it_is_dropped(
-    session, shown, monkeypatch
-):
-    """A new thread per call paid for its start and for the Celery result backend Celery
-    builds per thread, on every call; the kept thread ends with its backend."""
-    threads: list[threading.Thread] = []
-    logged = celerynb._joblib._logged
-
-    def recorded(callback, job):
-        threads.append(threading.current_thread())
-        logged(callback, job)
-
-    monkeypatch.setattr(celerynb._joblib, "_logged", recorded)
-    with joblib.parallel_config(backend="celerynb"):
-        for _ in range(2):
-            assert Parallel(n_jobs=-1)(delayed(square)(i) for i in range(20))[-1] == 19**2
-    assert len(shown) == 2 and len(threads) >= 2
-    (thread,) = set(threads)
-    assert thread.name.startswith("celerynb-joblib")
-    threads.clear()
-    assert wait_for(lambda: gc.collect() >= 0 and not thread.is_alive(), timeout=10)
-
-
 def test_a_parallel_inside_a_batch_runs_on_threads(session, shown):
     with joblib.parallel_config(backend="celerynb"):
         out = Parallel(n_jobs=-1)(delayed(nested_backend_and_sum)(n) for n in (10, 20))
