@@ -38,7 +38,9 @@ stops its cluster, loky's worker processes included. The next round takes the
 contenders in another order, so that the machine's drifting load weighs on all alike.
 Reported: median and best seconds (grid) or items/s (tiny calls) over all rounds, and
 celerynb's median against each contender's, with the load average at the start and the
-end. Goals (the joblib issue): the grid search within 1.15x of loky's time, and
+end; then the same ratios round by round (each round's medians: the same minutes of the
+machine's drifting load for all), to show how steady the pooled ones are. Goals (the
+joblib issue): the grid search within 1.15x of loky's time, and
 celerynb ahead of dask and ipyparallel on both workloads.
 
 Needs scikit-learn and the contenders: ``pip install -e '.[bench]'`` (rows say so when
@@ -134,6 +136,11 @@ class Result:
     seconds: list[float] = field(default_factory=list)
     workers: int | None = None
     note: str = ""
+    rounds: list[list[float]] = field(default_factory=list)  # the seconds of each round
+
+    def add_round(self, seconds: list[float]) -> None:
+        self.seconds += seconds
+        self.rounds.append(seconds)
 
     @property
     def values(self) -> list[float]:
@@ -180,13 +187,14 @@ def measure(contender: Contender, digits: Digits, directory: Path, runs: dict[st
             )
             grid_search(digits, WARMUP_GRID, n_jobs)
             tiny_calls(1_000, n_jobs)
+            searches = []
             for _ in range(runs["grid"]):
                 seconds, search = grid_search(digits, GRID, n_jobs)
                 check_search(contender.name, search, digits)
-                contender.grid.seconds.append(seconds)
-            contender.calls.seconds += [
-                tiny_calls(TINY_CALLS, n_jobs) for _ in range(runs["calls"])
-            ]
+                searches.append(seconds)
+            contender.grid.add_round(searches)
+            calls = [tiny_calls(TINY_CALLS, n_jobs) for _ in range(runs["calls"])]
+            contender.calls.add_round(calls)
     except Unavailable as exc:
         contender.grid.note = contender.calls.note = str(exc)
         print(f"{contender.name}: {exc}", flush=True)
@@ -304,10 +312,34 @@ def report(contenders: list[Contender], digits: Digits, how: str, load: float) -
     print_table(header, [row(c.calls, ours.calls) for c in contenders])
     print("(above 1: celerynb faster)")
     print()
+    print(rounds_line(ours, [loky, *rivals]))
     print(goals_line(loky, ours, rivals))
     unequal = [c.name for c in contenders if c.grid.workers not in (None, 2)]
     if unequal:
         print(f"WARNING: not 2 workers: {', '.join(unequal)}")
+
+
+def rounds_line(ours: Contender, others: list[Contender]) -> str:
+    """celerynb's median against each contender's, round by round (the same minutes of the
+    machine's drifting load for both): how steady each pooled ratio above is."""
+    parts = []
+    for other in others:
+        grid = _round_ratios(ours.grid, other.grid)
+        calls = _round_ratios(ours.calls, other.calls)
+        if grid or calls:
+            parts.append(f"{other.name}: grid {grid or '-'}, tiny calls {calls or '-'}")
+    return "round by round, celerynb against " + ("; ".join(parts) or "no one")
+
+
+def _round_ratios(ours: Result, other: Result) -> str:
+    ratios = []
+    for mine, theirs in zip(ours.rounds, other.rounds, strict=False):
+        if not mine or not theirs:
+            continue
+        if ours.items:  # rates, as in the table: above 1, celerynb faster
+            mine, theirs = [ours.items / s for s in mine], [other.items / s for s in theirs]
+        ratios.append(statistics.median(mine) / statistics.median(theirs))  # times: below 1
+    return ", ".join(f"{ratio:.2f}x" for ratio in ratios)
 
 
 def goals_line(loky: Contender, ours: Contender, rivals: list[Contender]) -> str:
