@@ -36,8 +36,7 @@ def _let_go_of_the_call(job: Any) -> None:
     Nor will one whose call carried scattered references: holding them would keep
     their data in the store for as long as the job is kept."""
     if job._carries_scattered:
-        job._call = None
-        job._no_retry = "its call carried scattered data, let go of when it ended"
+        job._drop_call("its call carried scattered data, let go of when it ended")
     elif not job.cancelled() and job.exception(timeout=0) is None:
         job._call = None
 
@@ -158,6 +157,11 @@ class Job(WatchedFuture):
             if self._call is None:
                 raise RuntimeError(f"job {self.id} cannot run again: {self._no_retry}")
         return self._rerun()
+
+    def _drop_call(self, why: str) -> None:
+        """Let go of the call (its arguments): the job cannot run again, ``why`` says why."""
+        self._call = None
+        self._no_retry = why
 
     def _rerun(self, keep_note: str | None = None) -> Job:
         """Send ``_call`` again as this job (checked by the caller: call known);

@@ -296,8 +296,7 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
             group._release_results("handed to joblib")
             for job in group.jobs:
                 if job.done():
-                    job._call = None
-                    job._no_retry = "its joblib call has ended"
+                    job._drop_call("its joblib call has ended")
             registry.add(group)
         for _arg, scattered in self._scattered.values():
             scattered.release()  # removed once the batches carrying it are done
