@@ -129,8 +129,9 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         with resolving(key, stores):
             fn, args, kwargs = loads(call.segments)
         del call
-    except CelerynbError as exc:  # a verified call that cannot be opened: say so, signed
-        raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
+    except Exception as exc:  # a verified call that cannot be opened: say so, signed
+        # (unsigned, the kernel could not tell it from a forged failure: it would wait on)
+        raise sealed_error(exc, secret=key, task_id=task_id, summary=unopened(exc)) from None
     try:
         # Its output goes to the notebook live; the last lines before it returns too.
         with resolving(key, stores), capture_output():  # a cell unpickles its inputs itself
@@ -170,8 +171,9 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
                 progress=progress,
                 no_store=lambda: no_store_line(task.app),
             )
-    except CelerynbError as exc:
-        raise sealed_error(exc, secret=key, task_id=task_id, summary=str(exc)) from None
+    except Exception as exc:  # signed, as above: e.g. the data store went away
+        summary = str(exc) if isinstance(exc, CelerynbError) else f"cannot send the result: {exc!r}"
+        raise sealed_error(exc, secret=key, task_id=task_id, summary=summary) from None
     envelope = as_json(sealed)
     bars = last_bars(task_id)
     if bars:
@@ -181,6 +183,23 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     if recent is not None:
         envelope[FINAL_OUTPUT_KEY] = recent
     return envelope
+
+
+def unopened(exc: Exception) -> str:
+    """One line for a verified call this worker cannot open; a module missing here gets
+    a hint (it is imported by name: the worker needs it too)."""
+    if isinstance(exc, CelerynbError):
+        return str(exc)
+    line = f"cannot open the call on this worker: {type(exc).__name__}: {exc}"
+    if isinstance(exc, ImportError | AttributeError):
+        hint = (
+            "the worker needs the modules the call uses, in the same versions; a module of "
+            "your own can travel with the call: cloudpickle.register_pickle_by_value(module)"
+        )
+        line = f"{line} ({hint})"
+        if hasattr(exc, "add_note"):  # Python 3.11+: shown under the re-raised exception
+            exc.add_note(hint)
+    return line
 
 
 def signed_retries(body: Opened) -> int:

@@ -402,3 +402,33 @@ def test_a_backend_other_than_the_apps_own_is_warned_about_and_pending_jobs_say_
         assert spelled.backend_caveat is None and job.note is None
     finally:
         spelled.close()
+
+
+def test_a_function_from_a_module_the_workers_lack_fails_its_job_saying_so(
+    session, tmp_path, monkeypatch
+):
+    """The worker verifies the call, then cannot unpickle it: the job fails at once with
+    the ModuleNotFoundError and a hint (signed, or the kernel would wait for ever), in
+    submit and in a joblib call alike."""
+    import joblib
+
+    (tmp_path / "only_in_the_kernel.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the kernel's path, not the workers'
+    from only_in_the_kernel import triple
+
+    job = celerynb.submit(triple, 2)
+    with pytest.raises(ModuleNotFoundError, match="only_in_the_kernel") as info:
+        job.result(timeout=30)
+    if hasattr(info.value, "__notes__"):  # Python 3.11+
+        assert "register_pickle_by_value" in info.value.__notes__[-1]
+    assert job.state == "FAILURE"
+
+    def parallel():
+        with joblib.parallel_config(backend="celerynb"):
+            return joblib.Parallel(n_jobs=-1)(joblib.delayed(triple)(i) for i in range(50))
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        pytest.raises(ModuleNotFoundError, match="only_in_the_kernel"),
+    ):
+        pool.submit(parallel).result(timeout=30)
