@@ -10,6 +10,7 @@ from typing import Any
 
 from kombu.utils.json import dumps as json_dumps
 
+from ._errors import message_of
 from ._validation import check_queue
 
 # Message headers Celery itself writes: a user's ``headers`` must not replace them.
@@ -181,7 +182,7 @@ def time_limit_note(options: CallOptions | None, error: BaseException | None) ->
     the call let out)."""
     if error is None:
         return None
-    text = f"{type(error).__name__} {error}"
+    text = f"{type(error).__name__} {message_of(error)}"
     soft = "SoftTimeLimitExceeded" in text
     if not soft and "TimeLimitExceeded" not in text:
         return None

@@ -172,3 +172,12 @@ class ShippedTaskError(Exception):
 
     def __str__(self) -> str:
         return self.summary
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when its ``__str__`` raises: a worker still signs
+    the failure (else its job would wait for ever), a display still shows it."""
+    try:
+        return str(exc)
+    except Exception as why:
+        return f"<str() of {type(exc).__qualname__} failed: {type(why).__name__}>"

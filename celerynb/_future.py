@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any
 
-from ._errors import RemoteTraceback, ResultReleasedError
+from ._errors import RemoteTraceback, ResultReleasedError, message_of
 from ._format import job_status_line
 from ._output_log import OutputTail
 
@@ -241,7 +241,7 @@ class WatchedFuture(Future):
             return "cancelled"
         error = self.exception(timeout=0)
         if error is not None:
-            return f"{type(error).__name__}: {error}"
+            return f"{type(error).__name__}: {message_of(error)}"
         if self._released is None:
             try:
                 return reprlib.repr(self.result(timeout=0))

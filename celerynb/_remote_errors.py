@@ -12,7 +12,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._errors import RemoteError, RemoteTraceback, ShippedTaskError
+from ._errors import RemoteError, RemoteTraceback, ShippedTaskError, message_of
 from ._signing import as_json, seal
 from ._tracebacks import restore_sources, source_map
 
@@ -28,7 +28,7 @@ def pickle_exception(exc: BaseException) -> bytes:
     except Exception:
         pickled_exc = None
     return cloudpickle.dumps(
-        {"exc": pickled_exc, "type": type(exc).__qualname__, "message": str(exc), "tb": tb}
+        {"exc": pickled_exc, "type": type(exc).__qualname__, "message": message_of(exc), "tb": tb}
     )
 
 
@@ -38,7 +38,8 @@ def sealed_error(
     """``exc`` as the outcome of shipped task ``task_id``: pickled, signed, and carried
     by a ShippedTaskError whose one-line ``summary`` logs and Flower show."""
     sealed = as_json(seal(pickle_exception(exc), secret=secret, purpose="error", task_id=task_id))
-    return ShippedTaskError(f"{type(exc).__name__}: {exc}" if summary is None else summary, sealed)
+    line = f"{type(exc).__name__}: {message_of(exc)}" if summary is None else summary
+    return ShippedTaskError(line, sealed)
 
 
 def exception_from_info(data: bytes | memoryview, code: Any = None) -> BaseException:

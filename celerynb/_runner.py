@@ -31,7 +31,7 @@ from ._claims import (
 )
 from ._config import max_call_age, secret_from_env
 from ._datastore import REDIS_SPEC, DataStore, Progress, data_store, no_store_line
-from ._errors import CelerynbError, SerializationError
+from ._errors import CelerynbError, SerializationError, message_of
 from ._memory import beyond_the_limit
 from ._outcomes import expiry_instant
 from ._payload import dumps, loads, size_of
@@ -172,7 +172,11 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
                 no_store=lambda: no_store_line(task.app),
             )
     except Exception as exc:  # signed, as above: e.g. the data store went away
-        summary = str(exc) if isinstance(exc, CelerynbError) else f"cannot send the result: {exc!r}"
+        summary = (
+            str(exc)
+            if isinstance(exc, CelerynbError)
+            else f"cannot send the result: {type(exc).__name__}: {message_of(exc)}"
+        )
         raise sealed_error(exc, secret=key, task_id=task_id, summary=summary) from None
     envelope = as_json(sealed)
     bars = last_bars(task_id)
@@ -190,7 +194,7 @@ def unopened(exc: Exception) -> str:
     a hint (it is imported by name: the worker needs it too)."""
     if isinstance(exc, CelerynbError):
         return str(exc)
-    line = f"cannot open the call on this worker: {type(exc).__name__}: {exc}"
+    line = f"cannot open the call on this worker: {type(exc).__name__}: {message_of(exc)}"
     if isinstance(exc, ImportError | AttributeError):
         hint = (
             "the worker needs the modules the call uses, in the same versions; a module of "

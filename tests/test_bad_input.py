@@ -432,3 +432,26 @@ def test_a_function_from_a_module_the_workers_lack_fails_its_job_saying_so(
         pytest.raises(ModuleNotFoundError, match="only_in_the_kernel"),
     ):
         pool.submit(parallel).result(timeout=30)
+
+
+class UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("this exception cannot say what it is")
+
+
+def raises_an_unprintable_error():
+    raise UnprintableError()
+
+
+def test_an_exception_whose_str_raises_still_fails_its_job(session):
+    """Its message is needed to sign the failure: a stand-in is used, and the job ends
+    with the worker's exception instead of waiting for ever."""
+    job = celerynb.submit(raises_an_unprintable_error)
+    with pytest.raises(UnprintableError):
+        job.result(timeout=30)
+    assert job.state == "FAILURE"
+    from celerynb._job_view import details_html, final_text, job_html
+
+    assert "FAILURE" in repr(job)
+    for shown in (job_html(job), details_html(job), final_text(job)):
+        assert "UnprintableError" in shown
