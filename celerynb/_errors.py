@@ -179,5 +179,5 @@ def message_of(exc: BaseException) -> str:
     the failure (else its job would wait for ever), a display still shows it."""
     try:
         return str(exc)
-    except Exception as why:
+    except BaseException as why:  # noqa: BLE001 (a __str__ raising KeyboardInterrupt too)
         return f"<str() of {type(exc).__qualname__} failed: {type(why).__name__}>"

@@ -136,8 +136,11 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         # Its output goes to the notebook live; the last lines before it returns too.
         with resolving(key, stores), capture_output():  # a cell unpickles its inputs itself
             value = fn(*args, **kwargs)
-    except Exception as exc:
-        failure = sealed_error(beyond_the_limit(exc), secret=key, task_id=task_id)
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the call's own, signed
+        if not isinstance(exc, Exception) and _stopped_by_the_worker():
+            raise  # a revoke's SIGTERM: the worker's main process writes (and signs) it
+        error = beyond_the_limit(exc) if isinstance(exc, Exception) else exc
+        failure = sealed_error(error, secret=key, task_id=task_id)
         attempt = run_attempt(task.request)
         if attempt < signed_retries(body):
             later = claim_key(task_id, str(body.get("nonce")), attempt + 1)
@@ -204,6 +207,15 @@ def unopened(exc: Exception) -> str:
         if hasattr(exc, "add_note"):  # Python 3.11+: shown under the re-raised exception
             exc.add_note(hint)
     return line
+
+
+def _stopped_by_the_worker() -> bool:
+    """Whether billiard's terminate handler raised (revoke with terminate=True)."""
+    try:
+        from billiard.common import terminate_handler_fired
+    except ImportError:  # an older billiard: treat every BaseException as the worker's
+        return True
+    return bool(terminate_handler_fired())
 
 
 def signed_retries(body: Opened) -> int:

@@ -455,3 +455,17 @@ def test_an_exception_whose_str_raises_still_fails_its_job(session):
     assert "FAILURE" in repr(job)
     for shown in (job_html(job), details_html(job), final_text(job)):
         assert "UnprintableError" in shown
+
+
+def exits(code):
+    raise SystemExit(code)
+
+
+def test_a_call_raising_system_exit_fails_its_job_instead_of_waiting(session):
+    """A BaseException of the call (SystemExit, KeyboardInterrupt) is signed like any
+    other failure; unsigned, the kernel waited for ever."""
+    job = celerynb.submit(exits, 3)
+    with pytest.raises(SystemExit):
+        job.result(timeout=30)
+    assert job.state == "FAILURE"
+    assert celerynb.submit(abs, -2).result(timeout=30) == 2  # the worker runs on
