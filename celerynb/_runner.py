@@ -175,11 +175,7 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
                 no_store=lambda: no_store_line(task.app),
             )
     except Exception as exc:  # signed, as above: e.g. the data store went away
-        summary = (
-            str(exc)
-            if isinstance(exc, CelerynbError)
-            else f"cannot send the result: {type(exc).__name__}: {message_of(exc)}"
-        )
+        summary = _failure_line(exc, "cannot send the result")
         raise sealed_error(exc, secret=key, task_id=task_id, summary=summary) from None
     envelope = as_json(sealed)
     bars = last_bars(task_id)
@@ -195,9 +191,7 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
 def unopened(exc: Exception) -> str:
     """One line for a verified call this worker cannot open; a module missing here gets
     a hint (it is imported by name: the worker needs it too)."""
-    if isinstance(exc, CelerynbError):
-        return str(exc)
-    line = f"cannot open the call on this worker: {type(exc).__name__}: {message_of(exc)}"
+    line = _failure_line(exc, "cannot open the call on this worker")
     if isinstance(exc, ImportError | AttributeError):
         hint = (
             "the worker needs the modules the call uses, in the same versions; a module of "
@@ -207,6 +201,14 @@ def unopened(exc: Exception) -> str:
         if hasattr(exc, "add_note"):  # Python 3.11+: shown under the re-raised exception
             exc.add_note(hint)
     return line
+
+
+def _failure_line(exc: Exception, doing: str) -> str:
+    """The one-line summary of a failure around the call: a CelerynbError's own line,
+    else what was being done and the exception."""
+    if isinstance(exc, CelerynbError):
+        return str(exc)
+    return f"{doing}: {type(exc).__name__}: {message_of(exc)}"
 
 
 def _stopped_by_the_worker() -> bool:
