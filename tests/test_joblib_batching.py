@@ -49,14 +49,14 @@ def test_a_later_call_of_the_same_function_starts_one_per_batch_then_resumes_its
     backend.batching_for(tiny)
     backend.batch_completed(1, 0.02)
     assert backend.compute_batch_size() == 4096  # no ramp from 1 again
-    backend.batch_completed(4096, 0.5)  # within joblib's ideal duration: kept
+    backend.batch_completed(4096, 0.7)  # within joblib's ideal duration: kept
     assert backend.compute_batch_size() == 4096
 
 
 def test_a_size_learned_on_one_function_is_not_applied_to_another():
     backend = a_backend()
     a_call(backend, tiny, [(1, 0.001), (8, 0.001), (64, 0.001)])  # tiny ends at 512
-    assert a_call(backend, fit, [(1, 0.3), (1, 0.3)]) == [1, 1, 1]  # fits take long enough
+    assert a_call(backend, fit, [(1, 0.6), (1, 0.6)]) == [1, 1, 1]  # fits take long enough
     assert a_call(backend, tiny, [(1, 0.01)]) == [1, 512]
 
 
