@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import keyword
 import linecache
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+import unicodedata
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +67,7 @@ def cell_inputs(
     """
     inputs = {}
     for name in names_read_from_outside(source, filename):
-        if name not in namespace or name.startswith("__"):
+        if name not in namespace or _is_dunder(name):  # __name__, __builtins__: the worker's
             continue
         if name in hidden and hidden[name] is namespace[name]:
             continue
@@ -73,16 +75,35 @@ def cell_inputs(
     return inputs
 
 
-def parse_output_names(text: str | Iterable[str] | None) -> tuple[str, ...]:
-    """``"a, b"`` -> ``("a", "b")``; ValueError naming any entry that is not a name."""
+def parse_output_names(
+    text: str | Iterable[str] | None, hidden: Collection[str] = ()
+) -> tuple[str, ...]:
+    """``"a, b"`` -> ``("a", "b")``, each as Python reads an identifier (NFKC).
+
+    Raises:
+        ValueError: naming an entry that is not a variable the notebook may be given:
+            not an identifier, a keyword, a ``__dunder__`` (``__builtins__`` set from a
+            worker would break the kernel), or one of ``hidden``, the shell's own names
+            (``get_ipython``, ``In``, ``Out``...).
+    """
     if text is None:
         return ()
     parts = text.split(",") if isinstance(text, str) else list(text)
-    names = tuple(part.strip() for part in parts if part.strip())
+    names = tuple(unicodedata.normalize("NFKC", p.strip()) for p in parts if p.strip())
     for name in names:
         if not name.isidentifier():
             raise ValueError(f"{name!r} is not a variable name")
+        if keyword.iskeyword(name):
+            raise ValueError(f"{name!r} is a Python keyword, not a variable name")
+        if _is_dunder(name):
+            raise ValueError(f"{name!r} is Python's own name: give a variable of yours")
+        if name in hidden:
+            raise ValueError(f"{name!r} is the IPython shell's own name: give a variable of yours")
     return names
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 # -- worker side: run it ---------------------------------------------------------

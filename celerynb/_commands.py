@@ -9,6 +9,7 @@ from typing import Any
 
 import cloudpickle
 
+from ._assignments import set_latest, will_set
 from ._call_options import CallOptions
 from ._cell import CellResult, cell_inputs, parse_output_names, run_cell
 from ._cluster import LocalCluster
@@ -89,7 +90,7 @@ def submit_cell(
     (not shipped); ``label`` names the job in displays; ``call_options``: Celery's
     calling options (countdown, time limits...).
     """
-    names = parse_output_names(outputs)
+    names = parse_output_names(outputs, hidden or ())
     label = label or f"cell {next(_cell_numbers)}"
     filename = f"<{label}>"
     inputs = cell_inputs(source, filename, namespace, hidden or {})
@@ -106,26 +107,29 @@ def submit_cell(
         holding=carried,
     )
     if names:
-        job.add_done_callback(lambda done: _assign_outputs(done, namespace))
+        will_set(namespace, names, job)
+        job.add_done_callback(lambda done: _assign_outputs(done, namespace, names))
     return job
 
 
 def assign_on_success(job: Job, namespace: MutableMapping[str, Any], name: str) -> None:
-    """Set ``namespace[name]`` to the job's result when (and only if) it succeeds."""
+    """Set ``namespace[name]`` to the job's result when (and only if) it succeeds, and
+    no job submitted later is to set it."""
 
     def assign(done: Any) -> None:
         if not done.cancelled() and done.exception(timeout=0) is None:
-            namespace[name] = done.result(timeout=0)
+            set_latest(namespace, done, {name: done.result(timeout=0)})
 
+    will_set(namespace, [name], job)
     job.add_done_callback(assign)
 
 
-def _assign_outputs(job: Any, namespace: MutableMapping[str, Any]) -> None:
+def _assign_outputs(job: Any, namespace: MutableMapping[str, Any], names: tuple[str, ...]) -> None:
     if job.cancelled() or job.exception(timeout=0) is not None:
         return
     result = job.result(timeout=0)
-    if isinstance(result, CellResult):
-        namespace.update(result.values)
+    if isinstance(result, CellResult):  # the names asked for, nothing else the worker sent
+        set_latest(namespace, job, {n: result.values[n] for n in names if n in result.values})
 
 
 def _pickle_inputs(inputs: dict[str, Any]) -> bytes:

@@ -127,6 +127,26 @@ def test_output_names_are_checked():
         parse_output_names("a,1x")
 
 
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ("__builtins__", "'__builtins__' is Python's own name"),
+        ("total, __name__", "'__name__' is Python's own name"),
+        ("class", "'class' is a Python keyword"),
+        ("None", "'None' is a Python keyword"),
+        ("get_ipython", "'get_ipython' is the IPython shell's own name"),
+        ("Out", "'Out' is the IPython shell's own name"),
+    ],
+)
+def test_output_names_that_would_break_the_kernel_are_refused(names, message):
+    with pytest.raises(ValueError, match=message):
+        parse_output_names(names, hidden={"get_ipython", "In", "Out"})
+
+
+def test_output_names_are_read_as_python_reads_identifiers():
+    assert parse_output_names("\ufb01le, __secret, _") == ("file", "__secret", "_")
+
+
 def test_run_cell_returns_the_asked_variables_and_the_output():
     import pickle
 

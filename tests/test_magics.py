@@ -294,6 +294,9 @@ def test_cancel_by_id_prefix_and_all(kernel):
         ("%celery_submit simulate(", r"not a Python call"),
         ("%celery_submit --bogus simulate(1)", r"unrecognized arguments: --bogus"),
         ("%celery_submit -o 1x simulate(1)", r"'1x' is not a variable name"),
+        ("%celery_submit -o __builtins__ simulate(1)", r"'__builtins__' is Python's own name"),
+        ("%celery_submit -o get_ipython simulate(1)", r"'get_ipython' is the IPython shell's"),
+        ("%%celery_submit -o __builtins__\npass", r"'__builtins__' is Python's own name"),
         ("%celery_submit", r"give a call to run"),
         ("%celery_submit simulate(1/0)", r"ZeroDivisionError"),
         (
@@ -385,3 +388,18 @@ def test_local_cluster_of_the_magic_stops_with_the_kernel(tmp_path):
         kernel.close()
     assert wait_for(lambda: not any(p.is_running() for p in processes), timeout=20)
     assert not Path(directory).exists(), "the cluster left its files behind"
+
+
+def test_a_cell_run_again_keeps_the_newer_runs_value_and_ships_private_names(kernel):
+    """Fixed and run again while the first run still works: the older run, finishing
+    last, does not replace the newer value. A notebook name like ``__secret`` (not a
+    dunder) is shipped like any other."""
+    kernel.ok("__secret = 41")
+    kernel.ok("%%celery_submit -o rerun\nimport time\ntime.sleep(3)\nrerun = 'old run'")
+    kernel.ok("older = celerynb.jobs()[-1]")
+    kernel.ok("%%celery_submit -o rerun\nrerun = ('new run', __secret + 1)")
+    kernel.ok("newer = celerynb.jobs()[-1]")
+    cell = kernel.ok("newer.result(timeout=30); print(older.done(), rerun)")
+    assert cell.stdout == "False ('new run', 42)\n"  # the older run still works
+    cell = kernel.ok("older.result(timeout=30); print(older.state, rerun)")
+    assert cell.stdout == "SUCCESS ('new run', 42)\n"
