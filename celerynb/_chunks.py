@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from ._call_failures import is_the_calls_own
 from ._remote_errors import pickle_exception
 from ._reporting import progress_for, running_task
 from ._schema import bar_meta
@@ -84,7 +85,9 @@ def _run_block(
     for item in items:
         try:
             append(fn(*item) if star else fn(item))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: this item's, the others go on
+            if not is_the_calls_own(exc):
+                raise  # the worker stops the task (a revoke)
             errors[len(values)] = pickle_exception(exc)
             append(None)
 
@@ -97,8 +100,8 @@ def _retrying(fn: Callable[..., Any], retries: int, delay: float) -> Callable[..
         for attempt in range(retries + 1):
             try:
                 return fn(*args)
-            except Exception:
-                if attempt == retries:
+            except BaseException as exc:  # as a single call's retries= does
+                if attempt == retries or not is_the_calls_own(exc):
                     raise
                 if delay:
                     time.sleep(delay)

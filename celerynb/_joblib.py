@@ -40,6 +40,7 @@ from joblib.parallel import (
 )
 
 from ._byref import inline_limit
+from ._call_failures import is_the_calls_own
 from ._calls import display_name
 from ._display import display_job
 from ._errors import CelerynbError
@@ -75,9 +76,10 @@ def run_batch(batch: Any) -> list[Any]:
     batch.items = calls = _Calls(calls)
     try:
         return batch()
-    except Exception as exc:
-        with contextlib.suppress(Exception):  # an exception that takes no attribute: unmarked
-            setattr(exc, FAILED_CALL, calls.place_reached())
+    except BaseException as exc:  # SystemExit too: the call's, not the whole batch's
+        if is_the_calls_own(exc):
+            with contextlib.suppress(Exception):  # an exception that takes no attribute
+                setattr(exc, FAILED_CALL, calls.place_reached())
         raise
 
 
@@ -468,7 +470,7 @@ def _logged(callback: Callable[[Any], None], job: Any) -> None:
         # It sent the next batch into a call that ended meanwhile (a generator closed
         # early, an error): that batch is cancelled, as the call is. Nothing failed.
         log.debug("celerynb: a batch came back after its joblib call ended")
-    except Exception:
+    except BaseException:  # e.g. the calls' generator raised SystemExit: joblib lets it out
         log.exception("celerynb: a joblib callback failed")
 
 

@@ -15,6 +15,7 @@ from celery import states
 from celery.exceptions import Ignore
 
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
+from ._call_failures import is_the_calls_own
 from ._capture import capture_output, output_of
 from ._claims import (
     Closing,
@@ -137,7 +138,7 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         with resolving(key, stores), capture_output():  # a cell unpickles its inputs itself
             value = fn(*args, **kwargs)
     except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the call's own, signed
-        if not isinstance(exc, Exception) and _stopped_by_the_worker():
+        if not is_the_calls_own(exc):
             raise  # a revoke's SIGTERM: the worker's main process writes (and signs) it
         error = beyond_the_limit(exc) if isinstance(exc, Exception) else exc
         failure = sealed_error(error, secret=key, task_id=task_id)
@@ -209,15 +210,6 @@ def _failure_line(exc: Exception, doing: str) -> str:
     if isinstance(exc, CelerynbError):
         return str(exc)
     return f"{doing}: {type(exc).__name__}: {message_of(exc)}"
-
-
-def _stopped_by_the_worker() -> bool:
-    """Whether billiard's terminate handler raised (revoke with terminate=True)."""
-    try:
-        from billiard.common import terminate_handler_fired
-    except ImportError:  # an older billiard: treat every BaseException as the worker's
-        return True
-    return bool(terminate_handler_fired())
 
 
 def signed_retries(body: Opened) -> int:

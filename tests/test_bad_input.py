@@ -1,6 +1,8 @@
 """Bad input: a clear one-line error at the call, nothing sent, nothing hangs."""
 
 import concurrent.futures
+import functools
+import pathlib
 import threading
 import time
 
@@ -469,3 +471,61 @@ def test_a_call_raising_system_exit_fails_its_job_instead_of_waiting(session):
         job.result(timeout=30)
     assert job.state == "FAILURE"
     assert celerynb.submit(abs, -2).result(timeout=30) == 2  # the worker runs on
+
+
+class CustomStop(BaseException):
+    """A user's own BaseException."""
+
+
+BASE_EXCEPTIONS = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}
+BASE_EXCEPTIONS["custom"] = CustomStop
+
+
+def stops_at_two(kind, x):
+    if x == 2:
+        raise BASE_EXCEPTIONS[kind]("stop at 2")
+    return x * 10
+
+
+@pytest.mark.parametrize("kind", sorted(BASE_EXCEPTIONS))
+def test_an_item_raising_a_base_exception_fails_that_item_only(session, kind):
+    """As an item raising ValueError does: the chunk's other items go on and keep
+    their values (the whole chunk was failed, items that never ran included)."""
+    group = celerynb.map(functools.partial(stops_at_two, kind), range(6), chunksize=6)
+    values = group.results(timeout=60, return_exceptions=True)
+    assert values[:2] == [0, 10] and values[3:] == [30, 40, 50]
+    assert isinstance(values[2], BASE_EXCEPTIONS[kind])
+    assert (group.counts.done, group.counts.failed) == (5, 1)
+
+
+def fails_once_then_works(marker_dir, x):
+    marker = pathlib.Path(marker_dir) / str(x)
+    if x == 1 and not marker.exists():
+        marker.write_text("ran")
+        raise SystemExit("first run only")
+    return x * 10
+
+
+def test_map_retries_an_item_raising_a_base_exception(session, tmp_path):
+    """retries= re-runs it inside its chunk, as a single call's retries= does."""
+    group = celerynb.map(
+        functools.partial(fails_once_then_works, str(tmp_path)), range(3), retries=1, chunksize=3
+    )
+    assert group.results(timeout=60) == [0, 10, 20]
+    assert (tmp_path / "1").exists()  # it did fail once
+
+
+def test_a_joblib_call_raising_a_base_exception_is_the_one_blamed(session):
+    """In a batch of several calls: the calls before it count done, it failed, the ones
+    after it never ran (the whole batch was failed, the wrong call named)."""
+    import joblib
+
+    with (
+        joblib.parallel_config(backend="celerynb", show=False),
+        pytest.raises(SystemExit, match="stop at 2"),
+    ):  # 20 calls in batches of 5 (10 x n_jobs batches only for the last slice)
+        joblib.Parallel(n_jobs=-1, batch_size=5)(
+            joblib.delayed(stops_at_two)("SystemExit", i) for i in range(20)
+        )
+    group = celerynb.jobs()[-1]
+    assert list(group.exceptions) == [2] and group.counts.failed == 1
