@@ -36,6 +36,17 @@ class CellResult:
     def __repr__(self) -> str:
         return f"CellResult({', '.join(self.values) or 'no variables'})"
 
+    def unpicklable_variable(self) -> str | None:
+        """The first of ``values`` that cannot be pickled (asked once pickling failed)."""
+        import cloudpickle
+
+        for name, value in self.values.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                return name
+        return None
+
 
 # -- kernel side: what the cell needs ------------------------------------------
 def parse_cell(source: str, filename: str) -> ast.Module:

@@ -305,11 +305,15 @@ class Job(WatchedFuture):
         stored data is removed once read, whether it opened or not (tampered data never
         will), and expires if it cannot be."""
         session = self._session
+        with self._lock:
+            bars = self._snapshot.bars  # the task's own, shown again once it is here
 
         def progress(size: int) -> Progress:
             return self._transfer_progress("receiving the result", size)
 
         outcome = fetch_outcome(reference, session=session, task_id=self.id, progress=progress)
+        with self._lock:
+            self._snapshot = replace(self._snapshot, bars=bars)
         self._settle(*outcome, done_at)
         self._notify()
         remove_fetched(reference, session=session, task_id=self.id)

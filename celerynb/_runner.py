@@ -17,6 +17,7 @@ from celery.exceptions import Ignore
 from ._byref import DEFAULT_TTL, inline_limit, pack, stored_ref, unpack
 from ._call_failures import is_the_calls_own
 from ._capture import capture_output, output_of
+from ._cell import CellResult
 from ._claims import (
     Closing,
     Holder,
@@ -152,10 +153,7 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
     try:
         segments = dumps(value)
     except Exception as exc:  # signed like any error of the call, or the job waits forever
-        error = SerializationError(
-            f"the result of {getattr(fn, '__name__', fn)!r} ({type(value).__name__}) "
-            f"cannot be pickled: {exc}"
-        )
+        error = SerializationError(f"{_what_cannot_be_pickled(fn, value)} cannot be pickled: {exc}")
         raise sealed_error(error, secret=key, task_id=task_id, summary=str(error)) from None
     store = stores(spec)
     limit = body.get("inline") if isinstance(body.get("inline"), int) else inline_limit()
@@ -179,9 +177,8 @@ def _call(task: Any, body: Opened, key: bytes) -> dict[str, Any]:
         summary = _failure_line(exc, "cannot send the result")
         raise sealed_error(exc, secret=key, task_id=task_id, summary=summary) from None
     envelope = as_json(sealed)
-    bars = last_bars(task_id)
-    if bars:
-        envelope[FINAL_BARS_KEY] = bars
+    # Its bars as they end (none left: a transfer's bar, dropped, is not the task's).
+    envelope[FINAL_BARS_KEY] = last_bars(task_id)
     output = output_of(task_id)
     recent = output.recent() if output is not None else None
     if recent is not None:
@@ -266,6 +263,16 @@ def _transfer(task: Any, desc: str, ref: dict[str, Any] | None) -> Iterator[Prog
         yield moved
     finally:
         progress.drop_bar(TRANSFER_BAR)
+
+
+def _what_cannot_be_pickled(fn: Any, value: Any) -> str:
+    """Names the result that failed to pickle: a cell's variable, else the call's result."""
+    if isinstance(value, CellResult):
+        name = value.unpicklable_variable()
+        if name is not None:
+            kind = type(value.values[name]).__name__
+            return f"the cell's variable {name!r} ({kind}), asked for with -o,"
+    return f"the result of {getattr(fn, '__name__', fn)!r} ({type(value).__name__})"
 
 
 def _signed_run(task: Any, key: bytes) -> dict[str, Any]:

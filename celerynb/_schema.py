@@ -223,14 +223,15 @@ def parse_meta(state: str, meta: Any, previous: ProgressSnapshot | None = None) 
 
     Understands celerynb's schema, celery-progress's ``current/total/description``
     and Celery's STARTED meta (``pid``, ``hostname``). A final state's meta is the
-    task's result, not progress: SUCCESS, FAILURE... keep the previous snapshot's bars
-    (and nothing of the result: it may be large).
+    task's result, not progress: SUCCESS, FAILURE... take the bars celerynb's worker
+    sent with it (``FINAL_BARS_KEY``: their last state, a finished transfer's left
+    out), else keep the previous snapshot's (and nothing of the result: it may be large).
     """
     previous = previous or ProgressSnapshot()
     if not isinstance(meta, Mapping) or state in states.READY_STATES:
         bars = previous.bars
         final = meta.get(FINAL_BARS_KEY) if isinstance(meta, Mapping) else None
-        if not bars and isinstance(final, list):  # its progress was published unheard
+        if isinstance(final, list):
             bars = tuple(_bar_from(b) for b in final if isinstance(b, Mapping))
         return ProgressSnapshot(state, bars, previous.updated, previous.hostname, previous.pid)
     hostname = meta.get("hostname")

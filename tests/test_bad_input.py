@@ -529,3 +529,14 @@ def test_a_joblib_call_raising_a_base_exception_is_the_one_blamed(session):
         )
     group = celerynb.jobs()[-1]
     assert list(group.exceptions) == [2] and group.counts.failed == 1
+
+
+def test_a_cells_variable_that_cannot_be_pickled_is_named(session):
+    job = celerynb.submit_cell(
+        "import threading\nn = 1\nlock = threading.Lock()", {}, outputs="n, lock"
+    )
+    with pytest.raises(
+        celerynb.SerializationError,
+        match=r"the cell's variable 'lock' \(lock\), asked for with -o, cannot be pickled",
+    ):
+        job.result(timeout=30)

@@ -100,6 +100,7 @@ def test_a_1gb_array_result_arrives_equal_while_another_jobs_bar_keeps_moving(he
     assert hashlib.sha256(array).hexdigest() == digest
     during = [n for n, receiving in seen if receiving]
     assert during, "the result never showed its transfer on the job's bar"
+    assert job.progress.desc != "receiving the result"  # the task's own bar once here
     moving = [n for n, _ in seen]
     assert len(set(moving)) >= 5, f"the other bar stood still: {sorted(set(moving))}"
     del array, job
@@ -138,6 +139,7 @@ def test_a_400mb_argument_is_accepted_used_and_removed_afterwards(heavy):
         time.sleep(0.01)
     assert job.result(timeout=60) == (50_000_006.0, 7.0, True)
     assert transfer, "the upload never showed on the job's bar"
+    assert job.progress.bars == (), "a finished transfer stayed the job's final bar"
     assert wait_for(lambda: not data_keys(heavy), timeout=10), "the call's data stayed"
 
 

@@ -61,5 +61,19 @@ def test_a_final_state_brings_the_last_bars_when_none_were_heard():
     snapshot = parse_meta(states.SUCCESS, final, ProgressSnapshot())
     assert (snapshot.state, snapshot.desc, snapshot.n, snapshot.total) == ("SUCCESS", "phase", 4, 4)
     heard = parse_meta("PROGRESS", {"current": 2, "total": 9, "description": "live"})
-    assert parse_meta(states.SUCCESS, final, heard).desc == "live"  # what was heard stays
+    assert parse_meta(states.SUCCESS, final, heard).desc == "phase"  # their last state
+    assert parse_meta(states.SUCCESS, {}, heard).desc == "live"  # a task of another kind
     assert parse_meta(states.SUCCESS, {FINAL_BARS_KEY: "x"}, ProgressSnapshot()).bars == ()
+
+
+def test_a_finished_transfers_bar_is_not_the_final_one():
+    """A big call's upload showed as its bar while the worker read it; a cell with no
+    bar of its own ended showing "receiving the call: SUCCESS 100% ... 88.8GB/s"."""
+    from celery import states
+
+    from celerynb._schema import FINAL_BARS_KEY
+
+    transfer = bar_meta(210, 210, "receiving the call", unit="B")
+    moving = parse_meta("PROGRESS", task_meta([transfer]))
+    assert moving.desc == "receiving the call"
+    assert parse_meta(states.SUCCESS, {FINAL_BARS_KEY: []}, moving).bars == ()
