@@ -2,8 +2,8 @@
 
 Kernel side (pure): which names the cell reads from the notebook. Worker side:
 ``run_cell`` executes the cell in a fresh namespace, with its stdout/stderr
-captured, and returns the requested variables. Standard library only: workers
-import this module.
+captured, and returns the requested variables. Standard library only (cloudpickle
+once a result fails to pickle): workers import this module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import linecache
 import pickle
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +41,10 @@ class CellResult:
         import cloudpickle
 
         for name, value in self.values.items():
-            try:
-                cloudpickle.dumps(value)
+            try:  # big buffers out of band and dropped: nothing copied
+                cloudpickle.dumps(value, protocol=5, buffer_callback=lambda _buffer: None)
+            except (MemoryError, RecursionError):
+                continue  # not a sign it cannot be pickled
             except Exception:
                 return name
         return None
@@ -86,16 +88,14 @@ def cell_inputs(
     return inputs
 
 
-def parse_output_names(
-    text: str | Iterable[str] | None, hidden: Collection[str] = ()
-) -> tuple[str, ...]:
+def parse_output_names(text: str | Iterable[str] | None) -> tuple[str, ...]:
     """``"a, b"`` -> ``("a", "b")``, each as Python reads an identifier (NFKC).
 
     Raises:
         ValueError: naming an entry that is not a variable the notebook may be given:
             not an identifier, a keyword, a ``__dunder__`` (``__builtins__`` set from a
-            worker would break the kernel), or one of ``hidden``, the shell's own names
-            (``get_ipython``, ``In``, ``Out``...).
+            worker would break the kernel), or one of IPython's own names
+            (``get_ipython``, ``In``, ``Out``, ``_``, ``_i3``...).
     """
     if text is None:
         return ()
@@ -108,9 +108,14 @@ def parse_output_names(
             raise ValueError(f"{name!r} is a Python keyword, not a variable name")
         if _is_dunder(name):
             raise ValueError(f"{name!r} is Python's own name: give a variable of yours")
-        if name in hidden:
+        if name in _SHELL_NAMES or _HISTORY_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is the IPython shell's own name: give a variable of yours")
     return names
+
+
+# What IPython itself keeps in the namespace (not what a startup file or %pylab put there).
+_SHELL_NAMES = frozenset({"get_ipython", "In", "Out", "_ih", "_oh", "_dh", "exit", "quit"})
+_HISTORY_NAME = re.compile(r"_{1,3}|_i{1,3}|_i?\d+")  # _, __, _i, _ii, _i7, _7
 
 
 def _is_dunder(name: str) -> bool:

@@ -90,7 +90,7 @@ def submit_cell(
     (not shipped); ``label`` names the job in displays; ``call_options``: Celery's
     calling options (countdown, time limits...).
     """
-    names = parse_output_names(outputs, hidden or ())
+    names = parse_output_names(outputs)
     label = label or f"cell {next(_cell_numbers)}"
     filename = f"<{label}>"
     inputs = cell_inputs(source, filename, namespace, hidden or {})

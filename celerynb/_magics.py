@@ -256,7 +256,7 @@ class CeleryMagics(Magics):
         if cell is None:
             if not code:
                 raise UsageError("give a call to run, e.g. %celery_submit simulate(10_000)")
-            outputs = parse_output_names(args.output, shell.user_ns_hidden)
+            outputs = parse_output_names(args.output)
             if len(outputs) > 1:
                 raise UsageError("-o takes one variable for a call (a cell takes several)")
             function, call_args, call_kwargs = evaluate_call(code, namespace, self._app_tasks())

@@ -31,11 +31,7 @@ from ._remote_errors import sealed_error
 
 log = logging.getLogger(__name__)
 
-REPLY_TIMEOUT = 1.0  # seconds to wait for a worker's reply to a revoke
-# The first worker's reply shows the broadcast reached the workers (every one gets it).
-# Waiting for more held every revoke for the whole REPLY_TIMEOUT, and the cancels made
-# meanwhile (a joblib call's queued batches) waited behind it while workers took them.
-REPLIES_AWAITED = 1
+REPLY_TIMEOUT = 1.0  # seconds to wait for the workers' replies to a revoke
 IDLE_SECONDS = 2.0  # the thread ends after this long without work
 REASON = "revoked by celerynb"
 FIRST_RETRY = 0.5  # seconds before a failed revoke is sent again; doubles up to MAX_RETRY
@@ -183,7 +179,6 @@ class Revoker:
                     signal="SIGTERM",
                     reply=True,
                     timeout=REPLY_TIMEOUT,
-                    limit=REPLIES_AWAITED,
                     connection=connection,
                 )
         except Exception as exc:

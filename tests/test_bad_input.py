@@ -540,3 +540,15 @@ def test_a_cells_variable_that_cannot_be_pickled_is_named(session):
         match=r"the cell's variable 'lock' \(lock\), asked for with -o, cannot be pickled",
     ):
         job.result(timeout=30)
+
+
+def test_the_workers_own_stops_are_never_a_calls_failure():
+    """A solo pool's shutdown raises Celery's WorkerShutdown/WorkerTerminate inside the
+    task: the worker's, not an item to record and go on from (or retry)."""
+    from celery.exceptions import WorkerShutdown, WorkerTerminate
+
+    from celerynb._call_failures import is_the_calls_own
+
+    assert is_the_calls_own(ValueError()) and is_the_calls_own(SystemExit(3))
+    assert is_the_calls_own(CustomStop())
+    assert not is_the_calls_own(WorkerShutdown()) and not is_the_calls_own(WorkerTerminate())

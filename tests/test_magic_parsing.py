@@ -136,15 +136,28 @@ def test_output_names_are_checked():
         ("None", "'None' is a Python keyword"),
         ("get_ipython", "'get_ipython' is the IPython shell's own name"),
         ("Out", "'Out' is the IPython shell's own name"),
+        ("_", "'_' is the IPython shell's own name"),
+        ("_i3", "'_i3' is the IPython shell's own name"),
+        ("_12", "'_12' is the IPython shell's own name"),
     ],
 )
 def test_output_names_that_would_break_the_kernel_are_refused(names, message):
     with pytest.raises(ValueError, match=message):
-        parse_output_names(names, hidden={"get_ipython", "In", "Out"})
+        parse_output_names(names)
+
+
+def test_names_a_startup_file_or_pylab_hid_are_still_the_users():
+    assert parse_output_names("mean, pi, open, _private, __secret") == (
+        "mean",
+        "pi",
+        "open",
+        "_private",
+        "__secret",
+    )
 
 
 def test_output_names_are_read_as_python_reads_identifiers():
-    assert parse_output_names("\ufb01le, __secret, _") == ("file", "__secret", "_")
+    assert parse_output_names("\ufb01le, __secret") == ("file", "__secret")
 
 
 def test_run_cell_returns_the_asked_variables_and_the_output():

@@ -395,7 +395,7 @@ def test_a_cell_run_again_keeps_the_newer_runs_value_and_ships_private_names(ker
     last, does not replace the newer value. A notebook name like ``__secret`` (not a
     dunder) is shipped like any other."""
     kernel.ok("__secret = 41")
-    kernel.ok("%%celery_submit -o rerun\nimport time\ntime.sleep(3)\nrerun = 'old run'")
+    kernel.ok("%%celery_submit -o rerun\nimport time\ntime.sleep(5)\nrerun = 'old run'")
     kernel.ok("older = celerynb.jobs()[-1]")
     kernel.ok("%%celery_submit -o rerun\nrerun = ('new run', __secret + 1)")
     kernel.ok("newer = celerynb.jobs()[-1]")
