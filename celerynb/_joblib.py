@@ -116,8 +116,9 @@ class CelerynbBackend(AutoBatchingMixin, ParallelBackendBase):
     # joblib's 0.2 s (loky's, dask's) hides a pipe's cost per batch. A Celery batch costs a
     # process about 5 ms more (the broker, the claim, STARTED and the result in Redis):
     # between two batches of a grid search's fits, a pool process waited 6-13 ms where
-    # loky's waited 2-6 ms. Batches of half a second (joblib times them from sending to
-    # result) halve how many there are, and a grid search took 2-3% less.
+    # loky's waited 2-6 ms. Batches of 0.5-1 s (joblib times them from sending to result,
+    # and grows them to twice the minimum) halve how many there are, and a grid search
+    # took 2-3% less.
     MIN_IDEAL_BATCH_DURATION = 0.5
     MAX_IDEAL_BATCH_DURATION = 1.0
     _effective_batch_size: int  # joblib's AutoBatchingMixin: the batch size now
