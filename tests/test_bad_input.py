@@ -552,3 +552,15 @@ def test_the_workers_own_stops_are_never_a_calls_failure():
     assert is_the_calls_own(ValueError()) and is_the_calls_own(SystemExit(3))
     assert is_the_calls_own(CustomStop())
     assert not is_the_calls_own(WorkerShutdown()) and not is_the_calls_own(WorkerTerminate())
+
+
+def test_an_error_is_the_calls_own_even_after_a_terminate_handler_ran(monkeypatch):
+    """billiard leaves its flag set in a process that swallowed the shutdown SystemExit:
+    a later call's ValueError must still be signed, or its job waits for ever."""
+    from billiard import common
+
+    from celerynb._call_failures import is_the_calls_own
+
+    monkeypatch.setattr(common, "_should_have_exited", [True])
+    assert is_the_calls_own(ValueError("a later call's own error"))
+    assert not is_the_calls_own(SystemExit(-15))  # the handler's: the worker's
