@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 _VALUE_TEXT = r"(?:\"[^\"]*\"|'[^']*')(?=\s|$)|\S+"  # a word, or quoted: may hold spaces
 _OPTION = re.compile(rf"(?P<flag>--?[A-Za-z][\w-]*)(?:=(?P<value>{_VALUE_TEXT}))?(?:\s+|$)")
 _VALUE = re.compile(_VALUE_TEXT)
+_NAME_LISTS = {"-o", "--output"}  # "-o total, mean": the names after a comma are its too
+_NEXT_NAME = re.compile(r"[^\W\d]\w*,?(?=\s|$)")
 _MAX_MESSAGE = 300
 _SUBMIT_FLAGS = {
     "-o", "--output", "-q", "--queue", "--countdown", "--expires", "--priority",
@@ -55,8 +57,13 @@ def split_options(line: str, flags_with_values: set[str]) -> tuple[str, str]:
         if match["flag"] in flags_with_values and match["value"] is None and rest:
             value = _VALUE.match(rest)  # a word, or a quoted one that may hold spaces
             assert value is not None  # rest is stripped and not empty: a word at least
-            taken.append(value.group(0))
-            rest = rest[value.end() :].lstrip()
+            text, rest = value.group(0), rest[value.end() :].lstrip()
+            while match["flag"] in _NAME_LISTS and text.endswith(",") and rest:
+                name = _NEXT_NAME.match(rest)
+                if name is None:
+                    break
+                text, rest = text + name.group(0), rest[name.end() :].lstrip()
+            taken.append(text)
     return " ".join(taken), rest
 
 

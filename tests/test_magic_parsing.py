@@ -32,6 +32,10 @@ VALUE_FLAGS = {"-o", "--output", "-q", "--queue", "--countdown", "--time-limit"}
         ('--queue="fast lane" f(3)', '--queue="fast lane"', "f(3)"),
         ('-q "a"b f(3)', '-q "a"b', "f(3)"),
         ("  ", "", ""),
+        ("-o total, mean", "-o total,mean", ""),  # a space after the comma, as in Python
+        ("-o a, b, c -q fast", "-o a,b,c -q fast", ""),
+        ("-o x, f(1)", "-o x,", "f(1)"),  # a call is not a name: the code begins
+        ("-q a, b f(1)", "-q a,", "b f(1)"),  # only -o takes a list
     ],
 )
 def test_options_come_first_and_the_call_is_kept_verbatim(line, options, code):

@@ -174,11 +174,11 @@ def test_seed_example_and_both_progress_styles_of_an_app_show_live(
 def test_cell_magic_ships_inputs_and_returns_outputs_and_stdout(kernel):
     kernel.ok("data = list(range(10)); scale = 3; total = 'old'")
     cell = kernel.ok(
-        "%%celery_submit -o total,mean\n"
+        "%%celery_submit -o total, mean\n"  # a space after the comma too
         "import math\n"
         "total = 0\n"
         "for v in data:\n"
-        "    total += simulate(2, 0) + v * scale\n"
+        "    total += simulate(2, 0.05) + v * scale\n"  # 1 s: shown live, not done at once
         "mean = total / len(data)\n"
         "print('total is', total)\n"
         "print('careful', file=__import__('sys').stderr)\n"
