@@ -38,16 +38,23 @@ class CellResult:
 
     def unpicklable_variable(self) -> str | None:
         """The first of ``values`` that cannot be pickled (asked once pickling failed)."""
-        import cloudpickle
+        found = first_unpicklable(self.values)
+        return found[0] if found is not None else None
 
-        for name, value in self.values.items():
-            try:  # big buffers out of band and dropped: nothing copied
-                cloudpickle.dumps(value, protocol=5, buffer_callback=lambda _buffer: None)
-            except (MemoryError, RecursionError):
-                continue  # not a sign it cannot be pickled
-            except Exception:
-                return name
-        return None
+
+def first_unpicklable(values: Mapping[str, Any]) -> tuple[str, Exception] | None:
+    """The first of ``values`` that cannot be pickled, and why (asked once pickling all
+    of them failed, to name the culprit)."""
+    import cloudpickle
+
+    for name, value in values.items():
+        try:  # big buffers out of band and dropped: nothing copied
+            cloudpickle.dumps(value, protocol=5, buffer_callback=lambda _buffer: None)
+        except (MemoryError, RecursionError):
+            continue  # not a sign it cannot be pickled
+        except Exception as exc:
+            return name, exc
+    return None
 
 
 # -- kernel side: what the cell needs ------------------------------------------

@@ -11,7 +11,7 @@ import cloudpickle
 
 from ._assignments import set_latest, will_set
 from ._call_options import CallOptions
-from ._cell import CellResult, cell_inputs, parse_output_names, run_cell
+from ._cell import CellResult, cell_inputs, first_unpicklable, parse_output_names, run_cell
 from ._cluster import LocalCluster
 from ._errors import SerializationError
 from ._job import Job
@@ -136,15 +136,14 @@ def _pickle_inputs(inputs: dict[str, Any]) -> bytes:
     try:
         return cloudpickle.dumps(inputs)
     except Exception:
-        for name, value in inputs.items():
-            try:
-                cloudpickle.dumps(value)
-            except Exception as exc:
-                raise SerializationError(
-                    f"cannot ship notebook variable {name!r} ({type(value).__name__}) to the "
-                    f"worker: {type(exc).__name__}: {exc}"
-                ) from None
-        raise
+        found = first_unpicklable(inputs)
+        if found is None:
+            raise
+        name, exc = found
+        raise SerializationError(
+            f"cannot ship notebook variable {name!r} ({type(inputs[name]).__name__}) to the "
+            f"worker: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _is_task_id(text: str) -> bool:
